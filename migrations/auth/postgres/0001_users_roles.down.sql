@@ -1,0 +1,3 @@
+DROP TABLE user_roles;
+DROP TABLE users;
+DROP TABLE roles;

@@ -1,0 +1,2 @@
+-- valero:no-transaction
+DROP INDEX CONCURRENTLY IF EXISTS journal_lines_account_idx;

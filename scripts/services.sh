@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Starts, stops and uses throwaway test services on free loopback ports:
+#   PostgreSQL 15 (Debian's postgresql-15, initdb + pg_ctl, wal_level=logical),
+#   SecantusDB (a MongoDB wire-protocol server, from PyPI, in a venv),
+#   s3s-fs (an S3 server over a folder, from crates.io).
+# Installs whatever is missing. Used by the README and by .ci/run.
+#
+#   scripts/services.sh start      start (or reuse) the services, write .services/env
+#   scripts/services.sh run CMD..  start (or reuse), then run CMD with the URLs exported
+#   scripts/services.sh env        print the exports
+#   scripts/services.sh stop       stop everything and delete its data
+#
+# With Docker: VALERO_SERVICES=docker uses docker-compose.test.yml instead.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE="$ROOT/.services"
+ENV_FILE="$STATE/env"
+TOOLS="${VALERO_SERVICES_HOME:-$HOME/.cache/valero-db-services}"
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+PG_PASSWORD="valero-Pg-s3cret-7Q"
+S3_ACCESS_KEY="valero-access"
+S3_SECRET_KEY="valero-S3-s3cret-9Z"
+S3_BUCKET="valero-test"
+
+log() { echo "services: $*" >&2; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_port() { # port seconds name
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  log "$3 did not open port $1 within $2s"; return 1
+}
+
+alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+install_postgres() {
+  if [[ ! -x "$PG_BIN/initdb" ]]; then
+    log "installing postgresql-15 from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq postgresql-15 >/dev/null
+  fi
+}
+
+install_secantus() {
+  if [[ ! -x "$TOOLS/venv/bin/secantusd-py" ]]; then
+    log "installing SecantusDB 0.7.0b3 into $TOOLS/venv"
+    mkdir -p "$TOOLS"
+    python3 -m venv "$TOOLS/venv"
+    "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check --pre SecantusDB==0.7.0b3
+  fi
+}
+
+s3s_bin() {
+  if command -v s3s-fs >/dev/null 2>&1; then command -v s3s-fs; return; fi
+  if [[ -x "$HOME/.cargo/bin/s3s-fs" ]]; then echo "$HOME/.cargo/bin/s3s-fs"; return; fi
+  log "installing s3s-fs 0.14.1 from crates.io (a few minutes, once)"
+  cargo install -q s3s-fs@0.14.1 --features binary --locked >&2
+  echo "$HOME/.cargo/bin/s3s-fs"
+}
+
+as_pg() { # run a command as the postgres user when root
+  if [[ $EUID -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+start_postgres() {
+  if [[ -f "$STATE/pg.datadir" ]] && as_pg "$PG_BIN/pg_ctl" -D "$(cat "$STATE/pg.datadir")" status >/dev/null 2>&1; then
+    return 0
+  fi
+  install_postgres
+  local dir port
+  dir="$(mktemp -d /tmp/valero-pg.XXXXXX)"
+  port="$(free_port)"
+  [[ $EUID -eq 0 ]] && chown postgres: "$dir"
+  local pwfile="$dir/.pw"
+  echo "$PG_PASSWORD" > "$pwfile"
+  [[ $EUID -eq 0 ]] && chown postgres: "$pwfile"
+  as_pg "$PG_BIN/initdb" -D "$dir/data" -U valero --pwfile="$pwfile" -E UTF8 --locale=C.UTF-8 \
+    --auth-local=trust --auth-host=scram-sha-256 >"$STATE/pg-initdb.log" 2>&1
+  rm -f "$pwfile"
+  as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o \
+    "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20 -c max_connections=200 -c fsync=off -c synchronous_commit=off" \
+    >"$STATE/pg-start.log" 2>&1 || { cat "$dir/server.log" >&2; return 1; }
+  as_pg "$PG_BIN/createdb" -h "$dir" -p "$port" -U valero valero
+  echo "$dir/data" > "$STATE/pg.datadir"
+  echo "$port" > "$STATE/pg.port"
+  log "PostgreSQL 15 on 127.0.0.1:$port"
+}
+
+start_mongo() {
+  if alive "$STATE/mongo.pid"; then return 0; fi
+  install_secantus
+  local port dir
+  port="$(free_port)"
+  dir="$(mktemp -d /tmp/valero-mongo.XXXXXX)"
+  nohup "$TOOLS/venv/bin/secantusd-py" --host 127.0.0.1 --port "$port" --storage-path "$dir" \
+    >"$STATE/mongo.log" 2>&1 &
+  echo $! > "$STATE/mongo.pid"
+  echo "$port" > "$STATE/mongo.port"
+  echo "$dir" > "$STATE/mongo.dir"
+  wait_port "$port" 60 SecantusDB
+  log "SecantusDB (MongoDB protocol) on 127.0.0.1:$port"
+}
+
+start_s3() {
+  if alive "$STATE/s3.pid"; then return 0; fi
+  local bin port dir
+  bin="$(s3s_bin)"
+  port="$(free_port)"
+  dir="$(mktemp -d /tmp/valero-s3.XXXXXX)"
+  mkdir -p "$dir/$S3_BUCKET"
+  nohup "$bin" --host 127.0.0.1 --port "$port" --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$dir" \
+    >"$STATE/s3.log" 2>&1 &
+  echo $! > "$STATE/s3.pid"
+  echo "$port" > "$STATE/s3.port"
+  echo "$dir" > "$STATE/s3.dir"
+  wait_port "$port" 30 s3s-fs
+  log "s3s-fs (S3) on 127.0.0.1:$port, bucket $S3_BUCKET"
+}
+
+write_env() {
+  local pg mongo s3
+  pg="$(cat "$STATE/pg.port")"; mongo="$(cat "$STATE/mongo.port")"; s3="$(cat "$STATE/s3.port")"
+  cat > "$ENV_FILE" <<ENV
+export VALERO_PG_URL='postgres://valero:$PG_PASSWORD@127.0.0.1:$pg/valero'
+export VALERO_MONGO_URL='mongodb://127.0.0.1:$mongo/?directConnection=true'
+export VALERO_S3_ENDPOINT='http://127.0.0.1:$s3'
+export VALERO_S3_BUCKET='$S3_BUCKET'
+export VALERO_S3_DATA_DIR='$(cat "$STATE/s3.dir")'
+export AWS_ACCESS_KEY_ID='$S3_ACCESS_KEY'
+export AWS_SECRET_ACCESS_KEY='$S3_SECRET_KEY'
+export AWS_REGION='us-east-1'
+export VALERO_PG_BIN='$PG_BIN'
+ENV
+}
+
+start_docker() {
+  docker compose -f "$ROOT/docker-compose.test.yml" up -d --wait >&2
+  cat > "$ENV_FILE" <<ENV
+export VALERO_PG_URL='postgres://valero:$PG_PASSWORD@127.0.0.1:55432/valero'
+export VALERO_MONGO_URL='mongodb://127.0.0.1:57017/?directConnection=true'
+export VALERO_S3_ENDPOINT='http://127.0.0.1:59000'
+export VALERO_S3_BUCKET='$S3_BUCKET'
+export AWS_ACCESS_KEY_ID='$S3_ACCESS_KEY'
+export AWS_SECRET_ACCESS_KEY='$S3_SECRET_KEY'
+export AWS_REGION='us-east-1'
+ENV
+}
+
+start() {
+  mkdir -p "$STATE"
+  if [[ "${VALERO_SERVICES:-local}" == docker ]]; then start_docker; return; fi
+  start_postgres
+  start_mongo
+  start_s3
+  write_env
+}
+
+stop() {
+  if [[ "${VALERO_SERVICES:-local}" == docker ]]; then
+    docker compose -f "$ROOT/docker-compose.test.yml" down -v >&2 || true
+    rm -rf "$STATE"; return
+  fi
+  if [[ -f "$STATE/pg.datadir" ]]; then
+    local d; d="$(cat "$STATE/pg.datadir")"
+    as_pg "$PG_BIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$(dirname "$d")"
+  fi
+  for s in mongo s3; do
+    if alive "$STATE/$s.pid"; then kill "$(cat "$STATE/$s.pid")" 2>/dev/null || true; fi
+    [[ -f "$STATE/$s.dir" ]] && rm -rf "$(cat "$STATE/$s.dir")"
+  done
+  rm -rf "$STATE"
+  log "stopped"
+}
+
+case "${1:-}" in
+  start) start; cat "$ENV_FILE" ;;
+  stop) stop ;;
+  env) cat "$ENV_FILE" ;;
+  run)
+    shift
+    start
+    # shellcheck disable=SC1090
+    source "$ENV_FILE"
+    exec "$@"
+    ;;
+  *) echo "usage: $0 start|stop|env|run CMD..." >&2; exit 2 ;;
+esac

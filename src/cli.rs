@@ -1,0 +1,172 @@
+//! Command-line syntax only: clap structs for every command and option of
+//! the product contract. Behaviour lives in `commands`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::duration::parse_duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "valero-db",
+    version,
+    about = "Per-service schema migrations, verified snapshots and point-in-time restore for PostgreSQL and MongoDB",
+    propagate_version = false
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Configuration file [default: ./valero-db.toml]
+    #[arg(long, global = true, env = "VALERO_DB_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Environment from the configuration
+    #[arg(
+        short = 'e',
+        long = "env",
+        global = true,
+        env = "VALERO_DB_ENV",
+        default_value = "dev"
+    )]
+    pub env: String,
+
+    /// Service to work on (repeatable) [default: all services]
+    #[arg(short = 's', long = "service", global = true, value_name = "NAME")]
+    pub services: Vec<String>,
+
+    /// Result format on stdout
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+
+    /// No progress bars or periodic progress lines
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+
+    /// More log output on stderr (-v debug, -vv trace)
+    #[arg(short = 'v', long = "verbose", global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr
+    #[arg(short = 'q', long = "quiet", global = true)]
+    pub quiet: bool,
+
+    /// How long to wait for a service's migration lock (units required: 90s, 5m)
+    #[arg(long, global = true, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineArg {
+    Postgres,
+    Mongodb,
+}
+
+impl From<EngineArg> for crate::engine::EngineKind {
+    fn from(e: EngineArg) -> Self {
+        match e {
+            EngineArg::Postgres => crate::engine::EngineKind::Postgres,
+            EngineArg::Mongodb => crate::engine::EngineKind::Mongodb,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RepairAs {
+    /// The migration was finished by hand
+    Applied,
+    /// The migration was undone by hand; it runs again on the next migrate
+    Pending,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Per service and engine: version, pending migrations, drift, dirty state, lock holder
+    Status {
+        /// Exit 9 if anything is pending, dirty or drifted
+        #[arg(long)]
+        check: bool,
+    },
+    /// Apply pending migrations (after a verified snapshot)
+    Migrate {
+        /// Stop at this version
+        #[arg(long, value_name = "VERSION")]
+        to: Option<u64>,
+        /// Print the plan and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Skip the pre-migrate snapshot (needs --yes in a protected environment)
+        #[arg(long)]
+        no_snapshot: bool,
+        /// Release tag recorded with each applied migration
+        #[arg(long, value_name = "TAG")]
+        release: Option<String>,
+        /// Confirm destructive or unsafe options
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Run down migrations back to a version
+    Rollback {
+        /// Version to go back to (0 undoes everything)
+        #[arg(
+            long,
+            value_name = "VERSION",
+            required_unless_present = "release",
+            conflicts_with = "release"
+        )]
+        to: Option<u64>,
+        /// Go back to the versions a release was deployed with
+        #[arg(long, value_name = "TAG")]
+        release: Option<String>,
+        /// Print the plan and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Confirm (required when not interactive or in a protected environment)
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Create the next migration file pair
+    New {
+        /// Service from the configuration
+        service: String,
+        /// Engine the migration is for
+        #[arg(value_enum)]
+        engine: EngineArg,
+        /// What the migration does (becomes part of the file name)
+        #[arg(required = true, num_args = 1..)]
+        description: Vec<String>,
+    },
+    /// Adopt an existing database: mark versions up to V as applied without running them
+    Baseline {
+        /// Highest version to mark as applied
+        #[arg(long = "version", value_name = "VERSION")]
+        baseline_version: u64,
+        /// Only this engine
+        #[arg(long, value_enum)]
+        engine: Option<EngineArg>,
+    },
+    /// Clear the dirty mark of a version after fixing it by hand
+    Repair {
+        #[arg(long, value_enum)]
+        engine: EngineArg,
+        #[arg(long = "version", value_name = "VERSION")]
+        repair_version: u64,
+        /// What was done by hand
+        #[arg(long = "as", value_enum)]
+        as_: RepairAs,
+    },
+}

@@ -1,0 +1,495 @@
+//! `migrate`, `rollback`, `baseline` and `repair`: every path goes through
+//! the same runner, which always takes the service's locks.
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cli::RepairAs;
+use crate::commands::{confirm, Context};
+use crate::config::Service;
+use crate::engine::{identity, EngineKind, RepairAction, RunMeta};
+use crate::error::{Error, Result};
+use crate::migrate::files::Migration;
+use crate::migrate::plan::{plan_down, plan_up, PlanError};
+use crate::migrate::runner::{
+    self, discover_service, ensure_consistent, inspect, LockedService, Step,
+};
+use crate::output::Outcome;
+
+pub struct MigrateArgs {
+    pub to: Option<u64>,
+    pub dry_run: bool,
+    pub no_snapshot: bool,
+    pub release: Option<String>,
+    pub yes: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EngineRun {
+    pub service: String,
+    pub engine: EngineKind,
+    pub from_version: Option<u64>,
+    pub to_version: Option<u64>,
+    /// What was (or, with --dry-run, would be) applied or reverted.
+    pub planned: Vec<u64>,
+    pub steps: Vec<Step>,
+}
+
+type Discovered = Vec<(Service, Vec<(EngineKind, Vec<Migration>)>)>;
+
+/// Reads every selected service's files first, so a bad file anywhere
+/// stops the run before any database is touched.
+fn discover_all(ctx: &Context) -> Result<Discovered> {
+    let root = ctx.config.migrations_dir()?;
+    ctx.services()?
+        .into_iter()
+        .map(|s| discover_service(&root, &s).map(|d| (s, d)))
+        .collect()
+}
+
+fn plan_error(service: &str, engine: EngineKind, e: PlanError) -> Error {
+    match e {
+        PlanError::UnknownTarget(v) => Error::usage(format!(
+            "service {service} ({engine}) has no migration with version {v}"
+        )),
+        PlanError::TargetBelowCurrent { target, current } => Error::usage_hint(
+            format!("service {service} ({engine}) is already at version {current}, above --to {target}"),
+            format!("use `valero-db rollback --to {target}` to go back"),
+        ),
+        PlanError::MissingDown(versions) => Error::usage_hint(
+            format!(
+                "service {service} ({engine}) cannot be rolled back: no down file for version(s) {}",
+                versions.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+            ),
+            "nothing was changed; add the down files, or restore a snapshot instead (`valero-db restore`)",
+        ),
+        PlanError::MissingFile(v) => Error::usage_hint(
+            format!("service {service} ({engine}): applied version {v} has no migration file"),
+            "nothing was changed; restore the file from version control, or restore a snapshot instead",
+        ),
+    }
+}
+
+fn render(runs: &[EngineRun], dry_run: bool, verb: &str) -> String {
+    let mut out = String::new();
+    for r in runs {
+        let from = r
+            .from_version
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "-".into());
+        let to = r
+            .to_version
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "-".into());
+        if r.planned.is_empty() {
+            out.push_str(&format!(
+                "{} {}: up to date at version {from}\n",
+                r.service, r.engine
+            ));
+            continue;
+        }
+        if dry_run {
+            out.push_str(&format!(
+                "{} {}: would {verb} {} migration(s), {from} -> {to}\n",
+                r.service,
+                r.engine,
+                r.planned.len()
+            ));
+            for v in &r.planned {
+                out.push_str(&format!("  {verb} {v}\n"));
+            }
+        } else {
+            out.push_str(&format!("{} {}: {from} -> {to}\n", r.service, r.engine));
+            for s in &r.steps {
+                out.push_str(&format!("  {verb} {} ({} ms)\n", s.file, s.duration_ms));
+            }
+        }
+    }
+    out
+}
+
+fn outcome(
+    ctx: &Context,
+    command: &str,
+    runs: Vec<EngineRun>,
+    dry_run: bool,
+    error: Option<Error>,
+) -> Outcome {
+    let verb = if command == "rollback" {
+        "revert"
+    } else {
+        "apply"
+    };
+    let human = render(&runs, dry_run, verb);
+    Outcome::ok(
+        json!({
+            "command": command,
+            "environment": ctx.env.name,
+            "dry_run": dry_run,
+            "services": runs,
+        }),
+        human,
+    )
+    .with_error(error)
+}
+
+pub async fn migrate(ctx: &Context, args: MigrateArgs) -> Outcome {
+    if args.no_snapshot && !args.dry_run {
+        if ctx.env.protected && !args.yes {
+            return Outcome::failed(Error::usage_hint(
+                format!(
+                    "environment '{}' is protected: --no-snapshot needs --yes",
+                    ctx.env.name
+                ),
+                "without a snapshot a failed migration cannot be undone by restore",
+            ));
+        }
+        tracing::warn!("--no-snapshot: migrating without a pre-migrate snapshot");
+    }
+    let discovered = match discover_all(ctx) {
+        Ok(d) => d,
+        Err(e) => return Outcome::failed(e),
+    };
+    if let Some(to) = args.to {
+        let known = discovered
+            .iter()
+            .any(|(_, d)| d.iter().any(|(_, ms)| ms.iter().any(|m| m.version == to)));
+        if !known {
+            return Outcome::failed(Error::usage(format!(
+                "--to {to}: no selected service has a migration with that version"
+            )));
+        }
+    }
+    let meta = RunMeta {
+        applied_by: identity(),
+        release: args.release.clone(),
+    };
+    let mut runs = Vec::new();
+    for (service, local) in discovered {
+        if let Err(e) = migrate_service(ctx, &service, local, &args, &meta, &mut runs).await {
+            return outcome(ctx, "migrate", runs, args.dry_run, Some(e));
+        }
+    }
+    outcome(ctx, "migrate", runs, args.dry_run, None)
+}
+
+async fn migrate_service(
+    ctx: &Context,
+    service: &Service,
+    local: Vec<(EngineKind, Vec<Migration>)>,
+    args: &MigrateArgs,
+    meta: &RunMeta,
+    runs: &mut Vec<EngineRun>,
+) -> Result<()> {
+    let mut locked = LockedService::open(service, local, ctx.global.lock_timeout).await?;
+    let result = migrate_locked(&mut locked, args, meta, runs).await;
+    locked.release().await;
+    result
+}
+
+async fn migrate_locked(
+    locked: &mut LockedService,
+    args: &MigrateArgs,
+    meta: &RunMeta,
+    runs: &mut Vec<EngineRun>,
+) -> Result<()> {
+    let name = locked.service.name.clone();
+    // Plan every engine before changing any.
+    let mut plans: Vec<Vec<u64>> = Vec::new();
+    for slot in locked.slots.iter_mut() {
+        let kind = slot.engine.kind();
+        let (_, analysis) = inspect(slot).await?;
+        ensure_consistent(&name, kind, &analysis)?;
+        // --to names a version of one engine; other engines of the service
+        // apply what is at or below it.
+        let has_target = args
+            .to
+            .is_some_and(|t| slot.local.iter().any(|m| m.version == t));
+        let plan: Vec<u64> = plan_up(
+            &slot.local,
+            &analysis,
+            if has_target { args.to } else { None },
+        )
+        .map_err(|e| plan_error(&name, kind, e))?
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| args.to.is_none_or(|t| *v <= t))
+        .collect();
+        runs.push(EngineRun {
+            service: name.clone(),
+            engine: kind,
+            from_version: analysis.current,
+            to_version: plan.last().copied().or(analysis.current),
+            planned: plan.clone(),
+            steps: vec![],
+        });
+        plans.push(plan);
+    }
+    if args.dry_run {
+        return Ok(());
+    }
+    let first_run = runs.len() - plans.len();
+    for (i, (slot, plan)) in locked.slots.iter_mut().zip(plans.iter()).enumerate() {
+        if plan.is_empty() {
+            continue;
+        }
+        let (steps, error) = runner::apply_up(slot, plan, meta).await;
+        let run = &mut runs[first_run + i];
+        run.to_version = steps.last().map(|s| s.version).or(run.from_version);
+        run.steps = steps;
+        if let Some(e) = error {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+pub async fn rollback(
+    ctx: &Context,
+    to: Option<u64>,
+    release: Option<String>,
+    dry_run: bool,
+    yes: bool,
+) -> Outcome {
+    let Some(to) = to else {
+        return Outcome::failed(Error::usage_hint(
+            format!(
+                "rollback --release {} needs deployment records, which this version of valero-db does not keep yet",
+                release.unwrap_or_default()
+            ),
+            "use `valero-db rollback --to VERSION` per service",
+        ));
+    };
+    let discovered = match discover_all(ctx) {
+        Ok(d) => d,
+        Err(e) => return Outcome::failed(e),
+    };
+    if !dry_run {
+        if let Err(e) = confirm(ctx, &format!("rollback to version {to}"), yes) {
+            return Outcome::failed(e);
+        }
+    }
+    let mut runs = Vec::new();
+    for (service, local) in discovered {
+        let result = async {
+            let mut locked = LockedService::open(&service, local, ctx.global.lock_timeout).await?;
+            let r = rollback_locked(&mut locked, to, dry_run, &mut runs).await;
+            locked.release().await;
+            r
+        }
+        .await;
+        if let Err(e) = result {
+            return outcome(ctx, "rollback", runs, dry_run, Some(e));
+        }
+    }
+    outcome(ctx, "rollback", runs, dry_run, None)
+}
+
+async fn rollback_locked(
+    locked: &mut LockedService,
+    to: u64,
+    dry_run: bool,
+    runs: &mut Vec<EngineRun>,
+) -> Result<()> {
+    let name = locked.service.name.clone();
+    let mut plans = Vec::new();
+    let mut applied_versions = Vec::new();
+    for slot in locked.slots.iter_mut() {
+        let kind = slot.engine.kind();
+        let (applied, analysis) = inspect(slot).await?;
+        ensure_consistent(&name, kind, &analysis)?;
+        let plan: Vec<u64> = if analysis.current.is_none_or(|c| c <= to) {
+            Vec::new()
+        } else {
+            plan_down(&slot.local, &applied, to)
+                .map_err(|e| plan_error(&name, kind, e))?
+                .iter()
+                .map(|m| m.version)
+                .collect()
+        };
+        let target = applied.iter().map(|a| a.version).filter(|v| *v <= to).max();
+        applied_versions.push(applied.iter().map(|a| a.version).collect::<Vec<_>>());
+        runs.push(EngineRun {
+            service: name.clone(),
+            engine: kind,
+            from_version: analysis.current,
+            to_version: if plan.is_empty() {
+                analysis.current
+            } else {
+                target
+            },
+            planned: plan.clone(),
+            steps: vec![],
+        });
+        plans.push(plan);
+    }
+    if dry_run {
+        return Ok(());
+    }
+    let first_run = runs.len() - plans.len();
+    for (i, (slot, plan)) in locked.slots.iter_mut().zip(plans.iter()).enumerate() {
+        if plan.is_empty() {
+            continue;
+        }
+        let (steps, error) = runner::apply_down(slot, plan).await;
+        let run = &mut runs[first_run + i];
+        if error.is_some() {
+            // Where the engine really stands: the newest version not reverted.
+            run.to_version = applied_versions[i]
+                .iter()
+                .copied()
+                .filter(|v| !steps.iter().any(|s| s.version == *v))
+                .max();
+        }
+        run.steps = steps;
+        if let Some(e) = error {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+pub async fn baseline(ctx: &Context, version: u64, only: Option<EngineKind>) -> Outcome {
+    let discovered = match discover_all(ctx) {
+        Ok(d) => d,
+        Err(e) => return Outcome::failed(e),
+    };
+    let meta = RunMeta {
+        applied_by: format!("{} (baseline)", identity()),
+        release: None,
+    };
+    let mut runs = Vec::new();
+    for (service, mut local) in discovered {
+        if let Some(k) = only {
+            local.retain(|(kind, _)| *kind == k);
+            if local.is_empty() {
+                return outcome(
+                    ctx,
+                    "baseline",
+                    runs,
+                    false,
+                    Some(Error::usage(format!(
+                        "service {} has no {k} database",
+                        service.name
+                    ))),
+                );
+            }
+        }
+        for (kind, files) in &local {
+            if !files.iter().any(|m| m.version == version) {
+                let hint = if only.is_none() && local.len() > 1 {
+                    "; pick the engine with --engine"
+                } else {
+                    ""
+                };
+                return outcome(
+                    ctx,
+                    "baseline",
+                    runs,
+                    false,
+                    Some(Error::usage(format!(
+                        "service {} ({kind}) has no migration file with version {version}{hint}",
+                        service.name
+                    ))),
+                );
+            }
+        }
+        let result = async {
+            let mut locked = LockedService::open(&service, local, ctx.global.lock_timeout).await?;
+            locked
+                .slots
+                .retain(|s| only.is_none_or(|k| s.engine.kind() == k));
+            let r = baseline_locked(&mut locked, version, &meta, &mut runs).await;
+            locked.release().await;
+            r
+        }
+        .await;
+        if let Err(e) = result {
+            return outcome(ctx, "baseline", runs, false, Some(e));
+        }
+    }
+    outcome(ctx, "baseline", runs, false, None)
+}
+
+async fn baseline_locked(
+    locked: &mut LockedService,
+    version: u64,
+    meta: &RunMeta,
+    runs: &mut Vec<EngineRun>,
+) -> Result<()> {
+    let name = locked.service.name.clone();
+    for slot in locked.slots.iter_mut() {
+        let kind = slot.engine.kind();
+        let applied = slot.engine.history().await?;
+        if !applied.is_empty() {
+            return Err(Error::usage_hint(
+                format!("service {name} ({kind}) already has a migration history; baseline only adopts databases without one"),
+                "use `valero-db status` to see its versions",
+            ));
+        }
+        let marked: Vec<&Migration> = slot.local.iter().filter(|m| m.version <= version).collect();
+        slot.engine.prepare().await?;
+        slot.engine.baseline(&marked, meta).await?;
+        runs.push(EngineRun {
+            service: name.clone(),
+            engine: kind,
+            from_version: None,
+            to_version: Some(version),
+            planned: marked.iter().map(|m| m.version).collect(),
+            steps: marked
+                .iter()
+                .map(|m| Step {
+                    version: m.version,
+                    description: m.description.clone(),
+                    file: m.file_name(),
+                    duration_ms: 0,
+                })
+                .collect(),
+        });
+    }
+    Ok(())
+}
+
+pub async fn repair(ctx: &Context, engine: EngineKind, version: u64, as_: RepairAs) -> Outcome {
+    if ctx.global.services.len() != 1 {
+        return Outcome::failed(Error::usage(
+            "repair works on exactly one service: pass -s NAME",
+        ));
+    }
+    let service = match ctx.config.service(&ctx.global.services[0]) {
+        Ok(s) => s,
+        Err(e) => return Outcome::failed(e),
+    };
+    let action = match as_ {
+        RepairAs::Applied => RepairAction::MarkApplied,
+        RepairAs::Pending => RepairAction::MarkPending,
+    };
+    let result = async {
+        let mut locked = LockedService::open(&service, Vec::new(), ctx.global.lock_timeout).await?;
+        let r = match locked.slots.iter_mut().find(|s| s.engine.kind() == engine) {
+            Some(slot) => slot.engine.repair(version, action).await,
+            None => Err(Error::usage(format!(
+                "service {} has no {engine} database",
+                service.name
+            ))),
+        };
+        locked.release().await;
+        r
+    }
+    .await;
+    let state = match action {
+        RepairAction::MarkApplied => "applied",
+        RepairAction::MarkPending => "pending",
+    };
+    let report = json!({"command": "repair", "service": service.name, "engine": engine, "version": version, "marked": state});
+    match result {
+        Ok(()) => Outcome::ok(
+            report,
+            format!(
+                "{} {engine}: version {version} marked {state}\n",
+                service.name
+            ),
+        ),
+        Err(e) => Outcome::failed(e),
+    }
+}

@@ -1,0 +1,136 @@
+//! One module per command: each turns parsed arguments into an `Outcome`
+//! (report + human text + error). Shared setup lives in `Context`.
+
+pub mod migrate;
+pub mod new;
+pub mod status;
+
+use std::io::IsTerminal;
+
+use crate::cli::{Cli, Command, GlobalArgs};
+use crate::config::{self, Config, Environment, Service};
+use crate::error::{Error, Result};
+use crate::output::Outcome;
+
+/// What every command needs: the configuration, the environment and the
+/// global options.
+pub struct Context {
+    pub config: Config,
+    pub env: Environment,
+    pub global: GlobalArgs,
+}
+
+impl Context {
+    pub fn load(global: GlobalArgs) -> Result<Context> {
+        let path = config::locate(global.config.as_deref());
+        let config = Config::load(&path)?;
+        let env = config.environment(&global.env)?;
+        Ok(Context {
+            config,
+            env,
+            global,
+        })
+    }
+
+    pub fn services(&self) -> Result<Vec<Service>> {
+        let services = self.config.services(&self.global.services)?;
+        if services.is_empty() {
+            return Err(Error::usage_hint(
+                format!(
+                    "no services are configured in {}",
+                    self.config.path.display()
+                ),
+                "add a [services.NAME] section",
+            ));
+        }
+        Ok(services)
+    }
+}
+
+/// Asks on a terminal; without one, `--yes` is required. Protected
+/// environments always need `--yes`.
+pub fn confirm(ctx: &Context, action: &str, yes: bool) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if ctx.env.protected {
+        return Err(Error::usage_hint(
+            format!(
+                "environment '{}' is protected: {action} needs --yes",
+                ctx.env.name
+            ),
+            "review the plan with --dry-run, then repeat the command with --yes",
+        ));
+    }
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Err(Error::usage_hint(
+            format!("{action} changes data and needs confirmation, but no terminal is attached"),
+            "repeat the command with --yes",
+        ));
+    }
+    eprint!(
+        "{action} in environment '{}'. Continue? [y/N] ",
+        ctx.env.name
+    );
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES") {
+        Ok(())
+    } else {
+        Err(Error::usage("cancelled; nothing was changed"))
+    }
+}
+
+pub async fn dispatch(cli: Cli) -> Outcome {
+    let Cli { global, command } = cli;
+    if let Command::New {
+        service,
+        engine,
+        description,
+    } = &command
+    {
+        return new::run(&global, service, (*engine).into(), description);
+    }
+    let ctx = match Context::load(global) {
+        Ok(c) => c,
+        Err(e) => return Outcome::failed(e),
+    };
+    match command {
+        Command::Status { check } => status::run(&ctx, check).await,
+        Command::Migrate {
+            to,
+            dry_run,
+            no_snapshot,
+            release,
+            yes,
+        } => {
+            migrate::migrate(
+                &ctx,
+                migrate::MigrateArgs {
+                    to,
+                    dry_run,
+                    no_snapshot,
+                    release,
+                    yes,
+                },
+            )
+            .await
+        }
+        Command::Rollback {
+            to,
+            release,
+            dry_run,
+            yes,
+        } => migrate::rollback(&ctx, to, release, dry_run, yes).await,
+        Command::Baseline {
+            baseline_version,
+            engine,
+        } => migrate::baseline(&ctx, baseline_version, engine.map(Into::into)).await,
+        Command::Repair {
+            engine,
+            repair_version,
+            as_,
+        } => migrate::repair(&ctx, engine.into(), repair_version, as_).await,
+        Command::New { .. } => unreachable!("handled above"),
+    }
+}

@@ -1,0 +1,530 @@
+//! `valero-db.toml`: parsing, `${VAR}` / `${VAR:-default}` expansion and
+//! validation of environments and services, as in the product contract.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::redact;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    migrations: Option<String>,
+    #[serde(default)]
+    environments: BTreeMap<String, RawEnvironment>,
+    #[serde(default)]
+    services: BTreeMap<String, RawService>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvironment {
+    storage: String,
+    #[serde(default)]
+    protected: bool,
+    #[serde(default)]
+    s3: RawS3,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    region: Option<String>,
+    endpoint: Option<String>,
+    force_path_style: Option<bool>,
+    sse: Option<String>,
+    sse_kms_key_id: Option<String>,
+    part_size: Option<String>,
+    concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    postgres: Option<RawPostgres>,
+    mongodb: Option<RawMongo>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    url: String,
+    schema: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMongo {
+    url: String,
+    database: String,
+}
+
+/// The loaded configuration. Strings are expanded when a part of it is used,
+/// so a command for one service does not need the variables of another.
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub dir: PathBuf,
+    raw: RawConfig,
+}
+
+/// Where the snapshots of an environment live.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StorageLocation {
+    File(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub force_path_style: bool,
+    pub sse: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    pub part_size: Option<u64>,
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub name: String,
+    pub storage: StorageLocation,
+    pub protected: bool,
+    pub s3: S3Settings,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresTarget {
+    pub url: String,
+    pub schema: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct MongoTarget {
+    pub url: String,
+    pub database: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    pub postgres: Option<PostgresTarget>,
+    pub mongodb: Option<MongoTarget>,
+}
+
+/// Where the config file is looked for: `--config`, `$VALERO_DB_CONFIG`
+/// (clap fills that in), else `./valero-db.toml`.
+pub fn locate(explicit: Option<&Path>) -> PathBuf {
+    explicit
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("valero-db.toml"))
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        let config_error = |message: String| Error::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| config_error(describe_toml_error(text, &e)))?;
+        for name in raw.environments.keys() {
+            validate_name("environment", name).map_err(config_error)?;
+        }
+        for (name, service) in &raw.services {
+            validate_name("service", name).map_err(config_error)?;
+            if service.postgres.is_none() && service.mongodb.is_none() {
+                return Err(config_error(format!(
+                    "service '{name}' has neither `postgres` nor `mongodb`"
+                )));
+            }
+        }
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let dir = absolute
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(Config {
+            path: path.to_path_buf(),
+            dir,
+            raw,
+        })
+    }
+
+    fn err(&self, message: String) -> Error {
+        Error::Config {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    fn expand(&self, what: &str, value: &str) -> Result<String> {
+        expand(value, &|name| std::env::var(name).ok())
+            .map_err(|e| self.err(format!("{what}: {e}")))
+    }
+
+    pub fn migrations_dir(&self) -> Result<PathBuf> {
+        let dir = match &self.raw.migrations {
+            Some(m) => self.expand("migrations", m)?,
+            None => "migrations".to_string(),
+        };
+        Ok(self.dir.join(dir))
+    }
+
+    pub fn environment_names(&self) -> Vec<String> {
+        self.raw.environments.keys().cloned().collect()
+    }
+
+    pub fn service_names(&self) -> Vec<String> {
+        self.raw.services.keys().cloned().collect()
+    }
+
+    pub fn environment(&self, name: &str) -> Result<Environment> {
+        let raw = self.raw.environments.get(name).ok_or_else(|| {
+            Error::usage_hint(
+                format!("unknown environment '{name}'"),
+                format!(
+                    "environments in {}: {}",
+                    self.path.display(),
+                    join_or_none(&self.environment_names())
+                ),
+            )
+        })?;
+        let what = |key: &str| format!("environments.{name}.{key}");
+        let storage_url = self.expand(&what("storage"), &raw.storage)?;
+        let storage = self
+            .parse_storage(&storage_url)
+            .map_err(|m| self.err(format!("{}: {m}", what("storage"))))?;
+        let opt = |key: &str, v: &Option<String>| -> Result<Option<String>> {
+            // An empty value (e.g. `${VAR:-}`) means "not set".
+            Ok(v.as_ref()
+                .map(|s| self.expand(&what(key), s))
+                .transpose()?
+                .filter(|s| !s.is_empty()))
+        };
+        let part_size = match opt("s3.part_size", &raw.s3.part_size)? {
+            Some(s) => Some(
+                parse_size(&s).map_err(|m| self.err(format!("{}: {m}", what("s3.part_size"))))?,
+            ),
+            None => None,
+        };
+        let sse = opt("s3.sse", &raw.s3.sse)?;
+        if let Some(sse) = &sse {
+            if sse != "AES256" && sse != "aws:kms" {
+                return Err(self.err(format!(
+                    "{}: must be \"AES256\" or \"aws:kms\", not \"{sse}\"",
+                    what("s3.sse")
+                )));
+            }
+        }
+        Ok(Environment {
+            name: name.to_string(),
+            storage,
+            protected: raw.protected,
+            s3: S3Settings {
+                region: opt("s3.region", &raw.s3.region)?,
+                endpoint: opt("s3.endpoint", &raw.s3.endpoint)?,
+                force_path_style: raw.s3.force_path_style.unwrap_or(false),
+                sse,
+                sse_kms_key_id: opt("s3.sse_kms_key_id", &raw.s3.sse_kms_key_id)?,
+                part_size,
+                concurrency: raw.s3.concurrency,
+            },
+        })
+    }
+
+    fn parse_storage(&self, url: &str) -> std::result::Result<StorageLocation, String> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if path.is_empty() {
+                return Err("file:// needs a folder, e.g. file://backups/dev".into());
+            }
+            return Ok(StorageLocation::File(self.dir.join(path)));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.len() < 3 {
+                return Err(format!(
+                    "S3 bucket name '{bucket}' must have at least 3 characters"
+                ));
+            }
+            return Ok(StorageLocation::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+            });
+        }
+        Err(format!(
+            "'{}' is neither file://PATH nor s3://BUCKET/PREFIX",
+            redact::redact(url)
+        ))
+    }
+
+    /// The selected services (all when `selected` is empty), expanded.
+    pub fn services(&self, selected: &[String]) -> Result<Vec<Service>> {
+        let names: Vec<String> = if selected.is_empty() {
+            self.service_names()
+        } else {
+            selected.to_vec()
+        };
+        names.iter().map(|n| self.service(n)).collect()
+    }
+
+    pub fn service(&self, name: &str) -> Result<Service> {
+        let raw = self.raw.services.get(name).ok_or_else(|| {
+            Error::usage_hint(
+                format!("unknown service '{name}'"),
+                format!(
+                    "services in {}: {}",
+                    self.path.display(),
+                    join_or_none(&self.service_names())
+                ),
+            )
+        })?;
+        let postgres = match &raw.postgres {
+            Some(pg) => {
+                let url = self.expand(&format!("services.{name}.postgres.url"), &pg.url)?;
+                redact::register_url(&url);
+                let schema =
+                    self.expand(&format!("services.{name}.postgres.schema"), &pg.schema)?;
+                if schema.is_empty() || schema.len() > 63 || schema.starts_with("pg_") {
+                    return Err(self.err(format!(
+                        "services.{name}.postgres.schema: '{schema}' is not a usable schema name"
+                    )));
+                }
+                Some(PostgresTarget { url, schema })
+            }
+            None => None,
+        };
+        let mongodb = match &raw.mongodb {
+            Some(m) => {
+                let url = self.expand(&format!("services.{name}.mongodb.url"), &m.url)?;
+                redact::register_url(&url);
+                let database =
+                    self.expand(&format!("services.{name}.mongodb.database"), &m.database)?;
+                if database.is_empty()
+                    || database.len() > 63
+                    || database.contains(['/', '\\', '.', ' ', '"', '$', '\0'])
+                {
+                    return Err(self.err(format!(
+                        "services.{name}.mongodb.database: '{database}' is not a valid MongoDB database name"
+                    )));
+                }
+                Some(MongoTarget { url, database })
+            }
+            None => None,
+        };
+        Ok(Service {
+            name: name.to_string(),
+            postgres,
+            mongodb,
+        })
+    }
+}
+
+fn join_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "(none)".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Service and environment names become parts of storage paths and lock
+/// keys, so they are restricted to a safe alphabet.
+pub fn validate_name(what: &str, name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} name '{}' is invalid: use 1-64 characters of a-z, 0-9, '_' and '-'",
+            name.escape_debug()
+        ))
+    }
+}
+
+/// toml's messages carry line and column; unknown keys are also named.
+fn describe_toml_error(_text: &str, e: &toml::de::Error) -> String {
+    // toml renders "TOML parse error at line L, column C" plus a snippet;
+    // keep it whole but on fewer lines.
+    let rendered = e.to_string();
+    let lines: Vec<&str> = rendered.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut out = lines.join("\n  ");
+    if !out.contains("line") {
+        out = format!("{} ", e.message());
+    }
+    redact::redact(&out)
+}
+
+/// Parses sizes like `8MiB`, `64MB`, `16777216`.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("'{t}' is not a size like 16MiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("'{t}' has unknown size unit '{other}'")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{t}' is too large"))
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` (the default is expanded too).
+/// `$$` stands for a literal `$`. An unset variable without default is an
+/// error naming the variable, never a value.
+pub fn expand(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+            continue;
+        }
+        let Some(body_start) = after.strip_prefix('{') else {
+            out.push('$');
+            rest = after;
+            continue;
+        };
+        let end = matching_brace(body_start)
+            .ok_or_else(|| format!("unclosed '${{' in \"{}\"", redact::redact(text)))?;
+        let body = &body_start[..end];
+        let (name, default) = match body.find(":-") {
+            Some(i) => (&body[..i], Some(&body[i + 2..])),
+            None => (body, None),
+        };
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("'${{{name}}}' is not a valid variable reference"));
+        }
+        match (lookup(name).filter(|v| !v.is_empty() || default.is_none()), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(&expand(d, lookup)?),
+            (None, None) => {
+                return Err(format!(
+                    "environment variable {name} is not set (and no default is given with ${{{name}:-default}})"
+                ))
+            }
+        }
+        rest = &body_start[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn matching_brace(s: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, c) in s.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => return Some(i),
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "HOST" => Some("db.internal".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn expands_set_variables_and_defaults() {
+        assert_eq!(
+            expand("pg://${HOST}/x", &env).unwrap(),
+            "pg://db.internal/x"
+        );
+        assert_eq!(expand("${NOPE:-fallback}", &env).unwrap(), "fallback");
+        assert_eq!(expand("${EMPTY:-fallback}", &env).unwrap(), "fallback");
+        assert_eq!(expand("${NOPE:-${HOST}}", &env).unwrap(), "db.internal");
+        assert_eq!(expand("cost $$5 and $x", &env).unwrap(), "cost $5 and $x");
+    }
+
+    #[test]
+    fn unset_variable_is_named() {
+        let e = expand("${FIBU_DATABASE_URL}", &env).unwrap_err();
+        assert!(e.contains("FIBU_DATABASE_URL"), "{e}");
+    }
+
+    #[test]
+    fn unclosed_reference_is_an_error() {
+        assert!(expand("${HOST", &env).is_err());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = "[environments.dev]\nstorage = \"file://b\"\nstorrage = 1\n";
+        let e = Config::parse(Path::new("v.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("storrage"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn service_names_that_could_escape_a_path_are_rejected() {
+        let text = "[services.\"../x\"]\npostgres = { url = \"u\", schema = \"s\" }\n";
+        let e = Config::parse(Path::new("v.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("../x"), "{e}");
+    }
+
+    #[test]
+    fn storage_urls_are_parsed() {
+        let text = "[environments.a]\nstorage = \"s3://bucket-x/pre/fix/\"\n[environments.b]\nstorage = \"ftp://x\"\n";
+        let c = Config::parse(Path::new("/tmp/v.toml"), text).unwrap();
+        assert_eq!(
+            c.environment("a").unwrap().storage,
+            StorageLocation::S3 {
+                bucket: "bucket-x".into(),
+                prefix: "pre/fix".into()
+            }
+        );
+        assert!(c.environment("b").is_err());
+        assert!(c.environment("zzz").is_err());
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
+        assert!(parse_size("8 parsecs").is_err());
+    }
+}

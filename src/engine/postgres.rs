@@ -1,0 +1,521 @@
+//! PostgreSQL engine: one schema of one database; history in
+//! `<schema>.valero_schema_history`, a session advisory lock per service.
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection, Row};
+
+use crate::config::PostgresTarget;
+use crate::engine::{failed, Engine, EngineKind, RepairAction, RunMeta};
+use crate::error::{Error, Result};
+use crate::migrate::files::{Body, Migration, Script};
+use crate::migrate::plan::{AppliedMigration, RowState};
+use crate::migrate::sql_split;
+use crate::redact;
+
+/// First key of the two-key advisory lock: "VALE", so valero-db's locks are
+/// recognisable in `pg_locks`.
+const LOCK_CLASS: i32 = 0x5641_4c45;
+
+pub struct PostgresEngine {
+    service: String,
+    schema: String,
+    conn: PgConnection,
+    lock_key: i32,
+}
+
+/// Runs a multi-statement script: a plain `&str` without arguments goes
+/// over the simple query protocol. (`sqlx::raw_sql`'s future is not provably
+/// `Send` inside an `async_trait` method.)
+pub fn exec<'a>(
+    conn: &'a mut PgConnection,
+    sql: &'a str,
+) -> BoxFuture<'a, std::result::Result<(), sqlx::Error>> {
+    Box::pin(async move { sqlx::Executor::execute(conn, sql).await.map(|_| ()) })
+}
+
+/// Quotes an identifier for SQL.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal for SQL.
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Maps a driver error to the contract: connection trouble is exit 3.
+pub fn classify(what: &str, e: sqlx::Error) -> Error {
+    match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Configuration(_)
+        | sqlx::Error::Protocol(_) => Error::unreachable(what, redact::redact(&e.to_string())),
+        sqlx::Error::Database(db) if is_connection_class(db.code().as_deref()) => {
+            Error::unreachable(what, redact::redact(&e.to_string()))
+        }
+        _ => Error::internal(format!("{what}: {}", redact::redact(&e.to_string()))),
+    }
+}
+
+/// SQLSTATE classes 08 (connection), 28 (authorization), 3D (no database),
+/// 57P0x (shutdown) mean the database is not usable.
+fn is_connection_class(code: Option<&str>) -> bool {
+    code.is_some_and(|c| {
+        c.starts_with("08") || c.starts_with("28") || c == "3D000" || c.starts_with("57P0")
+    })
+}
+
+fn lock_key_for(schema: &str) -> i32 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("valero-db:{schema}").as_bytes());
+    i32::from_be_bytes([digest[0] & 0x7f, digest[1], digest[2], digest[3]])
+}
+
+impl PostgresEngine {
+    pub async fn connect(service: &str, target: &PostgresTarget) -> Result<Self> {
+        let what = format!(
+            "PostgreSQL of service {service} ({})",
+            redact::redact_url(&target.url)
+        );
+        let options: PgConnectOptions =
+            target.url.parse().map_err(|e: sqlx::Error| Error::Config {
+                path: "valero-db.toml".into(),
+                message: format!(
+                    "services.{service}.postgres.url is not a valid PostgreSQL URL: {}",
+                    redact::redact(&e.to_string())
+                ),
+            })?;
+        let options = options
+            .application_name(&format!(
+                "valero-db host={} pid={}",
+                super::hostname(),
+                std::process::id()
+            ))
+            .log_statements(tracing::log::LevelFilter::Trace);
+        let connect_timeout = std::time::Duration::from_secs(15);
+        let conn = tokio::time::timeout(connect_timeout, options.connect())
+            .await
+            .map_err(|_| Error::unreachable(&what, "connection timed out after 15s"))?
+            .map_err(|e| classify(&what, e))?;
+        Ok(PostgresEngine {
+            service: service.to_string(),
+            lock_key: lock_key_for(&target.schema),
+            schema: target.schema.clone(),
+            conn,
+        })
+    }
+
+    fn what(&self) -> String {
+        format!("PostgreSQL of service {}", self.service)
+    }
+
+    fn history_table(&self) -> String {
+        format!("{}.valero_schema_history", quote_ident(&self.schema))
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    pub fn connection(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+
+    async fn history_exists(&mut self) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT to_regclass(format('%I.valero_schema_history', $1::text)) IS NOT NULL",
+        )
+        .bind(&self.schema)
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(|e| classify(&self.what(), e))?;
+        Ok(row.get::<bool, _>(0))
+    }
+
+    async fn insert_row(
+        conn: &mut PgConnection,
+        table: &str,
+        m: &Migration,
+        meta: &RunMeta,
+        state: RowState,
+        elapsed_ms: i64,
+    ) -> std::result::Result<(), sqlx::Error> {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (version, description, checksum, applied_at, execution_ms, applied_by, release, state) \
+             VALUES ($1, $2, $3, now(), $4, $5, $6, $7)"
+        ))
+        .bind(m.version as i64)
+        .bind(&m.description)
+        .bind(&m.checksum)
+        .bind(elapsed_ms)
+        .bind(&meta.applied_by)
+        .bind(&meta.release)
+        .bind(state.as_str())
+        .execute(conn)
+        .await
+        .map(|_| ())
+    }
+
+    fn db_error_message(e: &sqlx::Error) -> String {
+        match e {
+            sqlx::Error::Database(db) => {
+                let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
+                let mut msg = format!(
+                    "{} (SQLSTATE {})",
+                    db.message(),
+                    db.code().unwrap_or_default()
+                );
+                if let Some(pg) = pg {
+                    if let Some(detail) = pg.detail() {
+                        msg.push_str(&format!("; detail: {detail}"));
+                    }
+                    if let Some(hint) = pg.hint() {
+                        msg.push_str(&format!("; hint: {hint}"));
+                    }
+                }
+                msg
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// Runs a script in one transaction together with `after`, which
+    /// writes or deletes the history row.
+    async fn run_in_transaction(
+        &mut self,
+        script: &Script,
+        sql: &str,
+        history_sql: (String, Vec<HistoryArg>),
+    ) -> Result<()> {
+        let what = self.what();
+        let service = self.service.clone();
+        let search_path = format!("SET LOCAL search_path TO {}", quote_ident(&self.schema));
+        let mut tx = self.conn.begin().await.map_err(|e| classify(&what, e))?;
+        exec(&mut tx, &search_path)
+            .await
+            .map_err(|e| classify(&what, e))?;
+        if let Err(e) = exec(&mut tx, sql).await {
+            if matches!(e, sqlx::Error::Io(_)) {
+                return Err(classify(&what, e));
+            }
+            let msg = Self::db_error_message(&e);
+            // Dropping `tx` rolls back DDL and data alike.
+            let _ = tx.rollback().await;
+            return Err(failed(
+                &service,
+                EngineKind::Postgres,
+                &script.path,
+                msg,
+                Some("the transaction was rolled back; nothing of this migration was applied. Fix the file and run migrate again".into()),
+            ));
+        }
+        let (q, args) = history_sql;
+        bind_all(sqlx::query(&q), &args)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| classify(&what, e))?;
+        tx.commit().await.map_err(|e| classify(&what, e))?;
+        Ok(())
+    }
+
+    /// Runs a script statement by statement, outside a transaction.
+    async fn run_without_transaction(&mut self, script: &Script, sql: &str) -> Result<()> {
+        let what = self.what();
+        exec(
+            &mut self.conn,
+            &format!("SET search_path TO {}", quote_ident(&self.schema)),
+        )
+        .await
+        .map_err(|e| classify(&what, e))?;
+        let mut result = Ok(());
+        for (i, statement) in sql_split::split(sql).iter().enumerate() {
+            if let Err(e) = exec(&mut self.conn, statement).await {
+                result = Err((i, Self::db_error_message(&e)));
+                break;
+            }
+        }
+        let _ = exec(&mut self.conn, "RESET search_path").await;
+        result.map_err(|(i, msg)| {
+            failed(
+                &self.service,
+                EngineKind::Postgres,
+                &script.path,
+                format!("statement {} failed: {msg}", i + 1),
+                None,
+            )
+        })
+    }
+}
+
+enum HistoryArg {
+    I64(i64),
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    args: &'q [HistoryArg],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    for a in args {
+        q = match a {
+            HistoryArg::I64(v) => q.bind(*v),
+        };
+    }
+    q
+}
+
+#[async_trait]
+impl Engine for PostgresEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Postgres
+    }
+
+    fn service(&self) -> &str {
+        &self.service
+    }
+
+    async fn history(&mut self) -> Result<Vec<AppliedMigration>> {
+        if !self.history_exists().await? {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT version, description, checksum, state, applied_at, release, detail FROM {} ORDER BY version",
+            self.history_table()
+        ))
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(|e| classify(&self.what(), e))?;
+        Ok(rows
+            .iter()
+            .map(|r| AppliedMigration {
+                version: r.get::<i64, _>(0) as u64,
+                description: r.get(1),
+                checksum: r.get(2),
+                state: RowState::parse(r.get::<&str, _>(3)),
+                applied_at: r.get(4),
+                release: r.get(5),
+                detail: r.get(6),
+            })
+            .collect())
+    }
+
+    async fn prepare(&mut self) -> Result<()> {
+        let schema = quote_ident(&self.schema);
+        let sql = format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {table} (
+                 version      bigint PRIMARY KEY,
+                 description  text NOT NULL,
+                 checksum     text NOT NULL,
+                 applied_at   timestamptz NOT NULL DEFAULT now(),
+                 execution_ms bigint NOT NULL DEFAULT 0,
+                 applied_by   text NOT NULL,
+                 release      text,
+                 state        text NOT NULL DEFAULT 'applied' CHECK (state IN ('applied', 'dirty')),
+                 detail       text
+             );",
+            table = self.history_table()
+        );
+        exec(&mut self.conn, &sql)
+            .await
+            .map_err(|e| classify(&self.what(), e))?;
+        Ok(())
+    }
+
+    async fn try_lock(&mut self) -> Result<bool> {
+        let row = sqlx::query("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(LOCK_CLASS)
+            .bind(self.lock_key)
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| classify(&self.what(), e))?;
+        Ok(row.get::<bool, _>(0))
+    }
+
+    async fn lock_holder(&mut self) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT a.application_name, coalesce(host(a.client_addr), 'local'), a.pid, \
+                    to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND l.classid = $1::int8::oid AND l.objid = $2::int8::oid \
+               AND a.pid <> pg_backend_pid() LIMIT 1",
+        )
+        .bind(LOCK_CLASS as i64)
+        .bind(self.lock_key as i64)
+        .fetch_optional(&mut self.conn)
+        .await
+        .map_err(|e| classify(&self.what(), e))?;
+        Ok(row.map(|r| {
+            let app: String = r.get(0);
+            let addr: String = r.get(1);
+            let pid: i32 = r.get(2);
+            let since: String = r.get(3);
+            let who = if app.starts_with("valero-db") {
+                app
+            } else {
+                format!("'{app}'")
+            };
+            format!("{who} (client {addr}, server pid {pid}, since {since})")
+        }))
+    }
+
+    async fn unlock(&mut self) -> Result<()> {
+        sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+            .bind(LOCK_CLASS)
+            .bind(self.lock_key)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| classify(&self.what(), e))?;
+        Ok(())
+    }
+
+    async fn apply_up(&mut self, m: &Migration, meta: &RunMeta) -> Result<()> {
+        let Body::Sql {
+            sql,
+            no_transaction,
+        } = &m.up.body
+        else {
+            return Err(Error::internal("a PostgreSQL migration without SQL"));
+        };
+        let table = self.history_table();
+        let started = Instant::now();
+        if !no_transaction {
+            // The history row's execution time is filled in by the same
+            // transaction, just before commit.
+            let q = format!(
+                "INSERT INTO {table} (version, description, checksum, applied_at, execution_ms, applied_by, release, state) \
+                 VALUES ($1, {}, {}, now(), (extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint, {}, {}, 'applied')",
+                quote_literal(&m.description),
+                quote_literal(&m.checksum),
+                quote_literal(&meta.applied_by),
+                meta.release.as_deref().map(quote_literal).unwrap_or_else(|| "NULL".into()),
+            );
+            return self
+                .run_in_transaction(&m.up, sql, (q, vec![HistoryArg::I64(m.version as i64)]))
+                .await;
+        }
+        // Outside a transaction: record the attempt as dirty first, so a
+        // failure or a crash in the middle leaves a visible mark.
+        let what = self.what();
+        Self::insert_row(&mut self.conn, &table, m, meta, RowState::Dirty, 0)
+            .await
+            .map_err(|e| classify(&what, e))?;
+        let outcome = self.run_without_transaction(&m.up, sql).await;
+        let elapsed = started.elapsed().as_millis() as i64;
+        match outcome {
+            Ok(()) => {
+                sqlx::query(&format!(
+                    "UPDATE {table} SET state = 'applied', execution_ms = $2, detail = NULL WHERE version = $1"
+                ))
+                .bind(m.version as i64)
+                .bind(elapsed)
+                .execute(&mut self.conn)
+                .await
+                .map_err(|e| classify(&what, e))?;
+                Ok(())
+            }
+            Err(Error::MigrationFailed {
+                service,
+                engine,
+                file,
+                message,
+                ..
+            }) => {
+                let _ = sqlx::query(&format!(
+                    "UPDATE {table} SET detail = $2 WHERE version = $1"
+                ))
+                .bind(m.version as i64)
+                .bind(&message)
+                .execute(&mut self.conn)
+                .await;
+                Err(Error::MigrationFailed {
+                    hint: Some(format!(
+                        "this file ran outside a transaction, so statements before the failing one stay applied; \
+                         version {} is marked dirty. Finish or undo it by hand, then run \
+                         `valero-db repair -s {service} --engine postgres --version {} --as applied|pending`",
+                        m.version, m.version
+                    )),
+                    service,
+                    engine,
+                    file,
+                    message,
+                })
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    async fn apply_down(&mut self, m: &Migration, down: &Script) -> Result<()> {
+        let Body::Sql {
+            sql,
+            no_transaction,
+        } = &down.body
+        else {
+            return Err(Error::internal("a PostgreSQL migration without SQL"));
+        };
+        let table = self.history_table();
+        let delete = format!("DELETE FROM {table} WHERE version = $1");
+        if !no_transaction {
+            return self
+                .run_in_transaction(down, sql, (delete, vec![HistoryArg::I64(m.version as i64)]))
+                .await;
+        }
+        let what = self.what();
+        sqlx::query(&format!("UPDATE {table} SET state = 'dirty', detail = 'down migration started' WHERE version = $1"))
+            .bind(m.version as i64)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| classify(&what, e))?;
+        self.run_without_transaction(down, sql).await?;
+        sqlx::query(&delete)
+            .bind(m.version as i64)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| classify(&what, e))?;
+        Ok(())
+    }
+
+    async fn baseline(&mut self, migrations: &[&Migration], meta: &RunMeta) -> Result<()> {
+        let what = self.what();
+        let table = self.history_table();
+        let mut tx = self.conn.begin().await.map_err(|e| classify(&what, e))?;
+        for m in migrations {
+            Self::insert_row(&mut tx, &table, m, meta, RowState::Applied, 0)
+                .await
+                .map_err(|e| classify(&what, e))?;
+        }
+        tx.commit().await.map_err(|e| classify(&what, e))?;
+        Ok(())
+    }
+
+    async fn repair(&mut self, version: u64, action: RepairAction) -> Result<()> {
+        let table = self.history_table();
+        let sql = match action {
+            RepairAction::MarkApplied => {
+                format!("UPDATE {table} SET state = 'applied', detail = 'repaired by hand' WHERE version = $1 AND state = 'dirty'")
+            }
+            RepairAction::MarkPending => {
+                format!("DELETE FROM {table} WHERE version = $1 AND state = 'dirty'")
+            }
+        };
+        let done = sqlx::query(&sql)
+            .bind(version as i64)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| classify(&self.what(), e))?;
+        if done.rows_affected() == 0 {
+            return Err(Error::usage(format!(
+                "service {} (postgres) has no dirty version {version}",
+                self.service
+            )));
+        }
+        Ok(())
+    }
+}

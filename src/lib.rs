@@ -1,0 +1,50 @@
+//! valero-db: per-service schema migrations, verified snapshots and
+//! point-in-time restore for PostgreSQL and MongoDB.
+//!
+//! `main.rs` parses arguments and calls [`run`]; everything else lives here
+//! so that tests can call it.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod duration;
+pub mod engine;
+pub mod error;
+pub mod migrate;
+pub mod output;
+pub mod redact;
+
+use cli::Cli;
+use error::Error;
+use output::Outcome;
+
+/// Runs one command to completion, or until SIGINT/SIGTERM (exit 130).
+pub async fn run(cli: Cli) -> Outcome {
+    let interrupted = async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    };
+    tokio::select! {
+        outcome = commands::dispatch(cli) => outcome,
+        // Dropping the command's future closes its connections: PostgreSQL
+        // rolls back the open transaction and frees the advisory lock.
+        _ = interrupted => Outcome::failed(Error::Interrupted),
+    }
+}

@@ -1,0 +1,250 @@
+//! The runner shared by `migrate`, `rollback`, `baseline`, `repair`, dry
+//! runs and (later) deploy: connects a service's engines, takes their
+//! locks, checks history against the files, and applies plans.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::Service;
+use crate::duration::format_duration;
+use crate::engine::{connect_service, Engine, EngineKind, RunMeta};
+use crate::error::{Error, Result};
+use crate::migrate::files::{self, Migration};
+use crate::migrate::plan::{analyze, Analysis, AppliedMigration};
+
+/// One engine of a service, with its migration files.
+pub struct Slot {
+    pub engine: Box<dyn Engine>,
+    pub local: Vec<Migration>,
+}
+
+/// A service whose engines are connected and locked.
+pub struct LockedService {
+    pub service: Service,
+    pub slots: Vec<Slot>,
+}
+
+/// Reads the migration files of every engine a service has.
+pub fn discover_service(
+    root: &Path,
+    service: &Service,
+) -> Result<Vec<(EngineKind, Vec<Migration>)>> {
+    let mut out = Vec::new();
+    if service.postgres.is_some() {
+        out.push((
+            EngineKind::Postgres,
+            files::discover(root, &service.name, EngineKind::Postgres)?,
+        ));
+    }
+    if service.mongodb.is_some() {
+        out.push((
+            EngineKind::Mongodb,
+            files::discover(root, &service.name, EngineKind::Mongodb)?,
+        ));
+    }
+    Ok(out)
+}
+
+/// Waits for the lock, naming the holder once, up to `timeout`.
+pub async fn acquire(engine: &mut dyn Engine, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut announced = false;
+    loop {
+        if engine.try_lock().await? {
+            return Ok(());
+        }
+        let holder = engine
+            .lock_holder()
+            .await?
+            .unwrap_or_else(|| "another valero-db run".into());
+        if !announced {
+            tracing::warn!(
+                "service {} ({}) is locked by {holder}; waiting up to {}",
+                engine.service(),
+                engine.kind(),
+                format_duration(timeout)
+            );
+            announced = true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::LockTimeout {
+                service: engine.service().to_string(),
+                engine: engine.kind().to_string(),
+                timeout: format_duration(timeout),
+                holder,
+            });
+        }
+        tokio::time::sleep((deadline - now).min(Duration::from_millis(250))).await;
+    }
+}
+
+impl LockedService {
+    /// Connects every engine of the service and takes all of their locks;
+    /// on any failure the locks already taken are released.
+    pub async fn open(
+        service: &Service,
+        mut local: Vec<(EngineKind, Vec<Migration>)>,
+        lock_timeout: Duration,
+    ) -> Result<LockedService> {
+        let engines = connect_service(service).await?;
+        let mut slots: Vec<Slot> = Vec::with_capacity(engines.len());
+        for engine in engines {
+            let idx = local.iter().position(|(k, _)| *k == engine.kind());
+            let files = idx.map(|i| local.swap_remove(i).1).unwrap_or_default();
+            slots.push(Slot {
+                engine,
+                local: files,
+            });
+        }
+        let mut locked = LockedService {
+            service: service.clone(),
+            slots: Vec::new(),
+        };
+        for mut slot in slots {
+            if let Err(e) = acquire(slot.engine.as_mut(), lock_timeout).await {
+                locked.release().await;
+                return Err(e);
+            }
+            locked.slots.push(slot);
+        }
+        Ok(locked)
+    }
+
+    /// Releases every lock; errors are logged, not raised, because the
+    /// database releases a dead session's lock (PostgreSQL) or the lease
+    /// expires (MongoDB) anyway.
+    pub async fn release(&mut self) {
+        for slot in &mut self.slots {
+            if let Err(e) = slot.engine.unlock().await {
+                tracing::warn!(
+                    "releasing the lock of service {} ({}) failed: {e}",
+                    self.service.name,
+                    slot.engine.kind()
+                );
+            }
+        }
+    }
+}
+
+/// Refuses to work on a database whose history disagrees with the files.
+pub fn ensure_consistent(service: &str, engine: EngineKind, analysis: &Analysis) -> Result<()> {
+    if let Some(d) = &analysis.dirty {
+        return Err(Error::Dirty {
+            service: service.to_string(),
+            engine: engine.to_string(),
+            version: d.version,
+            description: d.description.clone(),
+            detail: d
+                .detail
+                .clone()
+                .unwrap_or_else(|| "it was interrupted or failed".into()),
+        });
+    }
+    if let Some(d) = analysis.drift.first() {
+        let more = if analysis.drift.len() > 1 {
+            format!(" (and {} more drifted files)", analysis.drift.len() - 1)
+        } else {
+            String::new()
+        };
+        return Err(Error::integrity(
+            format!(
+                "drift in service {service} ({engine}): {} was changed after it was applied: applied checksum {}, file checksum {}{more}",
+                d.file, d.applied_checksum, d.file_checksum
+            ),
+            Some("an applied migration must not change: restore the file as it was applied (e.g. from version control) and put the change into a new migration (`valero-db new`)".into()),
+        ));
+    }
+    if !analysis.out_of_order.is_empty() {
+        let list: Vec<String> = analysis.out_of_order.iter().map(u64::to_string).collect();
+        return Err(Error::integrity(
+            format!(
+                "service {service} ({engine}) has unapplied migrations older than its current version {}: {}",
+                analysis.current.unwrap_or(0),
+                list.join(", ")
+            ),
+            Some("give these migrations versions above the current one, or roll back first".into()),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the history and checks it against the files.
+pub async fn inspect(slot: &mut Slot) -> Result<(Vec<AppliedMigration>, Analysis)> {
+    let applied = slot.engine.history().await?;
+    let analysis = analyze(&slot.local, &applied);
+    Ok((applied, analysis))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub version: u64,
+    pub description: String,
+    pub file: String,
+    pub duration_ms: u64,
+}
+
+/// Applies the given versions in order; returns the steps that completed
+/// and the error that stopped the run, if any.
+pub async fn apply_up(
+    slot: &mut Slot,
+    versions: &[u64],
+    meta: &RunMeta,
+) -> (Vec<Step>, Option<Error>) {
+    let mut steps = Vec::new();
+    if let Err(e) = slot.engine.prepare().await {
+        return (steps, Some(e));
+    }
+    for v in versions {
+        let Some(m) = slot.local.iter().find(|m| m.version == *v) else {
+            continue;
+        };
+        tracing::info!(
+            "{} {}: applying {}",
+            slot.engine.service(),
+            slot.engine.kind(),
+            m.file_name()
+        );
+        let started = Instant::now();
+        if let Err(e) = slot.engine.apply_up(m, meta).await {
+            return (steps, Some(e));
+        }
+        steps.push(Step {
+            version: m.version,
+            description: m.description.clone(),
+            file: m.file_name(),
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
+    }
+    (steps, None)
+}
+
+/// Runs down migrations for the given versions, newest first as given.
+pub async fn apply_down(slot: &mut Slot, versions: &[u64]) -> (Vec<Step>, Option<Error>) {
+    let mut steps = Vec::new();
+    for v in versions {
+        let Some(m) = slot.local.iter().find(|m| m.version == *v) else {
+            continue;
+        };
+        let Some(down) = &m.down else { continue };
+        tracing::info!(
+            "{} {}: reverting {}",
+            slot.engine.service(),
+            slot.engine.kind(),
+            files::file_name(&down.path)
+        );
+        let started = Instant::now();
+        if let Err(e) = slot.engine.apply_down(m, down).await {
+            return (steps, Some(e));
+        }
+        steps.push(Step {
+            version: m.version,
+            description: m.description.clone(),
+            file: files::file_name(&down.path),
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
+    }
+    (steps, None)
+}
