@@ -1,0 +1,231 @@
+//! Shared helpers for the end-to-end tests: a throwaway project folder with
+//! its own config, unique schema and database names, and the real binary.
+//! The servers come from `scripts/services.sh` (VALERO_PG_URL, ...); a
+//! missing one fails the test, it never skips.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub fn env_or_fail(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests through `scripts/services.sh run cargo test`")
+    })
+}
+
+pub fn pg_url() -> String {
+    env_or_fail("VALERO_PG_URL")
+}
+
+pub fn mongo_url() -> String {
+    env_or_fail("VALERO_MONGO_URL")
+}
+
+/// The PostgreSQL password used by the test services, for leak checks.
+pub fn pg_password() -> String {
+    url::Url::parse(&pg_url())
+        .ok()
+        .and_then(|u| u.password().map(str::to_string))
+        .expect("VALERO_PG_URL has a password")
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!(
+        "{prefix}_{}_{}_{n}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() % 100_000)
+            .unwrap_or(0)
+    )
+}
+
+/// A project folder: `valero-db.toml`, `migrations/`, `backups/`.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub schema: String,
+    pub mongo_db: String,
+    pub service: String,
+}
+
+impl Project {
+    /// One service `svc` with a PostgreSQL schema and a MongoDB database.
+    pub fn new(tag: &str) -> Project {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let p = Project {
+            dir,
+            schema: unique(&format!("t_{tag}")),
+            mongo_db: unique(&format!("t_{tag}")),
+            service: "svc".into(),
+        };
+        p.write_config("");
+        p
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("valero-db.toml")
+    }
+
+    /// Writes the standard config; `extra` is appended verbatim.
+    pub fn write_config(&self, extra: &str) {
+        let text = format!(
+            r#"[environments.dev]
+storage = "file://backups/dev"
+
+[environments.prod]
+storage = "file://backups/prod"
+protected = true
+
+[services.svc]
+postgres = {{ url = "${{VALERO_PG_URL}}", schema = "{schema}" }}
+mongodb = {{ url = "${{VALERO_MONGO_URL}}", database = "{db}" }}
+{extra}"#,
+            schema = self.schema,
+            db = self.mongo_db
+        );
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    pub fn write_raw_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    pub fn migration(&self, engine: &str, name: &str, content: &str) -> PathBuf {
+        self.migration_for(&self.service, engine, name, content)
+    }
+
+    pub fn migration_for(&self, service: &str, engine: &str, name: &str, content: &str) -> PathBuf {
+        let dir = self.path().join("migrations").join(service).join(engine);
+        std::fs::create_dir_all(&dir).expect("migrations dir");
+        let p = dir.join(name);
+        std::fs::write(&p, content).expect("write migration");
+        p
+    }
+
+    pub fn cmd(&self) -> assert_cmd::Command {
+        assert_cmd::Command::from_std(self.std_cmd())
+    }
+
+    /// The binary with this project's config, for spawning in the background.
+    pub fn std_cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("valero-db"));
+        c.current_dir(self.path())
+            .env_remove("VALERO_DB_CONFIG")
+            .env_remove("VALERO_DB_ENV")
+            .env_remove("VALERO_DB_LOG")
+            .arg("--config")
+            .arg(self.config_path());
+        c
+    }
+
+    /// Starts the binary in the background with output discarded.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.std_cmd()
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn valero-db")
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = self.cmd().args(args).output().expect("run valero-db");
+        Run::from(out)
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        psql(sql)
+    }
+
+    pub fn drop_all(&self) {
+        let _ = psql(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema));
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        self.drop_all();
+    }
+}
+
+/// Runs SQL with psql and returns the unaligned output.
+pub fn psql(sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .arg(pg_url())
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Output of one run, with helpers for assertions.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}, got {}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn ok(&self) -> &Self {
+        self.expect_code(0)
+    }
+
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", self.stdout))
+    }
+
+    pub fn stderr_has(&self, needle: &str) -> &Self {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
+        self
+    }
+}
+
+/// A MongoDB client for checks.
+pub async fn mongo(db: &str) -> mongodb::Database {
+    mongodb::Client::with_uri_str(mongo_url())
+        .await
+        .expect("mongo client")
+        .database(db)
+}
