@@ -9,14 +9,19 @@ use common::{pg_password, psql, Project};
 fn unknown_config_key_names_the_key_and_line() {
     let p = Project::new("badkey");
     p.write_raw_config("[environments.dev]\nstorage = \"file://b\"\nstorrage = \"x\"\n");
-    p.run(&["status"]).expect_code(2).stderr_has("storrage").stderr_has("line 3");
+    p.run(&["status"])
+        .expect_code(2)
+        .stderr_has("storrage")
+        .stderr_has("line 3");
 }
 
 #[test]
 fn malformed_toml_is_exit_2() {
     let p = Project::new("malformed");
     p.write_raw_config("[environments.dev\nstorage = ");
-    p.run(&["status"]).expect_code(2).stderr_has("valero-db.toml");
+    p.run(&["status"])
+        .expect_code(2)
+        .stderr_has("valero-db.toml");
 }
 
 #[test]
@@ -25,14 +30,20 @@ fn unset_variable_is_named_without_a_value() {
     p.write_raw_config(
         "[environments.dev]\nstorage = \"file://b\"\n[services.fibu]\npostgres = { url = \"${FIBU_DATABASE_URL_NOT_SET}\", schema = \"fibu\" }\n",
     );
-    p.run(&["status"]).expect_code(2).stderr_has("FIBU_DATABASE_URL_NOT_SET");
+    p.run(&["status"])
+        .expect_code(2)
+        .stderr_has("FIBU_DATABASE_URL_NOT_SET");
 }
 
 #[test]
 fn unknown_environment_and_service_are_exit_2() {
     let p = Project::new("unknown");
-    p.run(&["-e", "qa", "status"]).expect_code(2).stderr_has("unknown environment 'qa'");
-    p.run(&["-s", "nope", "status"]).expect_code(2).stderr_has("unknown service 'nope'");
+    p.run(&["-e", "qa", "status"])
+        .expect_code(2)
+        .stderr_has("unknown environment 'qa'");
+    p.run(&["-s", "nope", "status"])
+        .expect_code(2)
+        .stderr_has("unknown service 'nope'");
 }
 
 #[test]
@@ -48,7 +59,9 @@ fn service_names_that_could_escape_a_path_are_exit_2() {
 fn bad_migration_file_names_are_exit_2_naming_the_file() {
     let p = Project::new("badname");
     p.migration("postgres", "first_table.up.sql", "SELECT 1;");
-    p.run(&["migrate", "--no-snapshot"]).expect_code(2).stderr_has("first_table.up.sql");
+    p.run(&["migrate", "--no-snapshot"])
+        .expect_code(2)
+        .stderr_has("first_table.up.sql");
 }
 
 #[test]
@@ -56,26 +69,36 @@ fn duplicate_versions_are_exit_2() {
     let p = Project::new("dup");
     p.migration("postgres", "0001_a.up.sql", "SELECT 1;");
     p.migration("postgres", "1_b.up.sql", "SELECT 1;");
-    p.run(&["migrate", "--no-snapshot"]).expect_code(2).stderr_has("duplicate version 1");
+    p.run(&["migrate", "--no-snapshot"])
+        .expect_code(2)
+        .stderr_has("duplicate version 1");
 }
 
 #[test]
 fn down_without_up_and_empty_files_are_exit_2() {
     let p = Project::new("orphan");
     p.migration("postgres", "0004_x.down.sql", "SELECT 1;");
-    p.run(&["migrate", "--no-snapshot"]).expect_code(2).stderr_has("0004_x.down.sql");
+    p.run(&["migrate", "--no-snapshot"])
+        .expect_code(2)
+        .stderr_has("0004_x.down.sql");
     let p = Project::new("empty");
     p.migration("postgres", "0001_empty.up.sql", "-- nothing yet\n");
-    p.run(&["migrate", "--no-snapshot"]).expect_code(2).stderr_has("no SQL statement");
+    p.run(&["migrate", "--no-snapshot"])
+        .expect_code(2)
+        .stderr_has("no SQL statement");
     let p = Project::new("emptyjson");
     p.migration("mongodb", "0001_empty.up.json", "[]");
-    p.run(&["migrate", "--no-snapshot"]).expect_code(2).stderr_has("0001_empty.up.json");
+    p.run(&["migrate", "--no-snapshot"])
+        .expect_code(2)
+        .stderr_has("0001_empty.up.json");
 }
 
 #[test]
 fn lock_timeout_needs_a_unit() {
     let p = Project::new("unit");
-    p.run(&["status", "--lock-timeout", "90"]).expect_code(2).stderr_has("unit");
+    p.run(&["status", "--lock-timeout", "90"])
+        .expect_code(2)
+        .stderr_has("unit");
 }
 
 #[test]
@@ -121,7 +144,11 @@ fn password_appears_in_no_output_of_any_command() {
     let p = Project::new("secret");
     p.migration("postgres", "0001_a.up.sql", "CREATE TABLE a (id int);\n");
     p.migration("postgres", "0001_a.down.sql", "DROP TABLE a;\n");
-    p.migration("postgres", "0002_fails.up.sql", "SELECT current_setting('no.such.setting');\n");
+    p.migration(
+        "postgres",
+        "0002_fails.up.sql",
+        "SELECT current_setting('no.such.setting');\n",
+    );
     let password = pg_password();
     let mut outputs = Vec::new();
     for args in [
@@ -153,7 +180,8 @@ fn password_appears_in_no_output_of_any_command() {
 #[test]
 fn json_output_is_exactly_one_document_even_on_error() {
     let p = Project::new("json");
-    p.run(&["-s", "nope", "status", "--output", "json"]).expect_code(2);
+    p.run(&["-s", "nope", "status", "--output", "json"])
+        .expect_code(2);
     let run = p.run(&["-s", "nope", "status", "--output", "json"]);
     let doc = run.json();
     assert_eq!(doc["error"]["exit_code"], 2);
@@ -167,9 +195,15 @@ fn new_creates_the_next_pair_in_the_existing_style() {
     let run = p.run(&["new", "svc", "postgres", "Add", "customer", "e-mail"]);
     run.ok();
     let dir = p.path().join("migrations/svc/postgres");
-    assert!(dir.join("0008_add_customer_e_mail.up.sql").exists(), "{}", run.stdout);
+    assert!(
+        dir.join("0008_add_customer_e_mail.up.sql").exists(),
+        "{}",
+        run.stdout
+    );
     assert!(dir.join("0008_add_customer_e_mail.down.sql").exists());
     p.run(&["new", "nope", "postgres", "x"]).expect_code(2);
     // An unfilled template is refused by migrate rather than applied.
-    p.run(&["migrate", "--dry-run"]).expect_code(2).stderr_has("0008_add_customer_e_mail");
+    p.run(&["migrate", "--dry-run"])
+        .expect_code(2)
+        .stderr_has("0008_add_customer_e_mail");
 }

@@ -21,7 +21,10 @@ async fn history(db: &mongodb::Database) -> Vec<(i64, String)> {
         .unwrap();
     let mut out = Vec::new();
     while let Some(d) = c.try_next().await.unwrap() {
-        out.push((d.get_i64("_id").unwrap(), d.get_str("state").unwrap().to_string()));
+        out.push((
+            d.get_i64("_id").unwrap(),
+            d.get_str("state").unwrap().to_string(),
+        ));
     }
     out
 }
@@ -36,7 +39,11 @@ async fn collections(db: &mongodb::Database) -> Vec<String> {
 async fn mongodb_migrations_apply_once_with_validator_and_indexes() {
     let p = Project::new("m_apply");
     p.migration("mongodb", "0001_customers.up.json", CUSTOMERS);
-    p.migration("mongodb", "0001_customers.down.json", r#"[{"drop": "customers"}]"#);
+    p.migration(
+        "mongodb",
+        "0001_customers.down.json",
+        r#"[{"drop": "customers"}]"#,
+    );
     p.migration(
         "mongodb",
         "0002_seed.up.json",
@@ -44,12 +51,24 @@ async fn mongodb_migrations_apply_once_with_validator_and_indexes() {
     );
     p.run(&["migrate", "--no-snapshot"]).ok();
     let db = mongo(&p.mongo_db).await;
-    assert_eq!(history(&db).await, vec![(1, "applied".into()), (2, "applied".into())]);
-    let doc = db.collection::<bson::Document>("customers").find_one(doc! {}).await.unwrap().unwrap();
+    assert_eq!(
+        history(&db).await,
+        vec![(1, "applied".into()), (2, "applied".into())]
+    );
+    let doc = db
+        .collection::<bson::Document>("customers")
+        .find_one(doc! {})
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(doc.get("limit"), Some(bson::Bson::Decimal128(_))));
     assert!(doc.get_datetime("since").is_ok());
     // The validator is in force.
-    assert!(db.collection::<bson::Document>("customers").insert_one(doc! {"x": 1}).await.is_err());
+    assert!(db
+        .collection::<bson::Document>("customers")
+        .insert_one(doc! {"x": 1})
+        .await
+        .is_err());
     p.run(&["migrate", "--no-snapshot"]).ok();
     assert_eq!(history(&db).await.len(), 2);
 }
@@ -70,17 +89,36 @@ async fn failing_mongodb_command_reports_its_index_and_marks_dirty() {
     let db = mongo(&p.mongo_db).await;
     assert_eq!(history(&db).await, vec![(1, "dirty".into())]);
     assert!(!collections(&db).await.contains(&"three".to_string()));
-    p.run(&["migrate", "--no-snapshot"]).expect_code(6).stderr_has("is dirty");
+    p.run(&["migrate", "--no-snapshot"])
+        .expect_code(6)
+        .stderr_has("is dirty");
     p.run(&["status", "--check"]).expect_code(9);
-    p.run(&["repair", "-s", "svc", "--engine", "mongodb", "--version", "1", "--as", "applied"]).ok();
+    p.run(&[
+        "repair",
+        "-s",
+        "svc",
+        "--engine",
+        "mongodb",
+        "--version",
+        "1",
+        "--as",
+        "applied",
+    ])
+    .ok();
     p.run(&["status", "--check"]).ok();
 }
 
 #[tokio::test]
 async fn a_first_command_failure_leaves_nothing_behind() {
     let p = Project::new("m_first");
-    p.migration("mongodb", "0001_bad.up.json", r#"[{"definitelyNotACommand": 1}]"#);
-    p.run(&["migrate", "--no-snapshot"]).expect_code(6).stderr_has("command 0 failed");
+    p.migration(
+        "mongodb",
+        "0001_bad.up.json",
+        r#"[{"definitelyNotACommand": 1}]"#,
+    );
+    p.run(&["migrate", "--no-snapshot"])
+        .expect_code(6)
+        .stderr_has("command 0 failed");
     let db = mongo(&p.mongo_db).await;
     assert!(history(&db).await.is_empty());
 }
@@ -89,7 +127,11 @@ async fn a_first_command_failure_leaves_nothing_behind() {
 async fn mongodb_rollback_runs_down_files() {
     let p = Project::new("m_down");
     p.migration("mongodb", "0001_customers.up.json", CUSTOMERS);
-    p.migration("mongodb", "0001_customers.down.json", r#"[{"drop": "customers"}]"#);
+    p.migration(
+        "mongodb",
+        "0001_customers.down.json",
+        r#"[{"drop": "customers"}]"#,
+    );
     p.run(&["migrate", "--no-snapshot"]).ok();
     p.run(&["rollback", "--to", "0", "--yes"]).ok();
     let db = mongo(&p.mongo_db).await;
@@ -103,12 +145,20 @@ async fn a_live_mongodb_lease_blocks_with_exit_4_and_an_expired_one_does_not() {
     p.migration("mongodb", "0001_customers.up.json", CUSTOMERS);
     let db = mongo(&p.mongo_db).await;
     let locks = db.collection::<bson::Document>("valero_schema_lock");
-    let in_a_minute = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 60_000);
+    let in_a_minute =
+        bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 60_000);
     locks
         .insert_one(doc! {"_id": "migrate", "token": "someone-else", "host": "deploy-7", "pid": 4242_i64, "since": bson::DateTime::now(), "expires_at": in_a_minute})
         .await
         .unwrap();
-    let run = p.run(&["-s", "svc", "migrate", "--no-snapshot", "--lock-timeout", "1s"]);
+    let run = p.run(&[
+        "-s",
+        "svc",
+        "migrate",
+        "--no-snapshot",
+        "--lock-timeout",
+        "1s",
+    ]);
     run.expect_code(4).stderr_has("host=deploy-7 pid=4242");
     assert!(history(&db).await.is_empty());
     // A lease left by a killed process expires.
@@ -117,17 +167,31 @@ async fn a_live_mongodb_lease_blocks_with_exit_4_and_an_expired_one_does_not() {
         .update_one(doc! {"_id": "migrate"}, doc! {"$set": {"expires_at": past}})
         .await
         .unwrap();
-    p.run(&["migrate", "--no-snapshot", "--lock-timeout", "1s"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--lock-timeout", "1s"])
+        .ok();
     assert_eq!(history(&db).await.len(), 1);
-    assert!(locks.find_one(doc! {"_id": "migrate"}).await.unwrap().is_none(), "the lease is released");
+    assert!(
+        locks
+            .find_one(doc! {"_id": "migrate"})
+            .await
+            .unwrap()
+            .is_none(),
+        "the lease is released"
+    );
 }
 
 #[tokio::test]
 async fn malformed_extended_json_is_exit_2_before_anything_runs() {
     let p = Project::new("m_badjson");
     p.migration("mongodb", "0001_ok.up.json", r#"[{"create": "ok"}]"#);
-    p.migration("mongodb", "0002_bad.up.json", r#"[{"insert": "x", "documents": [{"n": {"$numberLong": "nope"}}]}]"#);
-    p.run(&["migrate", "--no-snapshot"]).expect_code(2).stderr_has("0002_bad.up.json");
+    p.migration(
+        "mongodb",
+        "0002_bad.up.json",
+        r#"[{"insert": "x", "documents": [{"n": {"$numberLong": "nope"}}]}]"#,
+    );
+    p.run(&["migrate", "--no-snapshot"])
+        .expect_code(2)
+        .stderr_has("0002_bad.up.json");
     let db = mongo(&p.mongo_db).await;
     assert!(history(&db).await.is_empty());
 }

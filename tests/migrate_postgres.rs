@@ -5,7 +5,8 @@ mod common;
 
 use common::{psql, Project};
 
-const CREATE_A: &str = "CREATE TABLE a (id int PRIMARY KEY, name text);\nINSERT INTO a VALUES (1, 'x');\n";
+const CREATE_A: &str =
+    "CREATE TABLE a (id int PRIMARY KEY, name text);\nINSERT INTO a VALUES (1, 'x');\n";
 const CREATE_B: &str = "CREATE TABLE b (id int PRIMARY KEY REFERENCES a);\n";
 
 fn two_migrations(p: &Project) {
@@ -23,7 +24,10 @@ fn versions(p: &Project) -> String {
 }
 
 fn table_exists(p: &Project, table: &str) -> bool {
-    psql(&format!("SELECT to_regclass('\"{}\".{table}') IS NOT NULL", p.schema)) == "t"
+    psql(&format!(
+        "SELECT to_regclass('\"{}\".{table}') IS NOT NULL",
+        p.schema
+    )) == "t"
 }
 
 #[test]
@@ -32,10 +36,17 @@ fn migrate_applies_in_order_and_rerun_is_a_no_op() {
     two_migrations(&p);
     let run = p.run(&["migrate", "--no-snapshot", "--release", "v1.0.0"]);
     run.ok();
-    assert!(run.stdout.contains("0002_create_b.up.sql"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("0002_create_b.up.sql"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(versions(&p), "1:applied,2:applied");
     assert_eq!(
-        psql(&format!("SELECT DISTINCT release FROM \"{}\".valero_schema_history", p.schema)),
+        psql(&format!(
+            "SELECT DISTINCT release FROM \"{}\".valero_schema_history",
+            p.schema
+        )),
         "v1.0.0"
     );
     let again = p.run(&["migrate", "--no-snapshot", "--output", "json"]);
@@ -58,7 +69,8 @@ fn migrate_to_stops_at_the_version() {
     two_migrations(&p);
     p.run(&["migrate", "--no-snapshot", "--to", "1"]).ok();
     assert_eq!(versions(&p), "1:applied");
-    p.run(&["migrate", "--no-snapshot", "--to", "7"]).expect_code(2);
+    p.run(&["migrate", "--no-snapshot", "--to", "7"])
+        .expect_code(2);
 }
 
 #[test]
@@ -66,7 +78,11 @@ fn crlf_only_change_is_not_drift() {
     let p = Project::new("crlf");
     two_migrations(&p);
     p.run(&["migrate", "--no-snapshot"]).ok();
-    p.migration("postgres", "0001_create_a.up.sql", &format!("\u{feff}{}", CREATE_A.replace('\n', "\r\n")));
+    p.migration(
+        "postgres",
+        "0001_create_a.up.sql",
+        &format!("\u{feff}{}", CREATE_A.replace('\n', "\r\n")),
+    );
     p.run(&["status", "--check"]).ok();
     p.run(&["migrate", "--no-snapshot"]).ok();
 }
@@ -76,16 +92,30 @@ fn edited_applied_file_is_drift_exit_5_naming_file_and_checksums() {
     let p = Project::new("drift");
     two_migrations(&p);
     p.run(&["migrate", "--no-snapshot"]).ok();
-    p.migration("postgres", "0001_create_a.up.sql", "CREATE TABLE a (id bigint);\n");
+    p.migration(
+        "postgres",
+        "0001_create_a.up.sql",
+        "CREATE TABLE a (id bigint);\n",
+    );
     p.migration("postgres", "0003_c.up.sql", "CREATE TABLE c (id int);\n");
     let run = p.run(&["migrate", "--no-snapshot"]);
-    run.expect_code(5).stderr_has("0001_create_a.up.sql").stderr_has("drift").stderr_has("hint:");
+    run.expect_code(5)
+        .stderr_has("0001_create_a.up.sql")
+        .stderr_has("drift")
+        .stderr_has("hint:");
     let applied = psql(&format!(
         "SELECT checksum FROM \"{}\".valero_schema_history WHERE version = 1",
         p.schema
     ));
-    assert!(run.stderr.contains(&applied), "the applied checksum is named: {}", run.stderr);
-    assert!(!table_exists(&p, "c"), "nothing is applied when drift is found");
+    assert!(
+        run.stderr.contains(&applied),
+        "the applied checksum is named: {}",
+        run.stderr
+    );
+    assert!(
+        !table_exists(&p, "c"),
+        "nothing is applied when drift is found"
+    );
     p.run(&["status", "--check"]).expect_code(9);
 }
 
@@ -99,11 +129,16 @@ fn failing_migration_rolls_back_ddl_and_history_exit_6() {
         "CREATE TABLE half (id int);\nINSERT INTO a VALUES (2, 'y');\nSELECT * FROM no_such_table;\n",
     );
     let run = p.run(&["migrate", "--no-snapshot"]);
-    run.expect_code(6).stderr_has("0002_broken.up.sql").stderr_has("no_such_table");
+    run.expect_code(6)
+        .stderr_has("0002_broken.up.sql")
+        .stderr_has("no_such_table");
     assert!(run.stderr.contains("rolled back"), "{}", run.stderr);
     assert_eq!(versions(&p), "1:applied");
     assert!(!table_exists(&p, "half"));
-    assert_eq!(psql(&format!("SELECT count(*) FROM \"{}\".a", p.schema)), "1");
+    assert_eq!(
+        psql(&format!("SELECT count(*) FROM \"{}\".a", p.schema)),
+        "1"
+    );
 }
 
 #[test]
@@ -116,15 +151,23 @@ fn no_transaction_failure_marks_dirty_until_repaired() {
         "-- valero:no-transaction\nCREATE INDEX CONCURRENTLY a_name_idx ON a (name);\nCREATE INDEX CONCURRENTLY broken_idx ON a (nope);\n",
     );
     let run = p.run(&["migrate", "--no-snapshot"]);
-    run.expect_code(6).stderr_has("dirty").stderr_has("valero-db repair");
+    run.expect_code(6)
+        .stderr_has("dirty")
+        .stderr_has("valero-db repair");
     assert_eq!(versions(&p), "1:applied,2:dirty");
     // The first statement really ran outside a transaction.
     assert_eq!(
-        psql(&format!("SELECT count(*) FROM pg_indexes WHERE schemaname = '{}' AND indexname = 'a_name_idx'", p.schema)),
+        psql(&format!(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = '{}' AND indexname = 'a_name_idx'",
+            p.schema
+        )),
         "1"
     );
     let again = p.run(&["migrate", "--no-snapshot"]);
-    again.expect_code(6).stderr_has("is dirty").stderr_has("repair");
+    again
+        .expect_code(6)
+        .stderr_has("is dirty")
+        .stderr_has("repair");
     p.run(&["status", "--check"]).expect_code(9);
     // The operator fixes the file and marks the version pending again.
     psql(&format!("DROP INDEX \"{}\".a_name_idx", p.schema));
@@ -133,7 +176,18 @@ fn no_transaction_failure_marks_dirty_until_repaired() {
         "0002_idx.up.sql",
         "-- valero:no-transaction\nCREATE INDEX CONCURRENTLY a_name_idx ON a (name);\n",
     );
-    p.run(&["repair", "-s", "svc", "--engine", "postgres", "--version", "2", "--as", "pending"]).ok();
+    p.run(&[
+        "repair",
+        "-s",
+        "svc",
+        "--engine",
+        "postgres",
+        "--version",
+        "2",
+        "--as",
+        "pending",
+    ])
+    .ok();
     p.run(&["migrate", "--no-snapshot"]).ok();
     assert_eq!(versions(&p), "1:applied,2:applied");
 }
@@ -160,7 +214,8 @@ fn rollback_refuses_before_changing_anything_when_a_down_file_is_missing() {
     p.migration("postgres", "0003_c.down.sql", "DROP TABLE c;\n");
     p.run(&["migrate", "--no-snapshot"]).ok();
     let run = p.run(&["rollback", "--to", "1", "--yes"]);
-    run.expect_code(2).stderr_has("no down file for version(s) 2");
+    run.expect_code(2)
+        .stderr_has("no down file for version(s) 2");
     assert_eq!(versions(&p), "1:applied,2:applied,3:applied");
     assert!(table_exists(&p, "c"));
 }
@@ -170,9 +225,15 @@ fn rollback_needs_yes_without_a_terminal_and_in_protected_envs() {
     let p = Project::new("confirm");
     two_migrations(&p);
     p.run(&["migrate", "--no-snapshot"]).ok();
-    p.run(&["rollback", "--to", "1"]).expect_code(2).stderr_has("--yes");
-    p.run(&["-e", "prod", "rollback", "--to", "1"]).expect_code(2).stderr_has("protected");
-    p.run(&["-e", "prod", "migrate", "--no-snapshot"]).expect_code(2).stderr_has("protected");
+    p.run(&["rollback", "--to", "1"])
+        .expect_code(2)
+        .stderr_has("--yes");
+    p.run(&["-e", "prod", "rollback", "--to", "1"])
+        .expect_code(2)
+        .stderr_has("protected");
+    p.run(&["-e", "prod", "migrate", "--no-snapshot"])
+        .expect_code(2)
+        .stderr_has("protected");
     assert_eq!(versions(&p), "1:applied,2:applied");
 }
 
@@ -184,7 +245,10 @@ fn dry_run_changes_nothing() {
     run.ok();
     assert!(run.stdout.contains("would apply 2"), "{}", run.stdout);
     assert_eq!(
-        psql(&format!("SELECT count(*) FROM pg_namespace WHERE nspname = '{}'", p.schema)),
+        psql(&format!(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = '{}'",
+            p.schema
+        )),
         "0",
         "not even the schema is created"
     );
@@ -198,7 +262,8 @@ fn baseline_adopts_an_existing_schema() {
         "CREATE SCHEMA \"{s}\"; CREATE TABLE \"{s}\".a (id int PRIMARY KEY, name text)",
         s = p.schema
     ));
-    p.run(&["baseline", "--version", "1", "--engine", "postgres"]).ok();
+    p.run(&["baseline", "--version", "1", "--engine", "postgres"])
+        .ok();
     assert_eq!(versions(&p), "1:applied");
     p.run(&["migrate", "--no-snapshot"]).ok();
     assert_eq!(versions(&p), "1:applied,2:applied");
@@ -220,8 +285,14 @@ fn concurrent_migrate_applies_once_and_the_second_exits_4_naming_the_holder() {
     let second = p.run(&["migrate", "--no-snapshot", "--lock-timeout", "1s"]);
     let first_status = first.wait().expect("first run");
     assert!(first_status.success());
-    second.expect_code(4).stderr_has("held by").stderr_has("pid=");
-    assert_eq!(psql(&format!("SELECT count(*) FROM \"{}\".slow", p.schema)), "1");
+    second
+        .expect_code(4)
+        .stderr_has("held by")
+        .stderr_has("pid=");
+    assert_eq!(
+        psql(&format!("SELECT count(*) FROM \"{}\".slow", p.schema)),
+        "1"
+    );
     assert_eq!(versions(&p), "1:applied");
 }
 
@@ -233,10 +304,23 @@ fn lock_of_one_service_does_not_block_another() {
         "[services.other]\npostgres = {{ url = \"${{VALERO_PG_URL}}\", schema = \"{other}\" }}\n"
     ));
     p.migration("postgres", "0001_slow.up.sql", "SELECT pg_sleep(3);\n");
-    p.migration_for("other", "postgres", "0001_fast.up.sql", "CREATE TABLE t (id int);\n");
+    p.migration_for(
+        "other",
+        "postgres",
+        "0001_fast.up.sql",
+        "CREATE TABLE t (id int);\n",
+    );
     let mut first = p.spawn(&["-s", "svc", "migrate", "--no-snapshot"]);
     std::thread::sleep(std::time::Duration::from_millis(1000));
-    p.run(&["-s", "other", "migrate", "--no-snapshot", "--lock-timeout", "1s"]).ok();
+    p.run(&[
+        "-s",
+        "other",
+        "migrate",
+        "--no-snapshot",
+        "--lock-timeout",
+        "1s",
+    ])
+    .ok();
     assert!(first.wait().unwrap().success());
     psql(&format!("DROP SCHEMA \"{other}\" CASCADE"));
 }

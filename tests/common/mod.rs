@@ -147,7 +147,10 @@ mongodb = {{ url = "${{VALERO_MONGO_URL}}", database = "{db}" }}
     }
 
     pub fn drop_all(&self) {
-        let _ = psql(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema));
+        let _ = psql(&format!(
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            self.schema
+        ));
     }
 }
 
