@@ -94,7 +94,49 @@ pub enum RepairAs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum SnapshotsCommand {
+    /// List complete snapshots of the selected services
+    List,
+    /// Re-read every object and check its size and sha256
+    Verify {
+        /// Snapshot id (see `snapshots list`)
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every snapshot of the selected services
+        #[arg(long)]
+        all: bool,
+    },
+    /// Apply retention; never removes the newest complete snapshot of a service
+    #[command(group = clap::ArgGroup::new("policy").required(true).multiple(true).args(["keep_last", "keep_within"]))]
+    Prune {
+        /// Keep the N newest snapshots per service
+        #[arg(long, value_name = "N")]
+        keep_last: Option<usize>,
+        /// Keep every snapshot younger than this (units required: 30d, 12h)
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        keep_within: Option<Duration>,
+        /// Show what would be removed
+        #[arg(long)]
+        dry_run: bool,
+        /// Confirm (required when not interactive or in a protected environment)
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Take a snapshot of the selected services now
+    Snapshot {
+        /// Free text recorded in the manifest
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Inspect, verify and prune snapshots
+    Snapshots {
+        #[command(subcommand)]
+        command: SnapshotsCommand,
+    },
     /// Per service and engine: version, pending migrations, drift, dirty state, lock holder
     Status {
         /// Exit 9 if anything is pending, dirty or drifted

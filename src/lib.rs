@@ -13,6 +13,8 @@ pub mod error;
 pub mod migrate;
 pub mod output;
 pub mod redact;
+pub mod snapshot;
+pub mod storage;
 
 use cli::Cli;
 use error::Error;

@@ -35,7 +35,8 @@ pub fn register_url(raw: &str) {
     }
 }
 
-fn percent_decode(s: &str) -> Result<String, std::string::FromUtf8Error> {
+/// Decodes `%XX` escapes of a URL component.
+pub fn percent_decode(s: &str) -> Result<String, std::string::FromUtf8Error> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -15,6 +15,8 @@ use crate::migrate::runner::{
     self, discover_service, ensure_consistent, inspect, LockedService, Step,
 };
 use crate::output::Outcome;
+use crate::snapshot::take::{take_service, Request};
+use crate::storage::Storage;
 
 pub struct MigrateArgs {
     pub to: Option<u64>,
@@ -164,13 +166,58 @@ pub async fn migrate(ctx: &Context, args: MigrateArgs) -> Outcome {
         applied_by: identity(),
         release: args.release.clone(),
     };
+    // Storage must be usable before any service is touched.
+    let storage = if args.dry_run || args.no_snapshot {
+        None
+    } else {
+        match super::snapshot::open_storage(ctx).await {
+            Ok(s) => Some(s),
+            Err(e) => return Outcome::failed(e),
+        }
+    };
     let mut runs = Vec::new();
+    let mut snapshots = Vec::new();
     for (service, local) in discovered {
-        if let Err(e) = migrate_service(ctx, &service, local, &args, &meta, &mut runs).await {
-            return outcome(ctx, "migrate", runs, args.dry_run, Some(e));
+        let pre = PreMigrate {
+            storage: storage.as_deref(),
+            environment: &ctx.env.name,
+            taken: &mut snapshots,
+        };
+        if let Err(e) = migrate_service(ctx, &service, local, &args, &meta, &mut runs, pre).await {
+            return migrate_outcome(ctx, runs, snapshots, args.dry_run, Some(e));
         }
     }
-    outcome(ctx, "migrate", runs, args.dry_run, None)
+    migrate_outcome(ctx, runs, snapshots, args.dry_run, None)
+}
+
+/// Where the pre-migrate snapshot goes (None: no snapshot) and what was taken.
+struct PreMigrate<'a> {
+    storage: Option<&'a dyn Storage>,
+    environment: &'a str,
+    taken: &'a mut Vec<serde_json::Value>,
+}
+
+fn migrate_outcome(
+    ctx: &Context,
+    runs: Vec<EngineRun>,
+    snapshots: Vec<serde_json::Value>,
+    dry_run: bool,
+    error: Option<Error>,
+) -> Outcome {
+    let mut o = outcome(ctx, "migrate", runs, dry_run, error);
+    let mut human = String::new();
+    for s in &snapshots {
+        human.push_str(&format!(
+            "{}: pre-migrate snapshot {} (verified)\n",
+            s["service"].as_str().unwrap_or("?"),
+            s["id"].as_str().unwrap_or("?")
+        ));
+    }
+    o.human = human + &o.human;
+    if let serde_json::Value::Object(m) = &mut o.report {
+        m.insert("snapshots".into(), serde_json::Value::Array(snapshots));
+    }
+    o
 }
 
 async fn migrate_service(
@@ -180,9 +227,10 @@ async fn migrate_service(
     args: &MigrateArgs,
     meta: &RunMeta,
     runs: &mut Vec<EngineRun>,
+    pre: PreMigrate<'_>,
 ) -> Result<()> {
     let mut locked = LockedService::open(service, local, ctx.global.lock_timeout).await?;
-    let result = migrate_locked(&mut locked, args, meta, runs).await;
+    let result = migrate_locked(&mut locked, args, meta, runs, pre).await;
     locked.release().await;
     result
 }
@@ -192,6 +240,7 @@ async fn migrate_locked(
     args: &MigrateArgs,
     meta: &RunMeta,
     runs: &mut Vec<EngineRun>,
+    pre: PreMigrate<'_>,
 ) -> Result<()> {
     let name = locked.service.name.clone();
     // Plan every engine before changing any.
@@ -225,8 +274,19 @@ async fn migrate_locked(
         });
         plans.push(plan);
     }
-    if args.dry_run {
+    if args.dry_run || plans.iter().all(Vec::is_empty) {
         return Ok(());
+    }
+    // A verified snapshot of the whole service before anything changes.
+    if let Some(storage) = pre.storage {
+        let req = Request {
+            environment: pre.environment,
+            reason: "pre-migrate",
+            release: args.release.clone(),
+            label: None,
+        };
+        let found = take_service(storage, &name, &mut locked.slots, &req).await?;
+        pre.taken.push(super::snapshot::summary(&found));
     }
     let first_run = runs.len() - plans.len();
     for (i, (slot, plan)) in locked.slots.iter_mut().zip(plans.iter()).enumerate() {

@@ -3,11 +3,12 @@
 
 pub mod migrate;
 pub mod new;
+pub mod snapshot;
 pub mod status;
 
 use std::io::IsTerminal;
 
-use crate::cli::{Cli, Command, GlobalArgs};
+use crate::cli::{Cli, Command, GlobalArgs, SnapshotsCommand};
 use crate::config::{self, Config, Environment, Service};
 use crate::error::{Error, Result};
 use crate::output::Outcome;
@@ -131,6 +132,17 @@ pub async fn dispatch(cli: Cli) -> Outcome {
             repair_version,
             as_,
         } => migrate::repair(&ctx, engine.into(), repair_version, as_).await,
+        Command::Snapshot { label } => snapshot::take(&ctx, label).await,
+        Command::Snapshots { command } => match command {
+            SnapshotsCommand::List => snapshot::list(&ctx).await,
+            SnapshotsCommand::Verify { id, all } => snapshot::verify(&ctx, id, all).await,
+            SnapshotsCommand::Prune {
+                keep_last,
+                keep_within,
+                dry_run,
+                yes,
+            } => snapshot::prune(&ctx, keep_last.unwrap_or(1), keep_within, dry_run, yes).await,
+        },
         Command::New { .. } => unreachable!("handled above"),
     }
 }

@@ -13,6 +13,8 @@ use crate::config::Service;
 use crate::error::{Error, Result};
 use crate::migrate::files::{Migration, Script};
 use crate::migrate::plan::AppliedMigration;
+use crate::snapshot::manifest::EngineInfo;
+use crate::snapshot::SnapshotWriter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -99,6 +101,14 @@ pub trait Engine: Send {
 
     /// Clears the dirty mark of a version.
     async fn repair(&mut self, version: u64, action: RepairAction) -> Result<()>;
+
+    /// Writes a consistent snapshot of everything the service owns here.
+    async fn snapshot(&mut self, _out: &mut SnapshotWriter<'_>) -> Result<EngineInfo> {
+        Err(Error::internal(format!(
+            "snapshots of {} are not supported",
+            self.kind()
+        )))
+    }
 }
 
 /// Connects to every engine a service has, in a fixed order.

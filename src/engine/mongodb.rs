@@ -487,6 +487,13 @@ impl Engine for MongoEngine {
         }
         Ok(())
     }
+
+    async fn snapshot(
+        &mut self,
+        out: &mut crate::snapshot::SnapshotWriter<'_>,
+    ) -> Result<crate::snapshot::manifest::EngineInfo> {
+        crate::snapshot::mongodb::take(&self.client, &self.db, &self.service, out).await
+    }
 }
 
 impl Drop for MongoEngine {

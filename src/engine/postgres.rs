@@ -25,6 +25,8 @@ pub struct PostgresEngine {
     schema: String,
     conn: PgConnection,
     lock_key: i32,
+    /// Kept for pg_dump, which reads the same exported snapshot.
+    url: String,
 }
 
 /// Runs a multi-statement script: a plain `&str` without arguments goes
@@ -108,6 +110,7 @@ impl PostgresEngine {
             lock_key: lock_key_for(&target.schema),
             schema: target.schema.clone(),
             conn,
+            url: target.url.clone(),
         })
     }
 
@@ -517,5 +520,13 @@ impl Engine for PostgresEngine {
             )));
         }
         Ok(())
+    }
+
+    async fn snapshot(
+        &mut self,
+        out: &mut crate::snapshot::SnapshotWriter<'_>,
+    ) -> Result<crate::snapshot::manifest::EngineInfo> {
+        crate::snapshot::postgres::take(&mut self.conn, &self.url, &self.service, &self.schema, out)
+            .await
     }
 }

@@ -31,6 +31,12 @@ pub fn pg_password() -> String {
         .expect("VALERO_PG_URL has a password")
 }
 
+/// A loopback port with nothing listening.
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 pub fn unique(prefix: &str) -> String {
@@ -79,18 +85,28 @@ impl Project {
     pub fn write_config(&self, extra: &str) {
         let text = format!(
             r#"[environments.dev]
-storage = "file://backups/dev"
+storage = "file://backups"
 
 [environments.prod]
-storage = "file://backups/prod"
+storage = "file://backups"
 protected = true
+
+[environments.s3]
+storage = "s3://${{VALERO_S3_BUCKET}}/{prefix}"
+s3 = {{ endpoint = "${{VALERO_S3_ENDPOINT}}", force_path_style = true, region = "us-east-1", part_size = "5MiB", concurrency = 2 }}
+
+[environments.deads3]
+storage = "s3://${{VALERO_S3_BUCKET}}/{prefix}"
+s3 = {{ endpoint = "http://127.0.0.1:{dead_port}", force_path_style = true, region = "us-east-1" }}
 
 [services.svc]
 postgres = {{ url = "${{VALERO_PG_URL}}", schema = "{schema}" }}
 mongodb = {{ url = "${{VALERO_MONGO_URL}}", database = "{db}" }}
 {extra}"#,
             schema = self.schema,
-            db = self.mongo_db
+            db = self.mongo_db,
+            prefix = self.schema,
+            dead_port = closed_port(),
         );
         std::fs::write(self.config_path(), text).expect("write config");
     }

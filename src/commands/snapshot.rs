@@ -1,0 +1,283 @@
+//! `snapshot [--label]`, `snapshots list`, `snapshots verify ID|--all` and
+//! `snapshots prune`. Snapshots and prune take the service's lock, so a
+//! snapshot never captures a half-applied MongoDB migration and prune never
+//! mistakes a running snapshot for a leftover.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::commands::{confirm, Context};
+use crate::error::{Error, Result};
+use crate::migrate::runner::LockedService;
+use crate::output::{table, Outcome};
+use crate::snapshot::take::{human_bytes, take_service, Request};
+use crate::snapshot::{self, Found, MANIFEST};
+use crate::storage::{self, Storage};
+
+pub fn summary(f: &Found) -> Value {
+    let m = &f.manifest;
+    json!({
+        "id": m.id,
+        "service": m.service,
+        "environment": m.environment,
+        "created_at": m.created_at,
+        "consistent_at": m.consistent_at,
+        "reason": m.reason,
+        "release": m.release,
+        "label": m.label,
+        "schema_versions": m.engines.iter().map(|e| (e.engine.clone(), json!(e.schema_version))).collect::<serde_json::Map<_, _>>(),
+        "size": m.total_size(),
+        "objects": m.objects.len(),
+        "status": "complete",
+    })
+}
+
+fn row(f: &Found) -> Vec<String> {
+    let m = &f.manifest;
+    let versions: Vec<String> = m
+        .engines
+        .iter()
+        .map(|e| {
+            format!(
+                "{}={}",
+                e.engine,
+                e.schema_version
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "-".into())
+            )
+        })
+        .collect();
+    vec![
+        m.id.clone(),
+        m.service.clone(),
+        m.consistent_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        m.reason.clone(),
+        m.release.clone().unwrap_or_else(|| "-".into()),
+        versions.join(" "),
+        human_bytes(m.total_size()),
+    ]
+}
+
+const HEADERS: [&str; 7] = [
+    "ID",
+    "SERVICE",
+    "CONSISTENT AT",
+    "REASON",
+    "RELEASE",
+    "VERSIONS",
+    "SIZE",
+];
+
+pub async fn open_storage(ctx: &Context) -> Result<Box<dyn Storage>> {
+    let s = storage::open(&ctx.env).await?;
+    s.check().await?;
+    Ok(s)
+}
+
+pub async fn take(ctx: &Context, label: Option<String>) -> Outcome {
+    let result = async {
+        let services = ctx.services()?;
+        let storage = open_storage(ctx).await?;
+        let mut taken = Vec::new();
+        for service in &services {
+            let mut locked =
+                LockedService::open(service, Vec::new(), ctx.global.lock_timeout).await?;
+            let req = Request {
+                environment: &ctx.env.name,
+                reason: "manual",
+                release: None,
+                label: label.clone(),
+            };
+            let r = take_service(storage.as_ref(), &service.name, &mut locked.slots, &req).await;
+            locked.release().await;
+            taken.push(r?);
+        }
+        Ok::<_, Error>(taken)
+    }
+    .await;
+    match result {
+        Ok(taken) => Outcome::ok(
+            json!({"command": "snapshot", "environment": ctx.env.name, "snapshots": taken.iter().map(summary).collect::<Vec<_>>()}),
+            table(&HEADERS, &taken.iter().map(row).collect::<Vec<_>>()),
+        ),
+        Err(e) => Outcome::failed(e),
+    }
+}
+
+pub async fn list_all(ctx: &Context, storage: &dyn Storage) -> Result<Vec<Found>> {
+    let mut all = Vec::new();
+    for service in ctx.services()? {
+        all.extend(
+            snapshot::list_service(storage, &ctx.env.name, &service.name)
+                .await?
+                .0,
+        );
+    }
+    Ok(all)
+}
+
+pub async fn list(ctx: &Context) -> Outcome {
+    let result = async {
+        let storage = storage::open(&ctx.env).await?;
+        list_all(ctx, storage.as_ref()).await
+    }
+    .await;
+    match result {
+        Ok(all) => Outcome::ok(
+            json!({"command": "snapshots list", "environment": ctx.env.name, "snapshots": all.iter().map(summary).collect::<Vec<_>>()}),
+            if all.is_empty() {
+                "no snapshots\n".into()
+            } else {
+                table(&HEADERS, &all.iter().map(row).collect::<Vec<_>>())
+            },
+        ),
+        Err(e) => Outcome::failed(e),
+    }
+}
+
+pub async fn verify(ctx: &Context, id: Option<String>, all: bool) -> Outcome {
+    let result = async {
+        if id.is_none() && !all {
+            return Err(Error::usage("name a snapshot id or pass --all"));
+        }
+        if let Some(id) = &id {
+            snapshot::validate_id(id)?;
+        }
+        let storage = storage::open(&ctx.env).await?;
+        let found = list_all(ctx, storage.as_ref()).await?;
+        let chosen: Vec<&Found> = found
+            .iter()
+            .filter(|f| all || Some(&f.manifest.id) == id.as_ref())
+            .collect();
+        if chosen.is_empty() {
+            return Err(Error::usage_hint(
+                format!(
+                    "no complete snapshot {} in environment {}",
+                    id.clone().unwrap_or_default(),
+                    ctx.env.name
+                ),
+                "see `valero-db snapshots list`",
+            ));
+        }
+        let mut verified = Vec::new();
+        for f in chosen {
+            snapshot::verify(storage.as_ref(), f).await?;
+            verified.push(f.manifest.id.clone());
+        }
+        Ok(verified)
+    }
+    .await;
+    match result {
+        Ok(v) => Outcome::ok(
+            json!({"command": "snapshots verify", "verified": v}),
+            v.iter()
+                .map(|id| format!("{id}: every object verified\n"))
+                .collect(),
+        ),
+        Err(e) => Outcome::failed(e),
+    }
+}
+
+/// Which snapshots to keep: the `keep_last` newest, all younger than
+/// `keep_within`, and always the newest. `found` is oldest first.
+pub fn retention(
+    found: &[Found],
+    keep_last: usize,
+    keep_within: Option<Duration>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<bool> {
+    let n = found.len();
+    found
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let rank_from_newest = n - 1 - i;
+            let young = keep_within.is_some_and(|w| {
+                now.signed_duration_since(f.manifest.created_at)
+                    .to_std()
+                    .map(|age| age <= w)
+                    .unwrap_or(true)
+            });
+            rank_from_newest == 0 || rank_from_newest < keep_last || young
+        })
+        .collect()
+}
+
+pub async fn prune(
+    ctx: &Context,
+    keep_last: usize,
+    keep_within: Option<Duration>,
+    dry_run: bool,
+    yes: bool,
+) -> Outcome {
+    let result = async {
+        let storage = open_storage(ctx).await?;
+        if !dry_run {
+            confirm(ctx, "prune snapshots", yes)?;
+        }
+        let mut removed = Vec::new();
+        let mut kept = Vec::new();
+        let mut leftovers = Vec::new();
+        for service in ctx.services()? {
+            let mut locked =
+                LockedService::open(&service, Vec::new(), ctx.global.lock_timeout).await?;
+            let r = async {
+                let (found, incomplete) =
+                    snapshot::list_service(storage.as_ref(), &ctx.env.name, &service.name).await?;
+                let keep = retention(&found, keep_last, keep_within, chrono::Utc::now());
+                for (f, k) in found.iter().zip(keep) {
+                    if k {
+                        kept.push(f.manifest.id.clone());
+                        continue;
+                    }
+                    removed.push(f.manifest.id.clone());
+                    if !dry_run {
+                        delete_snapshot(storage.as_ref(), &f.base).await?;
+                    }
+                }
+                // Under the lock no snapshot is running: folders without a
+                // manifest are leftovers of interrupted ones.
+                for base in incomplete {
+                    leftovers.push(base.clone());
+                    if !dry_run {
+                        delete_snapshot(storage.as_ref(), &base).await?;
+                    }
+                }
+                Ok::<_, Error>(())
+            }
+            .await;
+            locked.release().await;
+            r?;
+        }
+        Ok::<_, Error>((removed, kept, leftovers))
+    }
+    .await;
+    match result {
+        Ok((removed, kept, leftovers)) => {
+            let verb = if dry_run { "would remove" } else { "removed" };
+            let mut human = String::new();
+            for id in &removed {
+                human.push_str(&format!("{verb} {id}\n"));
+            }
+            for base in &leftovers {
+                human.push_str(&format!("{verb} incomplete leftover {base}\n"));
+            }
+            human.push_str(&format!("kept {} snapshot(s)\n", kept.len()));
+            Outcome::ok(
+                json!({"command": "snapshots prune", "dry_run": dry_run, "removed": removed, "kept": kept, "leftovers_removed": leftovers}),
+                human,
+            )
+        }
+        Err(e) => Outcome::failed(e),
+    }
+}
+
+/// Deletes the manifest first, so a half-deleted snapshot is never complete.
+async fn delete_snapshot(storage: &dyn Storage, base: &str) -> Result<()> {
+    storage.delete(&format!("{base}/{MANIFEST}")).await?;
+    for o in storage.list(&format!("{base}/")).await? {
+        storage.delete(&o.key).await?;
+    }
+    Ok(())
+}

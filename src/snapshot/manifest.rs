@@ -1,0 +1,89 @@
+//! The manifest: the last object of a snapshot, listing every object with
+//! its size and sha256, plus what was captured, when and why. Documented in
+//! docs/snapshot-format.md.
+
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectEntry {
+    /// Relative to the snapshot folder.
+    pub key: String,
+    /// `postgres/pre-data`, `postgres/table`, `postgres/sequences`,
+    /// `postgres/post-data`, `mongodb/collection`, `mongodb/metadata`.
+    pub kind: String,
+    /// The table or collection name as in the database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Stored (compressed) bytes.
+    pub size: u64,
+    /// sha256 of the stored bytes, hex.
+    pub sha256: String,
+    /// Uncompressed bytes.
+    pub raw_size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineInfo {
+    pub engine: String,
+    /// Schema (PostgreSQL) or database (MongoDB).
+    pub target: String,
+    pub server_version: String,
+    /// Highest applied migration version at the consistent point.
+    pub schema_version: Option<u64>,
+    pub consistent_at: chrono::DateTime<chrono::Utc>,
+    /// Engine-specific position: PostgreSQL transaction snapshot and WAL
+    /// LSN; MongoDB cluster time and read mode.
+    pub position: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub id: String,
+    pub environment: String,
+    pub service: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The service's consistent point: the latest of its engines'.
+    pub consistent_at: chrono::DateTime<chrono::Utc>,
+    pub reason: String,
+    pub release: Option<String>,
+    pub label: Option<String>,
+    pub tool_version: String,
+    pub engines: Vec<EngineInfo>,
+    pub objects: Vec<ObjectEntry>,
+}
+
+impl Manifest {
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if m.format != FORMAT_VERSION {
+            return Err(format!("unknown format version {}", m.format));
+        }
+        super::validate_id(&m.id).map_err(|e| e.to_string())?;
+        for o in &m.objects {
+            crate::storage::validate_key(&o.key)?;
+            if o.sha256.len() != 64 || !o.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("object {} has no valid sha256", o.key));
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn total_size(&self) -> u64 {
+        self.objects.iter().map(|o| o.size).sum()
+    }
+
+    pub fn schema_version(&self, engine: &str) -> Option<u64> {
+        self.engines
+            .iter()
+            .find(|e| e.engine == engine)
+            .and_then(|e| e.schema_version)
+    }
+}

@@ -1,0 +1,360 @@
+//! Snapshots: one per service per run, stored as
+//! `<env>/<service>/<snapshot-id>/<objects>` plus `manifest.json`, written
+//! last. Objects are zstd-compressed and sha256-hashed while they stream.
+//! A snapshot without a manifest does not exist for any command.
+
+pub mod manifest;
+pub mod mongodb;
+pub mod postgres;
+pub mod take;
+
+use std::io::Write;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::storage::{ObjectWriter, Storage};
+pub use manifest::{Manifest, ObjectEntry};
+
+pub const MANIFEST: &str = "manifest.json";
+/// Manifests are small; anything bigger is refused as tampered.
+pub const MANIFEST_LIMIT: usize = 64 << 20;
+
+/// zstd level 3 is the sweet spot of speed and size for database dumps.
+const ZSTD_LEVEL: i32 = 3;
+
+/// A new snapshot id: UTC time (sorts by time) and a random suffix.
+pub fn new_id(at: chrono::DateTime<chrono::Utc>) -> String {
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    format!("{}-{suffix}", at.format("%Y%m%dT%H%M%S%.3fZ"))
+}
+
+/// Snapshot ids come from users and manifests: a strict alphabet.
+pub fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok && !id.contains("..") {
+        Ok(())
+    } else {
+        Err(Error::usage(format!(
+            "'{}' is not a snapshot id (see `valero-db snapshots list`)",
+            id.escape_debug()
+        )))
+    }
+}
+
+/// A name made safe as one component of an object key; unsafe bytes
+/// become `+XX`.
+pub fn key_component(name: &str) -> String {
+    let mut out = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && !out.is_empty()) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Collects the objects of one snapshot as they are written, so a failure
+/// can delete them all.
+pub struct SnapshotWriter<'a> {
+    pub storage: &'a dyn Storage,
+    pub base: String,
+    pub objects: Vec<ObjectEntry>,
+    threads: u32,
+}
+
+impl<'a> SnapshotWriter<'a> {
+    pub fn new(storage: &'a dyn Storage, base: String) -> Self {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        SnapshotWriter {
+            storage,
+            base,
+            objects: Vec::new(),
+            threads,
+        }
+    }
+
+    /// Starts a compressed object at `rel_key` (relative to the snapshot).
+    pub async fn object(
+        &mut self,
+        rel_key: &str,
+        kind: &str,
+        name: Option<&str>,
+    ) -> Result<ObjectSink> {
+        crate::storage::validate_key(rel_key).map_err(Error::internal)?;
+        let inner = self
+            .storage
+            .put(&format!("{}/{rel_key}", self.base))
+            .await?;
+        let mut encoder =
+            zstd::stream::write::Encoder::new(Vec::with_capacity(256 << 10), ZSTD_LEVEL)
+                .map_err(|e| Error::internal(format!("zstd: {e}")))?;
+        if self.threads > 1 {
+            let _ = encoder.multithread(self.threads);
+        }
+        Ok(ObjectSink {
+            inner: Some(inner),
+            encoder: Some(encoder),
+            hasher: Sha256::new(),
+            stored: 0,
+            raw: 0,
+            entry: ObjectEntry {
+                key: rel_key.to_string(),
+                kind: kind.to_string(),
+                name: name.map(str::to_string),
+                size: 0,
+                sha256: String::new(),
+                raw_size: 0,
+                rows: None,
+            },
+        })
+    }
+
+    pub fn add(&mut self, entry: ObjectEntry) {
+        self.objects.push(entry);
+    }
+
+    /// Removes every object written so far (a failed snapshot).
+    pub async fn discard(&mut self) {
+        for o in self.objects.drain(..) {
+            let _ = self
+                .storage
+                .delete(&format!("{}/{}", self.base, o.key))
+                .await;
+        }
+    }
+}
+
+/// One object being streamed: raw bytes in, zstd + sha256 + size out.
+pub struct ObjectSink {
+    inner: Option<Box<dyn ObjectWriter>>,
+    encoder: Option<zstd::stream::write::Encoder<'static, Vec<u8>>>,
+    hasher: Sha256,
+    stored: u64,
+    raw: u64,
+    pub entry: ObjectEntry,
+}
+
+const FLUSH_AT: usize = 1 << 20;
+
+impl ObjectSink {
+    pub async fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.raw += data.len() as u64;
+        let enc = self
+            .encoder
+            .as_mut()
+            .ok_or_else(|| Error::internal("write after finish"))?;
+        enc.write_all(data)
+            .map_err(|e| Error::internal(format!("zstd: {e}")))?;
+        if enc.get_ref().len() >= FLUSH_AT {
+            let out = std::mem::take(enc.get_mut());
+            self.emit(&out).await?;
+        }
+        Ok(())
+    }
+
+    async fn emit(&mut self, out: &[u8]) -> Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.hasher.update(out);
+        self.stored += out.len() as u64;
+        match self.inner.as_mut() {
+            Some(w) => w.write(out).await,
+            None => Err(Error::internal("object already closed")),
+        }
+    }
+
+    pub fn raw_bytes(&self) -> u64 {
+        self.raw
+    }
+
+    /// Completes the object; on failure nothing remains under its key.
+    pub async fn finish(mut self) -> Result<ObjectEntry> {
+        let enc = self
+            .encoder
+            .take()
+            .ok_or_else(|| Error::internal("finish twice"))?;
+        let tail = match enc.finish() {
+            Ok(t) => t,
+            Err(e) => {
+                self.abort().await;
+                return Err(Error::internal(format!("zstd: {e}")));
+            }
+        };
+        if let Err(e) = self.emit(&tail).await {
+            self.abort().await;
+            return Err(e);
+        }
+        let inner = self
+            .inner
+            .take()
+            .ok_or_else(|| Error::internal("finish twice"))?;
+        inner.finish().await?;
+        let mut entry = self.entry.clone();
+        entry.size = self.stored;
+        entry.raw_size = self.raw;
+        entry.sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        Ok(entry)
+    }
+
+    pub async fn abort(mut self) {
+        if let Some(w) = self.inner.take() {
+            w.abort().await;
+        }
+    }
+}
+
+/// Reads an object back and checks its size and sha256 against the entry.
+pub async fn verify_object(storage: &dyn Storage, base: &str, entry: &ObjectEntry) -> Result<()> {
+    crate::storage::validate_key(&entry.key).map_err(|m| {
+        Error::integrity(
+            format!("snapshot {base}: manifest lists an unsafe object: {m}"),
+            None,
+        )
+    })?;
+    let key = format!("{base}/{}", entry.key);
+    let mut reader = storage.get(&key).await.map_err(|e| match e {
+        Error::Integrity { .. } => Error::integrity(
+            format!("snapshot {base}: object {} is missing", entry.key),
+            Some(
+                "the snapshot is incomplete; pick another one with `valero-db snapshots list`"
+                    .into(),
+            ),
+        ),
+        other => other,
+    })?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = reader.next_chunk().await? {
+        size += chunk.len() as u64;
+        if size > entry.size {
+            break;
+        }
+        hasher.update(&chunk);
+    }
+    let sha = hex::encode(hasher.finalize());
+    if size != entry.size || sha != entry.sha256 {
+        return Err(Error::integrity(
+            format!(
+                "snapshot {base}: object {} has {}size {size} and sha256 {sha}, expected size {} and sha256 {}; the object is corrupt",
+                entry.key,
+                if size > entry.size { "at least " } else { "" },
+                entry.size,
+                entry.sha256
+            ),
+            Some("pick an older snapshot with `valero-db snapshots list`".into()),
+        ));
+    }
+    Ok(())
+}
+
+/// A complete snapshot as found in storage.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub base: String,
+    pub manifest: Manifest,
+}
+
+/// All complete snapshots of a service in an environment, oldest first.
+/// Folders without a manifest are incomplete and not returned.
+pub async fn list_service(
+    storage: &dyn Storage,
+    env: &str,
+    service: &str,
+) -> Result<(Vec<Found>, Vec<String>)> {
+    let prefix = format!("{env}/{service}/");
+    let objects = storage.list(&prefix).await?;
+    let mut ids: Vec<String> = Vec::new();
+    let mut with_manifest = Vec::new();
+    for o in &objects {
+        let rest = &o.key[prefix.len()..];
+        if let Some((id, tail)) = rest.split_once('/') {
+            if ids.last().map(String::as_str) != Some(id) && !ids.iter().any(|i| i == id) {
+                ids.push(id.to_string());
+            }
+            if tail == MANIFEST {
+                with_manifest.push(id.to_string());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    let mut incomplete = Vec::new();
+    for id in ids {
+        let base = format!("{prefix}{id}");
+        if !with_manifest.contains(&id) {
+            incomplete.push(base);
+            continue;
+        }
+        match read_manifest(storage, &base).await {
+            Ok(m) => found.push(Found { base, manifest: m }),
+            Err(e @ Error::Unreachable { .. }) => return Err(e),
+            Err(e) => tracing::warn!("ignoring snapshot {base}: {e}"),
+        }
+    }
+    found.sort_by(|a, b| a.manifest.id.cmp(&b.manifest.id));
+    Ok((found, incomplete))
+}
+
+pub async fn read_manifest(storage: &dyn Storage, base: &str) -> Result<Manifest> {
+    let bytes = storage
+        .get_bytes(&format!("{base}/{MANIFEST}"), MANIFEST_LIMIT)
+        .await?;
+    Manifest::parse(&bytes).map_err(|m| {
+        Error::integrity(
+            format!("snapshot {base}: the manifest is invalid: {m}"),
+            Some(
+                "the snapshot cannot be trusted; pick another one with `valero-db snapshots list`"
+                    .into(),
+            ),
+        )
+    })
+}
+
+/// Verifies every object of a snapshot.
+pub async fn verify(storage: &dyn Storage, found: &Found) -> Result<u64> {
+    let mut bytes = 0;
+    for entry in &found.manifest.objects {
+        verify_object(storage, &found.base, entry).await?;
+        bytes += entry.size;
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_time_and_are_safe() {
+        let a = new_id(
+            chrono::DateTime::parse_from_rfc3339("2025-06-19T08:00:00Z")
+                .unwrap()
+                .to_utc(),
+        );
+        let b = new_id(
+            chrono::DateTime::parse_from_rfc3339("2025-06-19T08:00:01Z")
+                .unwrap()
+                .to_utc(),
+        );
+        assert!(a < b);
+        validate_id(&a).unwrap();
+        assert!(validate_id("../x").is_err());
+        assert!(validate_id("a/b").is_err());
+    }
+
+    #[test]
+    fn key_components_escape_unsafe_bytes() {
+        assert_eq!(key_component("journal_lines"), "journal_lines");
+        assert_eq!(key_component("Mixed Case/x"), "Mixed+20Case+2Fx");
+        assert_eq!(key_component("..x"), "+2E.x");
+    }
+}

@@ -1,0 +1,335 @@
+//! PostgreSQL snapshot of one schema from one repeatable-read transaction:
+//! the schema's DDL split into pre-data and post-data (generated from the
+//! catalog by `pg_dump --schema-only` reading the same exported snapshot),
+//! each table's rows as `COPY ... TO STDOUT` text, and sequence values.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use futures::TryStreamExt;
+use sqlx::postgres::PgConnection;
+use sqlx::Row;
+use tokio::io::AsyncReadExt;
+
+use super::manifest::EngineInfo;
+use super::{key_component, SnapshotWriter};
+use crate::engine::postgres::{classify, exec, quote_ident, quote_literal};
+use crate::error::{Error, Result};
+use crate::redact;
+
+/// `pg_dump` to use: `$VALERO_DB_PG_DUMP`, else the newest under
+/// /usr/lib/postgresql/*/bin, else the one on PATH. It must be at least
+/// as new as the server.
+pub fn pg_tool(name: &str) -> PathBuf {
+    let var = format!("VALERO_DB_{}", name.to_uppercase());
+    if let Ok(p) = std::env::var(&var) {
+        return PathBuf::from(p);
+    }
+    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let p = e.path().join("bin").join(name);
+            p.exists().then_some((v, p))
+        })
+        .collect();
+    candidates.sort();
+    candidates
+        .pop()
+        .map(|(_, p)| p)
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Splits a URL into one without the password and the password, so that
+/// the password reaches pg_dump through its environment, not its argv.
+pub fn libpq_url(url: &str) -> (String, Option<String>) {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let pw = u
+                .password()
+                .map(|p| redact::percent_decode(p).unwrap_or_else(|_| p.to_string()));
+            let _ = u.set_password(None);
+            (u.to_string(), pw)
+        }
+        Err(_) => (url.to_string(), None),
+    }
+}
+
+/// Streams `pg_dump --schema-only --section=SECTION` into an object.
+async fn dump_section(
+    url: &str,
+    schema: &str,
+    snapshot_id: &str,
+    section: &str,
+    out: &mut SnapshotWriter<'_>,
+) -> Result<()> {
+    let (url, password) = libpq_url(url);
+    let tool = pg_tool("pg_dump");
+    let mut cmd = tokio::process::Command::new(&tool);
+    cmd.arg("--schema-only")
+        .arg(format!("--section={section}"))
+        .arg(format!("--snapshot={snapshot_id}"))
+        .arg("--no-owner")
+        .arg("--no-privileges")
+        .arg("--schema")
+        .arg(format!("\"{}\"", schema.replace('"', "\"\"")))
+        .arg("--dbname")
+        .arg(&url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(pw) = password {
+        cmd.env("PGPASSWORD", pw);
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        Error::internal(format!(
+            "cannot run {} ({e}); install PostgreSQL's client tools or set VALERO_DB_PG_DUMP",
+            tool.display()
+        ))
+    })?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::internal("pg_dump without stdout"))?;
+    let mut stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| Error::internal("pg_dump without stderr"))?;
+    let err_task = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s).await;
+        s
+    });
+    let mut sink = out
+        .object(
+            &format!("postgres/{section}.sql.zst"),
+            &format!("postgres/{section}"),
+            None,
+        )
+        .await?;
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = match stdout.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                sink.abort().await;
+                return Err(Error::internal(format!("reading pg_dump: {e}")));
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        if let Err(e) = sink.write(&buf[..n]).await {
+            sink.abort().await;
+            return Err(e);
+        }
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| Error::internal(format!("pg_dump: {e}")))?;
+    let stderr = err_task.await.unwrap_or_default();
+    if !status.success() {
+        sink.abort().await;
+        return Err(Error::internal(format!(
+            "pg_dump --section={section} failed ({status}): {}",
+            redact::redact(stderr.trim())
+        )));
+    }
+    let entry = sink.finish().await?;
+    out.add(entry);
+    Ok(())
+}
+
+pub async fn take(
+    conn: &mut PgConnection,
+    url: &str,
+    service: &str,
+    schema: &str,
+    out: &mut SnapshotWriter<'_>,
+) -> Result<EngineInfo> {
+    let what = format!("PostgreSQL of service {service}");
+    exec(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(|e| classify(&what, e))?;
+    let result = take_in_transaction(conn, url, service, schema, out).await;
+    let _ = exec(conn, "ROLLBACK").await;
+    result
+}
+
+async fn take_in_transaction(
+    conn: &mut PgConnection,
+    url: &str,
+    service: &str,
+    schema: &str,
+    out: &mut SnapshotWriter<'_>,
+) -> Result<EngineInfo> {
+    let what = format!("PostgreSQL of service {service}");
+    let row = sqlx::query(
+        "SELECT pg_export_snapshot(), now(), pg_current_snapshot()::text, \
+                current_setting('server_version'), pg_current_wal_lsn()::text",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| classify(&what, e))?;
+    let snapshot_id: String = row.get(0);
+    let consistent_at: chrono::DateTime<chrono::Utc> = row.get(1);
+    let txid_snapshot: String = row.get(2);
+    let server_version: String = row.get(3);
+    let lsn: String = row.get(4);
+
+    let exists: bool = sqlx::query("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(schema)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| classify(&what, e))?
+        .get(0);
+    if !exists {
+        // A service before its first migration: the snapshot records that
+        // the schema did not exist, which restore reproduces.
+        return Ok(EngineInfo {
+            engine: "postgres".into(),
+            target: schema.to_string(),
+            server_version,
+            schema_version: None,
+            consistent_at,
+            position: serde_json::json!({
+                "transaction_snapshot": txid_snapshot,
+                "wal_lsn": lsn,
+                "isolation": "repeatable read",
+                "schema_exists": false,
+            }),
+        });
+    }
+
+    let has_history: bool =
+        sqlx::query("SELECT to_regclass(format('%I.valero_schema_history', $1::text)) IS NOT NULL")
+            .bind(schema)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| classify(&what, e))?
+            .get(0);
+    let schema_version = if has_history {
+        let v: Option<i64> = sqlx::query(&format!(
+            "SELECT max(version) FROM {}.valero_schema_history WHERE state = 'applied'",
+            quote_ident(schema)
+        ))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| classify(&what, e))?
+        .get(0);
+        v.map(|v| v as u64)
+    } else {
+        None
+    };
+
+    dump_section(url, schema, &snapshot_id, "pre-data", out).await?;
+
+    // Leaf tables hold the rows; partitioned parents have none of their own.
+    let tables: Vec<String> = sqlx::query(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY c.relname",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| classify(&what, e))?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    for (i, table) in tables.iter().enumerate() {
+        let key = format!("postgres/data/{i:05}-{}.copy.zst", key_component(table));
+        let mut sink = out.object(&key, "postgres/table", Some(table)).await?;
+        let copy = format!(
+            "COPY {}.{} TO STDOUT",
+            quote_ident(schema),
+            quote_ident(table)
+        );
+        let mut rows = 0u64;
+        let result: Result<()> = async {
+            let mut stream = conn
+                .copy_out_raw(&copy)
+                .await
+                .map_err(|e| classify(&what, e))?;
+            while let Some(chunk) = stream.try_next().await.map_err(|e| classify(&what, e))? {
+                rows += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+                sink.write(&chunk).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            sink.abort().await;
+            return Err(e);
+        }
+        let mut entry = sink.finish().await?;
+        entry.rows = Some(rows);
+        out.add(entry);
+    }
+
+    // Sequence values are data, not DDL: restore sets them after the load.
+    let sequences = sqlx::query(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relkind = 'S' ORDER BY c.relname",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| classify(&what, e))?;
+    let mut setvals = String::new();
+    for r in &sequences {
+        let name: String = r.get(0);
+        let q = format!(
+            "SELECT last_value, is_called FROM {}.{}",
+            quote_ident(schema),
+            quote_ident(&name)
+        );
+        let v = sqlx::query(&q)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| classify(&what, e))?;
+        let last: i64 = v.get(0);
+        let called: bool = v.get(1);
+        let qualified = format!("{}.{}", quote_ident(schema), quote_ident(&name));
+        setvals.push_str(&format!(
+            "SELECT pg_catalog.setval({}, {last}, {called});\n",
+            quote_literal(&qualified)
+        ));
+    }
+    let mut sink = out
+        .object("postgres/sequences.sql.zst", "postgres/sequences", None)
+        .await?;
+    sink.write(setvals.as_bytes()).await?;
+    let entry = sink.finish().await?;
+    out.add(entry);
+
+    dump_section(url, schema, &snapshot_id, "post-data", out).await?;
+
+    Ok(EngineInfo {
+        engine: "postgres".into(),
+        target: schema.to_string(),
+        server_version,
+        schema_version,
+        consistent_at,
+        position: serde_json::json!({
+            "transaction_snapshot": txid_snapshot,
+            "wal_lsn": lsn,
+            "isolation": "repeatable read",
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::libpq_url;
+
+    #[test]
+    fn password_is_taken_out_of_the_url() {
+        let (u, p) = libpq_url("postgres://app:p%40ss@db:5432/x?sslmode=require");
+        assert_eq!(u, "postgres://app@db:5432/x?sslmode=require");
+        assert_eq!(p.as_deref(), Some("p@ss"));
+    }
+}

@@ -1,0 +1,304 @@
+//! Snapshots against real PostgreSQL, the MongoDB-protocol server, a local
+//! folder and the real S3 server (s3s-fs): format, verification, the
+//! pre-migrate snapshot, failure handling and retention.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use common::{psql, Project};
+
+fn seed(p: &Project) {
+    p.migration(
+        "postgres",
+        "0001_data.up.sql",
+        "CREATE TABLE items (id serial PRIMARY KEY, name text, note text);\n\
+         INSERT INTO items (name, note) SELECT 'item ' || g, E'tab\\there\\nnewline \\\\ back ü 🎉' FROM generate_series(1, 500) g;\n\
+         INSERT INTO items (name, note) VALUES (NULL, '');\n",
+    );
+    p.migration("mongodb", "0001_people.up.json", r#"[{"create": "people"}, {"insert": "people", "documents": [{"_id": 1, "n": "a"}, {"_id": 2, "n": {"$numberDecimal": "1.5"}}]}]"#);
+}
+
+fn snapshot_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for svc in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        for snap in std::fs::read_dir(svc.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            out.push(snap.path());
+        }
+    }
+    out.sort();
+    out
+}
+
+fn zstd_file(path: &Path) -> Vec<u8> {
+    let f = std::fs::File::open(path).unwrap();
+    let mut d = zstd::stream::read::Decoder::new(f).unwrap();
+    let mut out = Vec::new();
+    d.read_to_end(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn migrate_takes_a_verified_pre_migrate_snapshot_with_the_schema_version() {
+    let p = Project::new("snap_pre");
+    seed(&p);
+    p.run(&["migrate"]).ok();
+    p.migration(
+        "postgres",
+        "0002_more.up.sql",
+        "ALTER TABLE items ADD COLUMN extra int;\n",
+    );
+    let run = p.run(&["migrate", "--output", "json"]);
+    run.ok();
+    let doc = run.json();
+    let snaps = doc["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 1, "{doc}");
+    assert_eq!(snaps[0]["reason"], "pre-migrate");
+    assert_eq!(
+        snaps[0]["schema_versions"]["postgres"], 1,
+        "taken before 0002"
+    );
+    let list = p.run(&["snapshots", "list", "--output", "json"]);
+    list.ok();
+    let all = list.json()["snapshots"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 2, "one per migrate run with pending migrations");
+    // Nothing pending: no snapshot.
+    p.run(&["migrate"]).ok();
+    assert_eq!(
+        p.run(&["snapshots", "list", "--output", "json"]).json()["snapshots"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn objects_decompress_to_exactly_what_copy_returns() {
+    let p = Project::new("snap_copy");
+    seed(&p);
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["snapshot", "--label", "fidelity"]).ok();
+    let dirs = snapshot_dirs(&p.path().join("backups/dev"));
+    assert_eq!(dirs.len(), 1);
+    let dir = &dirs[0];
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["label"], "fidelity");
+    let items = manifest["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "items")
+        .unwrap();
+    let stored = zstd_file(&dir.join(items["key"].as_str().unwrap()));
+    let out = std::process::Command::new("psql")
+        .arg(common::pg_url())
+        .args([
+            "-X",
+            "-c",
+            &format!("COPY \"{}\".items TO STDOUT", p.schema),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(stored, out.stdout, "COPY text round-trips byte for byte");
+    assert_eq!(items["rows"], 501);
+    let pre = String::from_utf8(zstd_file(&dir.join("postgres/pre-data.sql.zst"))).unwrap();
+    assert!(
+        pre.contains("CREATE TABLE") && pre.contains("items"),
+        "{pre}"
+    );
+    let post = String::from_utf8(zstd_file(&dir.join("postgres/post-data.sql.zst"))).unwrap();
+    assert!(post.contains("PRIMARY KEY"), "{post}");
+    let seqs = String::from_utf8(zstd_file(&dir.join("postgres/sequences.sql.zst"))).unwrap();
+    assert!(
+        seqs.contains("items_id_seq") && seqs.contains("501"),
+        "{seqs}"
+    );
+    // MongoDB: concatenated BSON, readable as mongodump's layout.
+    let people = zstd_file(&dir.join("mongodb/people.bson.zst"));
+    let mut docs = Vec::new();
+    let mut rest = &people[..];
+    while !rest.is_empty() {
+        let len = i32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        docs.push(bson::Document::from_reader(&rest[..len]).unwrap());
+        rest = &rest[len..];
+    }
+    assert_eq!(docs.len(), 2);
+    assert!(matches!(docs[1].get("n"), Some(bson::Bson::Decimal128(_))));
+    let meta: serde_json::Value =
+        serde_json::from_slice(&zstd_file(&dir.join("mongodb/people.metadata.json.zst"))).unwrap();
+    assert_eq!(meta["collectionName"], "people");
+    assert!(meta["indexes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["name"] == "_id_"));
+}
+
+#[test]
+fn a_flipped_byte_fails_verify_with_exit_5_naming_the_object() {
+    let p = Project::new("snap_flip");
+    seed(&p);
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["snapshot"]).ok();
+    let dir = snapshot_dirs(&p.path().join("backups/dev")).remove(0);
+    let id = dir.file_name().unwrap().to_string_lossy().to_string();
+    p.run(&["snapshots", "verify", &id]).ok();
+    let victim = dir.join("postgres/pre-data.sql.zst");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&victim, bytes).unwrap();
+    p.run(&["snapshots", "verify", &id])
+        .expect_code(5)
+        .stderr_has("postgres/pre-data.sql.zst");
+    p.run(&["snapshots", "verify", "--all"]).expect_code(5);
+    std::fs::remove_file(&victim).unwrap();
+    p.run(&["snapshots", "verify", &id])
+        .expect_code(5)
+        .stderr_has("missing");
+    p.run(&["snapshots", "verify", "../etc"]).expect_code(2);
+}
+
+#[test]
+fn a_snapshot_without_manifest_does_not_exist_and_prune_removes_it() {
+    let p = Project::new("snap_leftover");
+    seed(&p);
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["snapshot"]).ok();
+    p.run(&["snapshot"]).ok();
+    p.run(&["snapshot"]).ok();
+    // An interrupted snapshot: objects but no manifest.
+    let leftover = p
+        .path()
+        .join("backups/dev/svc/20200101T000000.000Z-dead00/postgres");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("pre-data.sql.zst"), b"partial").unwrap();
+    let list = p.run(&["snapshots", "list", "--output", "json"]).json();
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 3);
+    p.run(&["snapshots", "prune", "--keep-last", "1"])
+        .expect_code(2)
+        .stderr_has("--yes");
+    let dry = p.run(&["snapshots", "prune", "--keep-last", "1", "--dry-run"]);
+    dry.ok();
+    assert!(dry.stdout.contains("would remove"), "{}", dry.stdout);
+    assert_eq!(snapshot_dirs(&p.path().join("backups/dev")).len(), 4);
+    p.run(&["snapshots", "prune", "--keep-last", "1", "--yes"])
+        .ok();
+    let left = snapshot_dirs(&p.path().join("backups/dev"));
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(
+        p.run(&["snapshots", "list", "--output", "json"]).json()["snapshots"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // The newest is never removed, even with a zero policy.
+    p.run(&["snapshots", "prune", "--keep-last", "0", "--yes"])
+        .ok();
+    assert_eq!(snapshot_dirs(&p.path().join("backups/dev")).len(), 1);
+}
+
+#[test]
+fn s3_snapshot_with_multipart_objects_lists_and_verifies() {
+    let p = Project::new("snap_s3");
+    // ~13 MiB after zstd: several 5 MiB parts.
+    p.migration(
+        "postgres",
+        "0001_big.up.sql",
+        "CREATE TABLE big (id int, blob text);\n\
+         INSERT INTO big SELECT g, (SELECT string_agg(md5(random()::text || g || i), '') FROM generate_series(1, 40) i) FROM generate_series(1, 20000) g;\n",
+    );
+    p.run(&["-e", "s3", "migrate"]).ok();
+    p.run(&["-e", "s3", "snapshot"]).ok();
+    let list = p.run(&["-e", "s3", "snapshots", "list", "--output", "json"]);
+    list.ok();
+    let snaps = list.json()["snapshots"].as_array().unwrap().clone();
+    assert_eq!(snaps.len(), 2, "pre-migrate (empty schema) and manual");
+    let big = snaps
+        .iter()
+        .map(|s| s["size"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        big > 10 << 20,
+        "the data must span several parts, got {big}"
+    );
+    p.run(&["-e", "s3", "snapshots", "verify", "--all"]).ok();
+    // No unfinished multipart uploads are left in the bucket folder.
+    let data_dir = std::env::var("VALERO_S3_DATA_DIR").unwrap_or_default();
+    if !data_dir.is_empty() {
+        let stray: Vec<_> = walk(Path::new(&data_dir))
+            .into_iter()
+            .filter(|f| f.contains(&p.schema) && f.contains("upload"))
+            .collect();
+        assert!(stray.is_empty(), "{stray:?}");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path().display().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn unreachable_s3_refuses_the_migration_with_exit_3_and_applies_nothing() {
+    let p = Project::new("snap_deads3");
+    seed(&p);
+    let run = p.run(&["-e", "deads3", "migrate"]);
+    run.expect_code(3).stderr_has("S3");
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = '{}'",
+            p.schema
+        )),
+        "0"
+    );
+}
+
+#[test]
+fn no_secret_in_manifests_or_snapshot_output() {
+    let p = Project::new("snap_secret");
+    seed(&p);
+    let password = common::pg_password();
+    let s3_secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default();
+    let mut all = String::new();
+    for args in [
+        vec!["migrate", "-vv"],
+        vec!["snapshot", "-vv"],
+        vec!["snapshots", "list", "--output", "json"],
+        vec!["-e", "s3", "snapshot", "-vv"],
+    ] {
+        all.push_str(&p.run(&args).all());
+    }
+    for dir in snapshot_dirs(&p.path().join("backups/dev")) {
+        all.push_str(&String::from_utf8_lossy(
+            &std::fs::read(dir.join("manifest.json")).unwrap(),
+        ));
+        for f in walk(&dir) {
+            if f.ends_with(".zst") {
+                all.push_str(&String::from_utf8_lossy(&zstd_file(Path::new(&f))));
+            }
+        }
+    }
+    assert!(!all.contains(&password), "PostgreSQL password leaked");
+    assert!(
+        s3_secret.is_empty() || !all.contains(&s3_secret),
+        "S3 secret leaked"
+    );
+}
