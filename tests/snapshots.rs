@@ -302,3 +302,122 @@ fn no_secret_in_manifests_or_snapshot_output() {
         "S3 secret leaked"
     );
 }
+
+#[test]
+fn every_object_kind_of_the_schema_appears_in_the_ddl() {
+    let p = Project::new("snap_kinds");
+    p.migration(
+        "postgres",
+        "0001_kinds.up.sql",
+        r#"CREATE TYPE mood AS ENUM ('ok', 'sad');
+CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
+CREATE TYPE pair AS (a int, b text);
+CREATE TYPE floatrange AS RANGE (subtype = float8);
+CREATE SEQUENCE counter START 10;
+CREATE TABLE parent (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, m mood DEFAULT 'ok', n posint, "Select" text COLLATE "C",
+  twice int GENERATED ALWAYS AS (n * 2) STORED, up int REFERENCES parent DEFERRABLE INITIALLY DEFERRED);
+CREATE TABLE events (at date NOT NULL, v int) PARTITION BY RANGE (at);
+CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE INDEX parent_n_idx ON parent (n);
+CREATE VIEW parent_view AS SELECT id, m FROM parent;
+CREATE MATERIALIZED VIEW parent_mv AS SELECT count(*) AS c FROM parent;
+CREATE FUNCTION bump() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.n := coalesce(NEW.n, 1); RETURN NEW; END $$;
+CREATE PROCEDURE noop() LANGUAGE sql AS $$ SELECT 1 $$;
+CREATE TRIGGER parent_bump BEFORE INSERT ON parent FOR EACH ROW EXECUTE FUNCTION bump();
+COMMENT ON TABLE parent IS 'the parent';
+ALTER TABLE parent ENABLE ROW LEVEL SECURITY;
+CREATE POLICY parent_all ON parent USING (true);
+"#,
+    );
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["snapshot"]).ok();
+    let dir = snapshot_dirs(&p.path().join("backups/dev")).remove(0);
+    let pre = String::from_utf8(zstd_file(&dir.join("postgres/pre-data.sql.zst"))).unwrap();
+    let post = String::from_utf8(zstd_file(&dir.join("postgres/post-data.sql.zst"))).unwrap();
+    for needle in [
+        "CREATE TYPE",
+        "AS ENUM",
+        "CREATE DOMAIN",
+        "AS RANGE",
+        "CREATE SEQUENCE",
+        "GENERATED ALWAYS AS IDENTITY",
+        "* 2)) STORED",
+        "COLLATE",
+        "PARTITION BY RANGE",
+        "FOR VALUES FROM",
+        "CREATE VIEW",
+        "CREATE MATERIALIZED VIEW",
+        "CREATE FUNCTION",
+        "CREATE PROCEDURE",
+        "COMMENT ON TABLE",
+    ] {
+        assert!(pre.contains(needle), "pre-data lacks {needle}:\n{pre}");
+    }
+    for needle in [
+        "PRIMARY KEY",
+        "FOREIGN KEY",
+        "DEFERRABLE INITIALLY DEFERRED",
+        "CREATE INDEX",
+        "CREATE TRIGGER",
+        "CREATE POLICY",
+        "ROW LEVEL SECURITY",
+    ] {
+        assert!(post.contains(needle), "post-data lacks {needle}:\n{post}");
+    }
+    // Data of partitions is captured from the leaf tables.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let names: Vec<&str> = manifest["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"events_2025") && !names.contains(&"events"),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn kill_9_in_the_middle_of_a_snapshot_leaves_nothing_listed() {
+    let p = Project::new("snap_kill");
+    p.migration(
+        "postgres",
+        "0001_big.up.sql",
+        "CREATE TABLE big (id int, blob text);\n\
+         INSERT INTO big SELECT g, repeat(md5(g::text), 40) FROM generate_series(1, 150000) g;\n",
+    );
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    let mut child = p.spawn(&["snapshot"]);
+    // Wait until the snapshot has started writing, then kill it hard.
+    let root = p.path().join("backups/dev");
+    let started = std::time::Instant::now();
+    while walk(&root).is_empty() && started.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    unsafe_kill_9(&mut child);
+    let list = p.run(&["snapshots", "list", "--output", "json"]);
+    list.ok();
+    assert_eq!(
+        list.json()["snapshots"].as_array().unwrap().len(),
+        0,
+        "{}",
+        list.stdout
+    );
+    // A later snapshot works, and prune cleans the leftovers.
+    p.run(&["snapshot"]).ok();
+    p.run(&["snapshots", "prune", "--keep-last", "1", "--yes"])
+        .ok();
+    assert_eq!(snapshot_dirs(&root).len(), 1);
+    assert!(
+        walk(&root).iter().all(|f| !f.contains(".tmp-")),
+        "no temporary files remain"
+    );
+}
+
+fn unsafe_kill_9(child: &mut std::process::Child) {
+    // std's kill() sends SIGKILL on Unix.
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+}
