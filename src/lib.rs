@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod migrate;
 pub mod output;
+pub mod progress;
 pub mod redact;
 pub mod snapshot;
 pub mod storage;

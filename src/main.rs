@@ -6,6 +6,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = valero_db::cli::Cli::parse();
     valero_db::output::init_logging(cli.global.verbose, cli.global.quiet);
+    valero_db::progress::init(cli.global.no_progress, cli.global.quiet);
     let format = cli.global.output;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -421,3 +421,23 @@ fn unsafe_kill_9(child: &mut std::process::Child) {
     child.kill().expect("kill -9");
     let _ = child.wait();
 }
+
+#[test]
+fn types_from_other_schemas_and_extensions_are_recorded_as_requirements() {
+    let p = Project::new("snap_req");
+    let other = common::unique("t_types");
+    psql(&format!("CREATE SCHEMA \"{other}\"; CREATE TYPE \"{other}\".colour AS ENUM ('red'); CREATE EXTENSION IF NOT EXISTS citext"));
+    p.migration(
+        "postgres",
+        "0001_t.up.sql",
+        &format!("CREATE TABLE t (c \"{other}\".colour, e public.citext, tags public.citext[]);\n"),
+    );
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["snapshot"]).ok();
+    let dir = snapshot_dirs(&p.path().join("backups/dev")).remove(0);
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let requires = manifest["engines"][0]["position"]["requires"].as_array().unwrap().clone();
+    assert!(requires.iter().any(|r| r["type"] == "colour" && r["type_schema"] == other.as_str()), "{requires:?}");
+    assert!(requires.iter().any(|r| r["extension"] == "citext"), "{requires:?}");
+    psql(&format!("DROP SCHEMA \"{}\" CASCADE; DROP SCHEMA \"{other}\" CASCADE", p.schema));
+}

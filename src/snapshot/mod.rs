@@ -67,6 +67,7 @@ pub struct SnapshotWriter<'a> {
     pub base: String,
     pub objects: Vec<ObjectEntry>,
     threads: u32,
+    progress: std::sync::Arc<crate::progress::Progress>,
 }
 
 impl<'a> SnapshotWriter<'a> {
@@ -74,11 +75,15 @@ impl<'a> SnapshotWriter<'a> {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
+        let label = base.split('/').nth(1).unwrap_or("snapshot").to_string();
         SnapshotWriter {
             storage,
             base,
             objects: Vec::new(),
             threads,
+            progress: std::sync::Arc::new(crate::progress::Progress::bytes(format!(
+                "{label}: snapshot"
+            ))),
         }
     }
 
@@ -100,7 +105,9 @@ impl<'a> SnapshotWriter<'a> {
         if self.threads > 1 {
             let _ = encoder.multithread(self.threads);
         }
+        self.progress.set_message(name.unwrap_or(rel_key));
         Ok(ObjectSink {
+            progress: self.progress.clone(),
             inner: Some(inner),
             encoder: Some(encoder),
             hasher: Sha256::new(),
@@ -135,6 +142,7 @@ impl<'a> SnapshotWriter<'a> {
 
 /// One object being streamed: raw bytes in, zstd + sha256 + size out.
 pub struct ObjectSink {
+    progress: std::sync::Arc<crate::progress::Progress>,
     inner: Option<Box<dyn ObjectWriter>>,
     encoder: Option<zstd::stream::write::Encoder<'static, Vec<u8>>>,
     hasher: Sha256,
@@ -148,6 +156,7 @@ const FLUSH_AT: usize = 1 << 20;
 impl ObjectSink {
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
         self.raw += data.len() as u64;
+        self.progress.inc(data.len() as u64);
         let enc = self
             .encoder
             .as_mut()

@@ -226,6 +226,10 @@ async fn take_in_transaction(
         None
     };
 
+    let requirements = requirements(conn, schema)
+        .await
+        .map_err(|e| classify(&what, e))?;
+
     dump_section(url, schema, &snapshot_id, "pre-data", out).await?;
 
     // Leaf tables hold the rows; partitioned parents have none of their own.
@@ -318,8 +322,48 @@ async fn take_in_transaction(
             "transaction_snapshot": txid_snapshot,
             "wal_lsn": lsn,
             "isolation": "repeatable read",
+            "requires": requirements,
         }),
     })
+}
+
+/// What the schema uses from outside itself: types of other schemas used
+/// by its columns (with the extension that owns them, if any), and
+/// extensions its functions or types depend on. Restore checks these exist.
+async fn requirements(
+    conn: &mut PgConnection,
+    schema: &str,
+) -> std::result::Result<Vec<serde_json::Value>, sqlx::Error> {
+    let rows = sqlx::query(
+        "WITH used AS ( \
+           SELECT CASE WHEN t.typelem <> 0 AND t.typlen = -1 THEN t.typelem ELSE t.oid END AS typ \
+           FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+           JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid \
+           WHERE n.nspname = $1 AND a.attnum > 0 AND NOT a.attisdropped) \
+         SELECT DISTINCT tn.nspname::text, t.typname::text, e.extname::text \
+         FROM used u JOIN pg_type t ON t.oid = u.typ JOIN pg_namespace tn ON tn.oid = t.typnamespace \
+         LEFT JOIN pg_depend d ON d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e' \
+         LEFT JOIN pg_extension e ON e.oid = d.refobjid \
+         WHERE tn.nspname NOT IN ($1, 'pg_catalog', 'information_schema') \
+         UNION \
+         SELECT DISTINCT NULL, NULL, e.extname::text FROM pg_depend d \
+         JOIN pg_extension e ON e.oid = d.refobjid AND d.refclassid = 'pg_extension'::regclass \
+         JOIN pg_proc p ON d.classid = 'pg_proc'::regclass AND p.oid = d.objid \
+         JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 \
+         ORDER BY 3, 1, 2",
+    )
+    .bind(schema)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let type_schema: Option<String> = r.get(0);
+            let type_name: Option<String> = r.get(1);
+            let extension: Option<String> = r.get(2);
+            serde_json::json!({"type_schema": type_schema, "type": type_name, "extension": extension})
+        })
+        .collect())
 }
 
 #[cfg(test)]
