@@ -132,6 +132,25 @@ pub enum Command {
         #[arg(long)]
         label: Option<String>,
     },
+    /// Restore each selected service to its state as of a time, or to a snapshot
+    #[command(group = clap::ArgGroup::new("source").required(true).args(["timestamp", "snapshot"]))]
+    Restore {
+        /// RFC 3339 time with a zone, e.g. 2025-06-19T08:00:00Z
+        #[arg(long, value_name = "TIME")]
+        timestamp: Option<String>,
+        /// A snapshot id from `snapshots list`
+        #[arg(long, value_name = "ID")]
+        snapshot: Option<String>,
+        /// Take the snapshot from another environment (e.g. refresh staging from prod)
+        #[arg(long, value_name = "ENV")]
+        from_env: Option<String>,
+        /// Show what would be restored and replaced
+        #[arg(long)]
+        dry_run: bool,
+        /// Confirm (required when not interactive or in a protected environment)
+        #[arg(long)]
+        yes: bool,
+    },
     /// Inspect, verify and prune snapshots
     Snapshots {
         #[command(subcommand)]

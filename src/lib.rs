@@ -14,6 +14,7 @@ pub mod migrate;
 pub mod output;
 pub mod progress;
 pub mod redact;
+pub mod restore;
 pub mod snapshot;
 pub mod storage;
 

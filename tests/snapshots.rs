@@ -435,9 +435,24 @@ fn types_from_other_schemas_and_extensions_are_recorded_as_requirements() {
     p.run(&["migrate", "--no-snapshot"]).ok();
     p.run(&["snapshot"]).ok();
     let dir = snapshot_dirs(&p.path().join("backups/dev")).remove(0);
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
-    let requires = manifest["engines"][0]["position"]["requires"].as_array().unwrap().clone();
-    assert!(requires.iter().any(|r| r["type"] == "colour" && r["type_schema"] == other.as_str()), "{requires:?}");
-    assert!(requires.iter().any(|r| r["extension"] == "citext"), "{requires:?}");
-    psql(&format!("DROP SCHEMA \"{}\" CASCADE; DROP SCHEMA \"{other}\" CASCADE", p.schema));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let requires = manifest["engines"][0]["position"]["requires"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        requires
+            .iter()
+            .any(|r| r["type"] == "colour" && r["type_schema"] == other.as_str()),
+        "{requires:?}"
+    );
+    assert!(
+        requires.iter().any(|r| r["extension"] == "citext"),
+        "{requires:?}"
+    );
+    psql(&format!(
+        "DROP SCHEMA \"{}\" CASCADE; DROP SCHEMA \"{other}\" CASCADE",
+        p.schema
+    ));
 }

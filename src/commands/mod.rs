@@ -3,6 +3,7 @@
 
 pub mod migrate;
 pub mod new;
+pub mod restore;
 pub mod snapshot;
 pub mod status;
 
@@ -132,6 +133,25 @@ pub async fn dispatch(cli: Cli) -> Outcome {
             repair_version,
             as_,
         } => migrate::repair(&ctx, engine.into(), repair_version, as_).await,
+        Command::Restore {
+            timestamp,
+            snapshot,
+            from_env,
+            dry_run,
+            yes,
+        } => {
+            restore::run(
+                &ctx,
+                restore::RestoreArgs {
+                    timestamp,
+                    snapshot,
+                    from_env,
+                    dry_run,
+                    yes,
+                },
+            )
+            .await
+        }
         Command::Snapshot { label } => snapshot::take(&ctx, label).await,
         Command::Snapshots { command } => match command {
             SnapshotsCommand::List => snapshot::list(&ctx).await,

@@ -13,8 +13,10 @@ use crate::config::Service;
 use crate::error::{Error, Result};
 use crate::migrate::files::{Migration, Script};
 use crate::migrate::plan::AppliedMigration;
+use crate::restore::RestoreStats;
 use crate::snapshot::manifest::EngineInfo;
-use crate::snapshot::SnapshotWriter;
+use crate::snapshot::{Found, SnapshotWriter};
+use crate::storage::Storage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,6 +103,32 @@ pub trait Engine: Send {
 
     /// Clears the dirty mark of a version.
     async fn repair(&mut self, version: u64, action: RepairAction) -> Result<()>;
+
+    /// Restore, phase one: load the snapshot without making it visible
+    /// (PostgreSQL: an open transaction; MongoDB: temporary collections).
+    async fn restore_prepare(
+        &mut self,
+        _storage: &dyn Storage,
+        _found: &Found,
+    ) -> Result<RestoreStats> {
+        Err(Error::internal(format!(
+            "restore of {} is not supported",
+            self.kind()
+        )))
+    }
+
+    /// Restore, phase two: make the loaded state the current one.
+    async fn restore_commit(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Drops what `restore_prepare` loaded; the old state stays.
+    async fn restore_abort(&mut self) {}
+
+    /// Finishes or undoes an interrupted restore; called before any work.
+    async fn recover(&mut self) -> Result<()> {
+        Ok(())
+    }
 
     /// Writes a consistent snapshot of everything the service owns here.
     async fn snapshot(&mut self, _out: &mut SnapshotWriter<'_>) -> Result<EngineInfo> {

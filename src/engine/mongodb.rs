@@ -494,6 +494,36 @@ impl Engine for MongoEngine {
     ) -> Result<crate::snapshot::manifest::EngineInfo> {
         crate::snapshot::mongodb::take(&self.client, &self.db, &self.service, out).await
     }
+
+    async fn restore_prepare(
+        &mut self,
+        storage: &dyn crate::storage::Storage,
+        found: &crate::snapshot::Found,
+    ) -> Result<crate::restore::RestoreStats> {
+        if !found.manifest.engines.iter().any(|e| e.engine == "mongodb") {
+            return Err(Error::usage(format!(
+                "snapshot {} has no MongoDB part for service {}",
+                found.manifest.id, self.service
+            )));
+        }
+        let (_, stats) =
+            crate::restore::mongodb::prepare(&self.db, storage, found, &self.service).await?;
+        Ok(stats)
+    }
+
+    async fn restore_commit(&mut self) -> Result<()> {
+        crate::restore::mongodb::commit(&self.db, &self.service).await
+    }
+
+    async fn restore_abort(&mut self) {
+        crate::restore::mongodb::abort(&self.db, &self.service).await
+    }
+
+    async fn recover(&mut self) -> Result<()> {
+        crate::restore::mongodb::recover(&self.db, &self.service)
+            .await
+            .map(|_| ())
+    }
 }
 
 impl Drop for MongoEngine {

@@ -529,4 +529,40 @@ impl Engine for PostgresEngine {
         crate::snapshot::postgres::take(&mut self.conn, &self.url, &self.service, &self.schema, out)
             .await
     }
+
+    async fn restore_prepare(
+        &mut self,
+        storage: &dyn crate::storage::Storage,
+        found: &crate::snapshot::Found,
+    ) -> Result<crate::restore::RestoreStats> {
+        let info = found
+            .manifest
+            .engines
+            .iter()
+            .find(|e| e.engine == "postgres")
+            .cloned()
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "snapshot {} has no PostgreSQL part for service {}",
+                    found.manifest.id, self.service
+                ))
+            })?;
+        crate::restore::postgres::prepare(
+            &mut self.conn,
+            storage,
+            found,
+            &info,
+            &self.service,
+            &self.schema,
+        )
+        .await
+    }
+
+    async fn restore_commit(&mut self) -> Result<()> {
+        crate::restore::postgres::commit(&mut self.conn, &self.service).await
+    }
+
+    async fn restore_abort(&mut self) {
+        crate::restore::postgres::abort(&mut self.conn).await
+    }
 }

@@ -110,6 +110,13 @@ impl LockedService {
             }
             locked.slots.push(slot);
         }
+        // An interrupted restore is finished or undone before anything else.
+        for i in 0..locked.slots.len() {
+            if let Err(e) = locked.slots[i].engine.recover().await {
+                locked.release().await;
+                return Err(e);
+            }
+        }
         Ok(locked)
     }
 

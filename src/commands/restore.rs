@@ -1,0 +1,273 @@
+//! `restore --timestamp T | --snapshot ID [--from-env E] [--dry-run] [--yes]`:
+//! choose a snapshot per service, verify every object of every chosen
+//! snapshot, confirm, snapshot the current state (`pre-restore`), then load
+//! each service atomically.
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::commands::{confirm, Context};
+use crate::config::Service;
+use crate::error::{Error, Result};
+use crate::migrate::runner::LockedService;
+use crate::output::Outcome;
+use crate::restore::{describe_age, parse_timestamp, select_at, RestoreStats};
+use crate::snapshot::take::{human_bytes, take_service, Request};
+use crate::snapshot::{self, Found};
+use crate::storage::{self, Storage};
+
+pub struct RestoreArgs {
+    pub timestamp: Option<String>,
+    pub snapshot: Option<String>,
+    pub from_env: Option<String>,
+    pub dry_run: bool,
+    pub yes: bool,
+}
+
+struct Choice {
+    service: Service,
+    found: Found,
+    note: String,
+}
+
+pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
+    let mut report = json!({"command": "restore", "environment": ctx.env.name, "dry_run": args.dry_run, "services": []});
+    let mut human = String::new();
+    let result = restore(ctx, &args, &mut report, &mut human).await;
+    Outcome::ok(report, human).with_error(result.err())
+}
+
+async fn restore(
+    ctx: &Context,
+    args: &RestoreArgs,
+    report: &mut Value,
+    human: &mut String,
+) -> Result<()> {
+    let at = args.timestamp.as_deref().map(parse_timestamp).transpose()?;
+    if let Some(id) = &args.snapshot {
+        snapshot::validate_id(id)?;
+    }
+    let source_env = match &args.from_env {
+        Some(name) => ctx.config.environment(name)?,
+        None => ctx.env.clone(),
+    };
+    let services = ctx.services()?;
+    let source = storage::open(&source_env).await?;
+    source.check().await?;
+
+    // Choose, per service, changing nothing.
+    let mut choices = Vec::new();
+    let mut missing = Vec::new();
+    for service in services {
+        let (found, _) =
+            snapshot::list_service(source.as_ref(), &source_env.name, &service.name).await?;
+        let chosen = match (&args.snapshot, at) {
+            (Some(id), _) => found
+                .into_iter()
+                .find(|f| &f.manifest.id == id)
+                .map(|f| (f, "chosen by id".to_string())),
+            (None, Some(t)) => select_at(&found, t).cloned().map(|f| {
+                let age = describe_age(t - f.manifest.consistent_at);
+                (f, age)
+            }),
+            (None, None) => return Err(Error::usage("restore needs --timestamp or --snapshot")),
+        };
+        match chosen {
+            Some((found, note)) => choices.push(Choice {
+                service,
+                found,
+                note,
+            }),
+            None => missing.push(service.name.clone()),
+        }
+    }
+    if let Some(id) = &args.snapshot {
+        if choices.is_empty() {
+            return Err(Error::usage_hint(
+                format!(
+                    "no complete snapshot {id} of the selected services in environment {}",
+                    source_env.name
+                ),
+                "see `valero-db snapshots list`",
+            ));
+        }
+    } else if !missing.is_empty() {
+        return Err(Error::NoSnapshot {
+            message: format!(
+                "no snapshot at or before {} for: {}; nothing was changed",
+                args.timestamp.as_deref().unwrap_or("?"),
+                missing.join(", ")
+            ),
+        });
+    }
+
+    // Every object of every chosen snapshot, before the first change.
+    for c in &choices {
+        snapshot::verify(source.as_ref(), &c.found).await?;
+        let engines: Vec<&str> = c
+            .found
+            .manifest
+            .engines
+            .iter()
+            .map(|e| e.engine.as_str())
+            .collect();
+        for (configured, name) in [
+            (c.service.postgres.is_some(), "postgres"),
+            (c.service.mongodb.is_some(), "mongodb"),
+        ] {
+            if configured && !engines.contains(&name) {
+                return Err(Error::usage(format!(
+                    "snapshot {} of service {} has no {name} part, but the service has a {name} database",
+                    c.found.manifest.id, c.service.name
+                )));
+            }
+        }
+    }
+
+    for c in &choices {
+        let m = &c.found.manifest;
+        human.push_str(&format!(
+            "{}: snapshot {} from {} consistent at {} ({}), versions {}, {} — replaces the current state of {}\n",
+            c.service.name,
+            m.id,
+            source_env.name,
+            m.consistent_at.format("%Y-%m-%dT%H:%M:%SZ"),
+            c.note,
+            m.engines.iter().map(|e| format!("{}={}", e.engine, e.schema_version.map(|v| v.to_string()).unwrap_or_else(|| "-".into()))).collect::<Vec<_>>().join(" "),
+            human_bytes(m.total_size()),
+            targets(&c.service),
+        ));
+        push_service(
+            report,
+            json!({
+                "service": c.service.name,
+                "snapshot": crate::commands::snapshot::summary(&c.found),
+                "selection": c.note,
+                "replaces": targets(&c.service),
+            }),
+        );
+    }
+    if args.dry_run {
+        return Ok(());
+    }
+    let action = format!(
+        "restore {} ({}) from {}",
+        choices
+            .iter()
+            .map(|c| c.service.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        choices
+            .iter()
+            .map(|c| c.found.manifest.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        source_env.name
+    );
+    confirm(ctx, &action, args.yes)?;
+
+    let target = storage::open(&ctx.env).await?;
+    target.check().await?;
+    for (i, c) in choices.iter().enumerate() {
+        let started = Instant::now();
+        let mut locked =
+            LockedService::open(&c.service, Vec::new(), ctx.global.lock_timeout).await?;
+        let r = restore_service(ctx, target.as_ref(), source.as_ref(), &mut locked, c).await;
+        locked.release().await;
+        let (pre, stats) = r?;
+        human.push_str(&format!(
+            "{}: restored {} ({} rows/documents, {}) in {:.1}s; undo with `valero-db restore -s {} --snapshot {}`\n",
+            c.service.name,
+            c.found.manifest.id,
+            stats.iter().map(|s| s.rows).sum::<u64>(),
+            human_bytes(stats.iter().map(|s| s.bytes).sum()),
+            started.elapsed().as_secs_f64(),
+            c.service.name,
+            pre
+        ));
+        if let Some(entry) = report["services"].get_mut(i) {
+            entry["pre_restore_snapshot"] = json!(pre);
+            entry["restored"] = json!(stats);
+            entry["duration_ms"] = json!(started.elapsed().as_millis() as u64);
+        }
+    }
+    Ok(())
+}
+
+fn targets(s: &Service) -> String {
+    let mut out = Vec::new();
+    if let Some(pg) = &s.postgres {
+        out.push(format!("PostgreSQL schema {}", pg.schema));
+    }
+    if let Some(m) = &s.mongodb {
+        out.push(format!("MongoDB database {}", m.database));
+    }
+    out.join(" and ")
+}
+
+fn push_service(report: &mut Value, entry: Value) {
+    if let Some(a) = report["services"].as_array_mut() {
+        a.push(entry);
+    }
+}
+
+/// Pre-restore snapshot, then both phases on every engine. PostgreSQL
+/// commits first (its commit can still fail, e.g. on deferred
+/// constraints); MongoDB's commit point comes after, and recovery always
+/// completes it.
+async fn restore_service(
+    ctx: &Context,
+    target: &dyn Storage,
+    source: &dyn Storage,
+    locked: &mut LockedService,
+    c: &Choice,
+) -> Result<(String, Vec<RestoreStats>)> {
+    let req = Request {
+        environment: &ctx.env.name,
+        reason: "pre-restore",
+        release: None,
+        label: Some(format!("before restoring {}", c.found.manifest.id)),
+    };
+    let pre = take_service(target, &c.service.name, &mut locked.slots, &req).await?;
+    let mut stats = Vec::new();
+    for i in 0..locked.slots.len() {
+        match locked.slots[i]
+            .engine
+            .restore_prepare(source, &c.found)
+            .await
+        {
+            Ok(s) => stats.push(s),
+            Err(e) => {
+                for slot in locked.slots[..i].iter_mut() {
+                    slot.engine.restore_abort().await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..locked.slots.len()).collect();
+    order.sort_by_key(|i| locked.slots[*i].engine.kind() != crate::engine::EngineKind::Postgres);
+    let mut committed = Vec::new();
+    for i in order {
+        let kind = locked.slots[i].engine.kind();
+        if let Err(e) = locked.slots[i].engine.restore_commit().await {
+            if committed.is_empty() {
+                for slot in locked.slots.iter_mut() {
+                    slot.engine.restore_abort().await;
+                }
+                return Err(e);
+            }
+            return Err(Error::internal(format!(
+                "service {}: {} was restored from {} but committing {kind} failed: {e}. Run the same restore again for -s {} to finish, or restore the pre-restore snapshot {} to undo",
+                c.service.name,
+                committed.join(", "),
+                c.found.manifest.id,
+                c.service.name,
+                pre.manifest.id
+            )));
+        }
+        committed.push(kind.to_string());
+    }
+    Ok((pre.manifest.id, stats))
+}

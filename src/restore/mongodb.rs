@@ -1,0 +1,420 @@
+//! MongoDB restore of one database. MongoDB cannot swap a database
+//! atomically, so: every collection is loaded into a temporary collection
+//! (with its options, then its indexes) while a journal document records the
+//! plan; the journal then flips to `swapping` (the commit point) and the
+//! temporaries are renamed over the originals. If the process dies, the
+//! next valero-db command on the service calls `recover`: before the commit
+//! point it drops the temporaries (old state), after it finishes the renames
+//! (new state).
+
+use bson::{doc, Bson, Document, RawDocumentBuf};
+use mongodb::Database;
+
+use super::{ObjectStream, RestoreStats};
+use crate::engine::mongodb::{classify, LOCKS};
+use crate::error::{Error, Result};
+use crate::snapshot::mongodb::command_cursor;
+use crate::snapshot::Found;
+use crate::storage::Storage;
+
+pub const JOURNAL: &str = "valero_restore_journal";
+const TMP_PREFIX: &str = "valero_tmp_";
+const BATCH_DOCS: usize = 1000;
+const BATCH_BYTES: usize = 8 << 20;
+
+struct Planned {
+    name: String,
+    kind: String,
+    options: Document,
+    indexes: Vec<Document>,
+    data: Option<crate::snapshot::ObjectEntry>,
+}
+
+fn parse_metadata(bytes: &[u8], base: &str, key: &str) -> Result<Document> {
+    let bad = |m: String| Error::integrity(format!("snapshot {base}: {key}: {m}"), None);
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    match Bson::try_from(value).map_err(|e| bad(e.to_string()))? {
+        Bson::Document(d) => Ok(d),
+        _ => Err(bad("metadata is not a document".into())),
+    }
+}
+
+async fn plan(storage: &dyn Storage, found: &Found) -> Result<Vec<Planned>> {
+    let mut out = Vec::new();
+    for meta in found
+        .manifest
+        .objects
+        .iter()
+        .filter(|o| o.kind == "mongodb/metadata")
+    {
+        let bytes = ObjectStream::open(storage, &found.base, meta)
+            .await?
+            .read_all()
+            .await?;
+        let d = parse_metadata(&bytes, &found.base, &meta.key)?;
+        let name = d.get_str("collectionName").unwrap_or_default().to_string();
+        if name.is_empty()
+            || name.starts_with("system.")
+            || name == LOCKS
+            || name == JOURNAL
+            || name.starts_with(TMP_PREFIX)
+        {
+            return Err(Error::integrity(
+                format!(
+                    "snapshot {}: {} names an unusable collection '{name}'",
+                    found.base, meta.key
+                ),
+                None,
+            ));
+        }
+        let data = found
+            .manifest
+            .objects
+            .iter()
+            .find(|o| o.kind == "mongodb/collection" && o.name.as_deref() == Some(name.as_str()))
+            .cloned();
+        out.push(Planned {
+            kind: d.get_str("type").unwrap_or("collection").to_string(),
+            options: d.get_document("options").cloned().unwrap_or_default(),
+            indexes: d
+                .get_array("indexes")
+                .map(|a| a.iter().filter_map(|i| i.as_document().cloned()).collect())
+                .unwrap_or_default(),
+            name,
+            data,
+        });
+    }
+    Ok(out)
+}
+
+async fn load_collection(
+    db: &Database,
+    storage: &dyn Storage,
+    found: &Found,
+    p: &Planned,
+    tmp: &str,
+    stats: &mut RestoreStats,
+    what: &str,
+) -> Result<()> {
+    let mut create = doc! {"create": tmp};
+    for (k, v) in &p.options {
+        create.insert(k.clone(), v.clone());
+    }
+    db.run_command(create)
+        .await
+        .map_err(|e| classify(what, e))?;
+    if let Some(entry) = &p.data {
+        let coll = db.collection::<RawDocumentBuf>(tmp);
+        let mut stream = ObjectStream::open(storage, &found.base, entry).await?;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut batch: Vec<RawDocumentBuf> = Vec::new();
+        let mut batch_bytes = 0usize;
+        let corrupt = || {
+            Error::integrity(
+                format!("snapshot {}: {} holds invalid BSON", found.base, entry.key),
+                None,
+            )
+        };
+        loop {
+            let more = stream.next().await?;
+            if let Some(buf) = &more {
+                pending.extend_from_slice(buf);
+                stats.bytes += buf.len() as u64;
+            }
+            let mut offset = 0;
+            while pending.len() - offset >= 4 {
+                let len = i32::from_le_bytes([
+                    pending[offset],
+                    pending[offset + 1],
+                    pending[offset + 2],
+                    pending[offset + 3],
+                ]);
+                if len < 5 {
+                    return Err(corrupt());
+                }
+                let len = len as usize;
+                if pending.len() - offset < len {
+                    break;
+                }
+                let raw = RawDocumentBuf::from_bytes(pending[offset..offset + len].to_vec())
+                    .map_err(|_| corrupt())?;
+                offset += len;
+                batch_bytes += len;
+                batch.push(raw);
+                if batch.len() >= BATCH_DOCS || batch_bytes >= BATCH_BYTES {
+                    stats.rows += batch.len() as u64;
+                    coll.insert_many(std::mem::take(&mut batch))
+                        .bypass_document_validation(true)
+                        .await
+                        .map_err(|e| classify(what, e))?;
+                    batch_bytes = 0;
+                }
+            }
+            pending.drain(..offset);
+            if more.is_none() {
+                break;
+            }
+        }
+        if !pending.is_empty() {
+            return Err(corrupt());
+        }
+        if !batch.is_empty() {
+            stats.rows += batch.len() as u64;
+            coll.insert_many(batch)
+                .bypass_document_validation(true)
+                .await
+                .map_err(|e| classify(what, e))?;
+        }
+        stats.objects += 1;
+    }
+    let indexes: Vec<Bson> = p
+        .indexes
+        .iter()
+        .filter(|i| i.get_str("name").ok() != Some("_id_"))
+        .map(|i| {
+            let mut i = i.clone();
+            i.remove("v");
+            i.remove("ns");
+            Bson::Document(i)
+        })
+        .collect();
+    if !indexes.is_empty() {
+        db.run_command(doc! {"createIndexes": tmp, "indexes": indexes})
+            .await
+            .map_err(|e| classify(what, e))?;
+    }
+    Ok(())
+}
+
+/// The options `collMod` can set again after a rename.
+fn validation_options(options: &Document) -> Document {
+    let mut out = Document::new();
+    for key in ["validator", "validationLevel", "validationAction"] {
+        if let Some(v) = options.get(key) {
+            out.insert(key, v.clone());
+        }
+    }
+    out
+}
+
+async fn collection_names(db: &Database, what: &str) -> Result<Vec<String>> {
+    let specs = command_cursor(
+        db,
+        what,
+        doc! {"listCollections": 1, "nameOnly": true, "cursor": {}},
+        "$cmd.listCollections",
+    )
+    .await?;
+    Ok(specs
+        .iter()
+        .filter_map(|s| s.get_str("name").ok().map(str::to_string))
+        .collect())
+}
+
+async fn drop_tmp(db: &Database, token: &str, what: &str) -> Result<()> {
+    let prefix = format!("{TMP_PREFIX}{token}_");
+    for name in collection_names(db, what).await? {
+        if name.starts_with(&prefix) {
+            db.collection::<Document>(&name)
+                .drop()
+                .await
+                .map_err(|e| classify(what, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Phase one: loads every collection into temporaries under a journal in
+/// state `loading`. Returns the token that names the temporaries.
+pub async fn prepare(
+    db: &Database,
+    storage: &dyn Storage,
+    found: &Found,
+    service: &str,
+) -> Result<(String, RestoreStats)> {
+    let what = format!("MongoDB of service {service}");
+    recover(db, service).await?;
+    let planned = plan(storage, found).await?;
+    let token = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let journal = db.collection::<Document>(JOURNAL);
+    let renames: Vec<Bson> = planned
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.kind != "view")
+        .map(|(i, p)| Bson::Document(doc! {"tmp": format!("{TMP_PREFIX}{token}_{i}"), "name": &p.name, "validation": validation_options(&p.options)}))
+        .collect();
+    let views: Vec<Bson> = planned
+        .iter()
+        .filter(|p| p.kind == "view")
+        .map(|p| Bson::Document(doc! {"name": &p.name, "options": p.options.clone()}))
+        .collect();
+    journal
+        .insert_one(doc! {
+            "_id": "restore", "state": "loading", "token": &token, "snapshot": &found.manifest.id,
+            "renames": renames, "views": views, "keep": planned.iter().map(|p| Bson::String(p.name.clone())).collect::<Vec<_>>(),
+            "started_at": bson::DateTime::now(),
+        })
+        .await
+        .map_err(|e| classify(&what, e))?;
+    let mut stats = RestoreStats {
+        engine: "mongodb".into(),
+        ..Default::default()
+    };
+    let loaded: Result<()> = async {
+        for (i, p) in planned.iter().enumerate() {
+            if p.kind == "view" {
+                continue;
+            }
+            load_collection(
+                db,
+                storage,
+                found,
+                p,
+                &format!("{TMP_PREFIX}{token}_{i}"),
+                &mut stats,
+                &what,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = loaded {
+        abort(db, service).await;
+        return Err(e);
+    }
+    Ok((token, stats))
+}
+
+/// Phase two: flips the journal to `swapping` (the commit point), then
+/// renames. Once the flip is stored, recovery always completes the restore.
+pub async fn commit(db: &Database, service: &str) -> Result<()> {
+    let what = format!("MongoDB of service {service}");
+    db.collection::<Document>(JOURNAL)
+        .update_one(
+            doc! {"_id": "restore"},
+            doc! {"$set": {"state": "swapping"}},
+        )
+        .await
+        .map_err(|e| classify(&what, e))?;
+    finish_swap(db, &what).await
+}
+
+/// Undoes phase one: drops the temporaries and the journal.
+pub async fn abort(db: &Database, service: &str) {
+    if let Err(e) = recover(db, service).await {
+        tracing::warn!("service {service}: cleaning up the aborted MongoDB restore failed: {e}; the next command retries");
+    }
+}
+
+/// Completes a restore whose journal says `swapping`: renames what is still
+/// temporary, drops collections the snapshot did not have, recreates views,
+/// deletes the journal. Idempotent, so it can be repeated after a crash.
+async fn finish_swap(db: &Database, what: &str) -> Result<()> {
+    let journal = db.collection::<Document>(JOURNAL);
+    let Some(j) = journal
+        .find_one(doc! {"_id": "restore"})
+        .await
+        .map_err(|e| classify(what, e))?
+    else {
+        return Ok(());
+    };
+    let existing = collection_names(db, what).await?;
+    let db_name = db.name().to_string();
+    let admin = db.client().database("admin");
+    for r in j
+        .get_array("renames")
+        .map(|a| a.to_vec())
+        .unwrap_or_default()
+    {
+        let Some(r) = r.as_document() else { continue };
+        let (tmp, name) = (
+            r.get_str("tmp").unwrap_or_default(),
+            r.get_str("name").unwrap_or_default(),
+        );
+        if existing.iter().any(|e| e == tmp) {
+            admin
+                .run_command(doc! {"renameCollection": format!("{db_name}.{tmp}"), "to": format!("{db_name}.{name}"), "dropTarget": true})
+                .await
+                .map_err(|e| classify(what, e))?;
+        }
+        // MongoDB keeps a collection's options across a rename; some
+        // wire-compatible servers drop them. Re-asserting the validation
+        // settings is a no-op where they were kept.
+        if let Ok(validation) = r.get_document("validation") {
+            if !validation.is_empty() {
+                let mut coll_mod = doc! {"collMod": name};
+                coll_mod.extend(validation.clone());
+                db.run_command(coll_mod)
+                    .await
+                    .map_err(|e| classify(what, e))?;
+            }
+        }
+    }
+    let keep: Vec<String> = j
+        .get_array("keep")
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let token = j.get_str("token").unwrap_or_default().to_string();
+    for name in collection_names(db, what).await? {
+        let ours = name == LOCKS || name == JOURNAL || name.starts_with("system.");
+        let views: Vec<&str> = j
+            .get_array("views")
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_document()?.get_str("name").ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !ours && (!keep.contains(&name) || views.contains(&name.as_str())) {
+            db.collection::<Document>(&name)
+                .drop()
+                .await
+                .map_err(|e| classify(what, e))?;
+        }
+    }
+    for v in j.get_array("views").map(|a| a.to_vec()).unwrap_or_default() {
+        let Some(v) = v.as_document() else { continue };
+        let mut create = doc! {"create": v.get_str("name").unwrap_or_default()};
+        for (k, val) in v.get_document("options").cloned().unwrap_or_default() {
+            create.insert(k, val);
+        }
+        db.run_command(create)
+            .await
+            .map_err(|e| classify(what, e))?;
+    }
+    drop_tmp(db, &token, what).await?;
+    journal.drop().await.map_err(|e| classify(what, e))?;
+    Ok(())
+}
+
+/// Finishes or undoes a restore that was interrupted; `None` when there was
+/// none. Called before any command works on the service.
+pub async fn recover(db: &Database, service: &str) -> Result<Option<&'static str>> {
+    let what = format!("MongoDB of service {service}");
+    let journal = db.collection::<Document>(JOURNAL);
+    let Some(j) = journal
+        .find_one(doc! {"_id": "restore"})
+        .await
+        .map_err(|e| classify(&what, e))?
+    else {
+        return Ok(None);
+    };
+    let snapshot = j.get_str("snapshot").unwrap_or("?").to_string();
+    if j.get_str("state").ok() == Some("swapping") {
+        tracing::warn!(
+            "service {service}: completing the interrupted restore of snapshot {snapshot}"
+        );
+        finish_swap(db, &what).await?;
+        Ok(Some("completed"))
+    } else {
+        tracing::warn!("service {service}: undoing the interrupted restore of snapshot {snapshot} (it had not reached its commit point)");
+        drop_tmp(db, j.get_str("token").unwrap_or("none"), &what).await?;
+        journal.drop().await.map_err(|e| classify(&what, e))?;
+        Ok(Some("undone"))
+    }
+}

@@ -1,0 +1,330 @@
+//! PostgreSQL restore of one schema in one transaction: drop the schema,
+//! run the pre-data DDL, `COPY ... FROM STDIN` every table (before indexes,
+//! constraints and triggers exist, so triggers do not fire), set sequences,
+//! run the post-data DDL, refresh materialized views, commit. A failure or a
+//! kill at any moment rolls everything back: the old state stays.
+
+use sqlx::postgres::PgConnection;
+use sqlx::Row;
+
+use super::{ObjectStream, RestoreStats};
+use crate::engine::postgres::{classify, exec, quote_ident};
+use crate::error::{Error, Result};
+use crate::snapshot::manifest::EngineInfo;
+use crate::snapshot::Found;
+use crate::storage::Storage;
+
+/// Objects outside the schema that depend on it would be dropped by the
+/// restore; valero-db changes nothing outside the service, so it refuses.
+async fn outside_dependents(
+    conn: &mut PgConnection,
+    schema: &str,
+) -> std::result::Result<Vec<String>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d \
+         JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid \
+         JOIN pg_class v ON v.oid = r.ev_class JOIN pg_namespace vn ON vn.oid = v.relnamespace \
+         JOIN pg_class t ON d.refclassid = 'pg_class'::regclass AND t.oid = d.refobjid \
+         JOIN pg_namespace tn ON tn.oid = t.relnamespace \
+         WHERE tn.nspname = $1 AND vn.nspname <> $1 \
+         UNION \
+         SELECT DISTINCT s.oid::regclass::text FROM pg_constraint c \
+         JOIN pg_class t ON t.oid = c.confrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace \
+         JOIN pg_class s ON s.oid = c.conrelid JOIN pg_namespace sn ON sn.oid = s.relnamespace \
+         WHERE c.contype = 'f' AND tn.nspname = $1 AND sn.nspname <> $1",
+    )
+    .bind(schema)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+}
+
+/// Types and extensions the snapshot needs from outside the schema.
+async fn missing_requirements(
+    conn: &mut PgConnection,
+    info: &EngineInfo,
+) -> std::result::Result<Vec<String>, sqlx::Error> {
+    let mut missing = Vec::new();
+    let Some(reqs) = info.position.get("requires").and_then(|r| r.as_array()) else {
+        return Ok(missing);
+    };
+    for r in reqs {
+        if let Some(ext) = r.get("extension").and_then(|e| e.as_str()) {
+            let ok: bool =
+                sqlx::query("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = $1)")
+                    .bind(ext)
+                    .fetch_one(&mut *conn)
+                    .await?
+                    .get(0);
+            if !ok {
+                missing.push(format!("extension {ext}"));
+            }
+        } else if let (Some(s), Some(t)) = (
+            r.get("type_schema").and_then(|v| v.as_str()),
+            r.get("type").and_then(|v| v.as_str()),
+        ) {
+            let ok: bool =
+                sqlx::query("SELECT to_regtype(format('%I.%I', $1::text, $2::text)) IS NOT NULL")
+                    .bind(s)
+                    .bind(t)
+                    .fetch_one(&mut *conn)
+                    .await?
+                    .get(0);
+            if !ok {
+                missing.push(format!("type {s}.{t}"));
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// Checks what can be checked before the transaction starts.
+pub async fn preflight(
+    conn: &mut PgConnection,
+    service: &str,
+    schema: &str,
+    info: &EngineInfo,
+) -> Result<()> {
+    let what = format!("PostgreSQL of service {service}");
+    let deps = outside_dependents(conn, schema)
+        .await
+        .map_err(|e| classify(&what, e))?;
+    if !deps.is_empty() {
+        return Err(Error::usage_hint(
+            format!("service {service}: objects outside schema {schema} depend on it: {}", deps.join(", ")),
+            "valero-db changes nothing outside the service's schema; remove or redefine those objects first",
+        ));
+    }
+    let missing = missing_requirements(conn, info)
+        .await
+        .map_err(|e| classify(&what, e))?;
+    if !missing.is_empty() {
+        return Err(Error::usage_hint(
+            format!(
+                "service {service}: the snapshot needs {} which this database lacks",
+                missing.join(", ")
+            ),
+            "create them first (e.g. CREATE EXTENSION), then restore again",
+        ));
+    }
+    Ok(())
+}
+
+/// Phase one: everything inside an open transaction. The caller commits
+/// with `commit` or rolls back with `abort`.
+pub async fn prepare(
+    conn: &mut PgConnection,
+    storage: &dyn Storage,
+    found: &Found,
+    info: &EngineInfo,
+    service: &str,
+    schema: &str,
+) -> Result<RestoreStats> {
+    let what = format!("PostgreSQL of service {service}");
+    preflight(conn, service, schema, info).await?;
+    exec(conn, "BEGIN").await.map_err(|e| classify(&what, e))?;
+    match load(conn, storage, found, info, &what, schema).await {
+        Ok(stats) => Ok(stats),
+        Err(e) => {
+            abort(conn).await;
+            Err(e)
+        }
+    }
+}
+
+pub async fn commit(conn: &mut PgConnection, service: &str) -> Result<()> {
+    let what = format!("PostgreSQL of service {service}");
+    let r = exec(conn, "COMMIT")
+        .await
+        .map_err(|e| sql_failed(&what, "commit", e));
+    // pg_dump's script empties search_path for the session.
+    let _ = exec(conn, "RESET search_path").await;
+    r
+}
+
+pub async fn abort(conn: &mut PgConnection) {
+    let _ = exec(conn, "ROLLBACK").await;
+    let _ = exec(conn, "RESET search_path").await;
+}
+
+/// pg_dump (since 15.14/16.10/17.6) wraps its script in psql's
+/// `\restrict KEY` / `\unrestrict KEY` meta-commands, which are not SQL.
+pub fn strip_psql_meta(sql: &str) -> String {
+    sql.lines()
+        .filter(|l| !(l.starts_with("\\restrict ") || l.starts_with("\\unrestrict ")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn sql_failed(what: &str, step: &str, e: sqlx::Error) -> Error {
+    match e {
+        sqlx::Error::Database(db) => Error::internal(format!(
+            "{what}: restoring {step} failed: {} (SQLSTATE {}); the transaction was rolled back, nothing changed",
+            crate::redact::redact(db.message()),
+            db.code().unwrap_or_default()
+        )),
+        other => classify(what, other),
+    }
+}
+
+async fn load(
+    conn: &mut PgConnection,
+    storage: &dyn Storage,
+    found: &Found,
+    info: &EngineInfo,
+    what: &str,
+    schema: &str,
+) -> Result<RestoreStats> {
+    let mut stats = RestoreStats {
+        engine: "postgres".into(),
+        ..Default::default()
+    };
+    let object = |kind: &str| found.manifest.objects.iter().find(|o| o.kind == kind);
+    exec(
+        conn,
+        &format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)),
+    )
+    .await
+    .map_err(|e| sql_failed(what, "the old schema (drop)", e))?;
+    let exists = info
+        .position
+        .get("schema_exists")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true);
+    if !exists {
+        return Ok(stats);
+    }
+    let text = |bytes: Vec<u8>, key: &str| {
+        String::from_utf8(bytes)
+            .map(|s| strip_psql_meta(&s))
+            .map_err(|_| {
+                Error::integrity(
+                    format!("snapshot {}: {key} is not UTF-8 SQL", found.base),
+                    None,
+                )
+            })
+    };
+    let pre = object("postgres/pre-data").ok_or_else(|| {
+        Error::integrity(format!("snapshot {}: no pre-data object", found.base), None)
+    })?;
+    let sql = text(
+        ObjectStream::open(storage, &found.base, pre)
+            .await?
+            .read_all()
+            .await?,
+        &pre.key,
+    )?;
+    stats.objects += 1;
+    exec(conn, &sql)
+        .await
+        .map_err(|e| sql_failed(what, "pre-data DDL", e))?;
+
+    for entry in found
+        .manifest
+        .objects
+        .iter()
+        .filter(|o| o.kind == "postgres/table")
+    {
+        let table = entry.name.as_deref().ok_or_else(|| {
+            Error::integrity(
+                format!(
+                    "snapshot {}: table object {} has no name",
+                    found.base, entry.key
+                ),
+                None,
+            )
+        })?;
+        let mut stream = ObjectStream::open(storage, &found.base, entry).await?;
+        let statement = format!(
+            "COPY {}.{} FROM STDIN",
+            quote_ident(schema),
+            quote_ident(table)
+        );
+        let mut copy = conn
+            .copy_in_raw(&statement)
+            .await
+            .map_err(|e| sql_failed(what, table, e))?;
+        let sent: Result<()> = async {
+            while let Some(buf) = stream.next().await? {
+                stats.rows += buf.iter().filter(|b| **b == b'\n').count() as u64;
+                stats.bytes += buf.len() as u64;
+                copy.send(buf)
+                    .await
+                    .map_err(|e| sql_failed(what, table, e))?;
+            }
+            Ok(())
+        }
+        .await;
+        match sent {
+            Ok(()) => {
+                copy.finish()
+                    .await
+                    .map_err(|e| sql_failed(what, table, e))?;
+            }
+            Err(e) => {
+                let _ = copy.abort("valero-db: restore failed").await;
+                return Err(e);
+            }
+        }
+        stats.objects += 1;
+    }
+
+    if let Some(seq) = object("postgres/sequences") {
+        let sql = text(
+            ObjectStream::open(storage, &found.base, seq)
+                .await?
+                .read_all()
+                .await?,
+            &seq.key,
+        )?;
+        if !sql.trim().is_empty() {
+            exec(conn, &sql)
+                .await
+                .map_err(|e| sql_failed(what, "sequences", e))?;
+        }
+        stats.objects += 1;
+    }
+    if let Some(post) = object("postgres/post-data") {
+        let sql = text(
+            ObjectStream::open(storage, &found.base, post)
+                .await?
+                .read_all()
+                .await?,
+            &post.key,
+        )?;
+        exec(conn, &sql)
+            .await
+            .map_err(|e| sql_failed(what, "post-data DDL", e))?;
+        stats.objects += 1;
+    }
+    // Materialized views were created WITH NO DATA; creation order is
+    // dependency order, so refresh in that order.
+    let views: Vec<String> = sqlx::query(
+        "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relkind = 'm' ORDER BY c.oid",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| classify(what, e))?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    for v in views {
+        exec(conn, &format!("REFRESH MATERIALIZED VIEW {v}"))
+            .await
+            .map_err(|e| sql_failed(what, &v, e))?;
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_psql_meta;
+
+    #[test]
+    fn psql_restrict_lines_are_removed() {
+        let sql = "\\restrict abc\nCREATE TABLE t ();\n\\unrestrict abc\n";
+        assert_eq!(strip_psql_meta(sql), "CREATE TABLE t ();");
+    }
+}

@@ -1,0 +1,537 @@
+//! Restore against the real servers: fidelity (catalog and data identical),
+//! selection by time, refusals that change nothing, atomicity under kill -9,
+//! and recovery of an interrupted MongoDB restore.
+
+mod common;
+
+use bson::{doc, Bson, Document, RawDocumentBuf};
+use common::{psql, Project};
+use futures::TryStreamExt;
+
+const AWKWARD_SCHEMA: &str = r#"CREATE TYPE mood AS ENUM ('ok', 'sad', 'ünïcødé');
+CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
+CREATE TYPE pair AS (a int, b text);
+CREATE TYPE floatrange AS RANGE (subtype = float8);
+CREATE SEQUENCE counter START 10;
+CREATE TABLE "Weird Table" (
+  id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  "select" text, "Mixed" text COLLATE "C", t text, f float8, n numeric, d date, ts timestamptz,
+  arr int[], b bytea, j jsonb, p pair, r int4range, fr floatrange, m mood, pi posint,
+  twice int GENERATED ALWAYS AS (coalesce(pi, 1) * 2) STORED,
+  parent int REFERENCES "Weird Table" DEFERRABLE INITIALLY DEFERRED
+);
+CREATE TABLE events (at date NOT NULL, v int, note text) PARTITION BY RANGE (at);
+CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE audit (at timestamptz DEFAULT now(), what text);
+CREATE FUNCTION log_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO audit (what) VALUES ('insert ' || NEW.id); RETURN NEW; END $$;
+CREATE TRIGGER weird_log AFTER INSERT ON "Weird Table" FOR EACH ROW EXECUTE FUNCTION log_insert();
+CREATE INDEX weird_j_idx ON "Weird Table" USING gin (j);
+CREATE UNIQUE INDEX weird_select_idx ON "Weird Table" ("select") WHERE "select" IS NOT NULL;
+CREATE VIEW weird_view AS SELECT id, "select" FROM "Weird Table";
+CREATE MATERIALIZED VIEW weird_count AS SELECT count(*) AS c FROM "Weird Table";
+CREATE PROCEDURE noop() LANGUAGE sql AS $$ SELECT 1 $$;
+COMMENT ON TABLE "Weird Table" IS 'awkward; values';
+COMMENT ON COLUMN "Weird Table"."select" IS 'a reserved word';
+ALTER TABLE audit ENABLE ROW LEVEL SECURITY;
+CREATE POLICY audit_all ON audit USING (true);
+INSERT INTO "Weird Table" ("select", "Mixed", t, f, n, d, ts, arr, b, j, p, r, fr, m, pi, parent) VALUES
+ ('a', 'Zz', E'tab\there\nnewline \\ backslash', 'NaN', 'NaN', 'infinity', '-infinity', ARRAY[1, NULL, 3], '\x00ff10', '{"k": [1, "two", null], "e": "🎉"}', ROW(1, NULL), '[1,5)', '[1.5,2.5]', 'ünïcødé', 7, NULL),
+ (NULL, '', '', '-0', '-1.5e-10', '-infinity', 'infinity', '{}', '', '[]', NULL, 'empty', NULL, 'ok', NULL, 1),
+ ('b', NULL, NULL, 'Infinity', '123456789012345678901234567890.123456789', '2025-06-19', '2025-06-19T08:00:00Z', NULL, NULL, 'null', ROW(NULL, 'x'), NULL, NULL, NULL, 1, 2),
+ ('c', 'ß', repeat('x', 10000), '-Infinity', '0', '1999-12-31', NULL, ARRAY[NULL]::int[], '\xdeadbeef', '"just a string"', ROW(3, E'q\'uote'), '(,)', 'empty', 'sad', 2, 3);
+INSERT INTO events VALUES ('2024-05-01', 1, 'a'), ('2025-05-01', 2, NULL);
+SELECT setval('counter', 42);
+REFRESH MATERIALIZED VIEW weird_count;
+"#;
+
+fn schema_dump(schema: &str) -> String {
+    let bin =
+        std::env::var("VALERO_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let out = std::process::Command::new(format!("{bin}/pg_dump"))
+        .args([
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            "--schema",
+            schema,
+            "--dbname",
+            &common::pg_url(),
+        ])
+        .output()
+        .expect("pg_dump");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Per-table checksums of every row, plus every sequence's state.
+fn data_fingerprint(schema: &str) -> String {
+    let tables = psql(&format!(
+        "SELECT string_agg(quote_ident(relname), ',' ORDER BY relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{schema}' AND relkind IN ('r', 'm')"
+    ));
+    let mut out = String::new();
+    for t in tables.split(',').filter(|t| !t.is_empty()) {
+        let sum = psql(&format!(
+            "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM \"{schema}\".{t} x"
+        ));
+        out.push_str(&format!("{t}={sum}\n"));
+    }
+    let seqs = psql(&format!(
+        "SELECT string_agg(sequencename || '=' || coalesce(last_value::text, 'null'), ',' ORDER BY sequencename) FROM pg_sequences WHERE schemaname = '{schema}'"
+    ));
+    out.push_str(&format!("sequences: {seqs}\n"));
+    out
+}
+
+fn snapshot_ids(p: &Project, env: &str) -> Vec<(String, String)> {
+    let list = p.run(&["-e", env, "snapshots", "list", "--output", "json"]);
+    list.ok();
+    list.json()["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_string(),
+                s["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn postgres_restore_is_identical_in_catalog_data_and_sequences() {
+    let p = Project::new("r_fidelity");
+    p.migration("postgres", "0001_awkward.up.sql", AWKWARD_SCHEMA);
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    let catalog = schema_dump(&p.schema);
+    let data = data_fingerprint(&p.schema);
+    p.run(&["snapshot"]).ok();
+    let (id, _) = snapshot_ids(&p, "dev").remove(0);
+    // Damage everything.
+    psql(&format!(
+        "SET search_path TO \"{s}\"; DELETE FROM audit; UPDATE \"Weird Table\" SET t = 'changed'; DROP TABLE events CASCADE; \
+         DROP VIEW weird_view; CREATE TABLE intruder (x int); SELECT setval('counter', 999); ALTER TABLE audit ADD COLUMN extra int",
+        s = p.schema
+    ));
+    assert_ne!(data_fingerprint(&p.schema), data);
+    let run = p.run(&["restore", "--snapshot", &id, "--yes", "--output", "json"]);
+    run.ok();
+    assert_eq!(
+        schema_dump(&p.schema),
+        catalog,
+        "pg_dump --schema-only differs after restore"
+    );
+    assert_eq!(
+        data_fingerprint(&p.schema),
+        data,
+        "rows or sequences differ after restore"
+    );
+    // Triggers did not fire during the load.
+    assert_eq!(
+        psql(&format!("SELECT count(*) FROM \"{}\".audit", p.schema)),
+        "4"
+    );
+    // History travels inside the snapshot.
+    p.run(&["status", "--check"]).ok();
+    let doc = run.json();
+    assert_eq!(doc["services"][0]["snapshot"]["id"], id.as_str());
+    assert!(doc["services"][0]["pre_restore_snapshot"].is_string());
+}
+
+#[test]
+fn the_pre_restore_snapshot_undoes_a_restore() {
+    let p = Project::new("r_undo");
+    p.migration(
+        "postgres",
+        "0001_t.up.sql",
+        "CREATE TABLE t (v int); INSERT INTO t VALUES (1);",
+    );
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["snapshot"]).ok();
+    let (first, _) = snapshot_ids(&p, "dev").remove(0);
+    psql(&format!("INSERT INTO \"{}\".t VALUES (2)", p.schema));
+    let run = p.run(&["restore", "--snapshot", &first, "--yes", "--output", "json"]);
+    run.ok();
+    assert_eq!(
+        psql(&format!(
+            "SELECT string_agg(v::text, ',') FROM \"{}\".t",
+            p.schema
+        )),
+        "1"
+    );
+    let pre = run.json()["services"][0]["pre_restore_snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(snapshot_ids(&p, "dev")
+        .iter()
+        .any(|(id, reason)| id == &pre && reason == "pre-restore"));
+    p.run(&["restore", "--snapshot", &pre, "--yes"]).ok();
+    assert_eq!(
+        psql(&format!(
+            "SELECT string_agg(v::text, ',' ORDER BY v) FROM \"{}\".t",
+            p.schema
+        )),
+        "1,2"
+    );
+}
+
+#[test]
+fn timestamp_selection_picks_the_newest_snapshot_at_or_before_it() {
+    let p = Project::new("r_time");
+    p.migration("postgres", "0001_t.up.sql", "CREATE TABLE t (v int);");
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    psql(&format!("INSERT INTO \"{}\".t VALUES (1)", p.schema));
+    p.run(&["snapshot"]).ok();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let between = chrono::Utc::now();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    psql(&format!("INSERT INTO \"{}\".t VALUES (2)", p.schema));
+    p.run(&["snapshot"]).ok();
+    psql(&format!("INSERT INTO \"{}\".t VALUES (3)", p.schema));
+    let t = between.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let dry = p.run(&["restore", "--timestamp", &t, "--dry-run"]);
+    dry.ok();
+    assert!(
+        dry.stdout.contains("before the requested time"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(
+        psql(&format!("SELECT count(*) FROM \"{}\".t", p.schema)),
+        "3",
+        "dry run changes nothing"
+    );
+    p.run(&["restore", "--timestamp", &t, "--yes"]).ok();
+    assert_eq!(
+        psql(&format!(
+            "SELECT string_agg(v::text, ',') FROM \"{}\".t",
+            p.schema
+        )),
+        "1"
+    );
+}
+
+#[test]
+fn refusals_change_nothing_and_use_the_contract_exit_codes() {
+    let p = Project::new("r_refuse");
+    p.migration(
+        "postgres",
+        "0001_t.up.sql",
+        "CREATE TABLE t (v int); INSERT INTO t VALUES (1);",
+    );
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["restore", "--timestamp", "2020-01-01T00:00:00Z", "--yes"])
+        .expect_code(8)
+        .stderr_has("no snapshot at or before");
+    p.run(&["snapshot"]).ok();
+    let (id, _) = snapshot_ids(&p, "dev").remove(0);
+    psql(&format!("INSERT INTO \"{}\".t VALUES (2)", p.schema));
+    p.run(&["restore", "--timestamp", "2025-06-19T08:00:00", "--yes"])
+        .expect_code(2)
+        .stderr_has("no time zone");
+    p.run(&["restore", "--timestamp", "tomorrow", "--yes"])
+        .expect_code(2);
+    p.run(&["restore", "--snapshot", &id])
+        .expect_code(2)
+        .stderr_has("--yes");
+    p.run(&[
+        "-e",
+        "prod",
+        "restore",
+        "--snapshot",
+        &id,
+        "--from-env",
+        "dev",
+    ])
+    .expect_code(2)
+    .stderr_has("protected");
+    p.run(&["restore", "--snapshot", "../../etc", "--yes"])
+        .expect_code(2);
+    // A corrupt object: exit 5 before anything is touched.
+    let dir = p.path().join("backups/dev/svc").join(&id);
+    let victim = std::fs::read_dir(dir.join("postgres/data"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&victim, bytes).unwrap();
+    p.run(&["restore", "--snapshot", &id, "--yes"])
+        .expect_code(5)
+        .stderr_has("corrupt");
+    assert_eq!(
+        psql(&format!("SELECT count(*) FROM \"{}\".t", p.schema)),
+        "2"
+    );
+    assert!(
+        snapshot_ids(&p, "dev")
+            .iter()
+            .all(|(_, r)| r != "pre-restore"),
+        "nothing happened, not even a pre-restore snapshot"
+    );
+}
+
+#[test]
+fn restore_from_another_environment_refreshes_this_one() {
+    let p = Project::new("r_fromenv");
+    p.migration(
+        "postgres",
+        "0001_t.up.sql",
+        "CREATE TABLE t (v int); INSERT INTO t VALUES (7);",
+    );
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["-e", "prod", "snapshot"]).ok();
+    let (id, _) = snapshot_ids(&p, "prod").remove(0);
+    psql(&format!("DELETE FROM \"{}\".t", p.schema));
+    p.run(&["restore", "--from-env", "prod", "--snapshot", &id, "--yes"])
+        .ok();
+    assert_eq!(
+        psql(&format!(
+            "SELECT string_agg(v::text, ',') FROM \"{}\".t",
+            p.schema
+        )),
+        "7"
+    );
+}
+
+#[test]
+fn kill_9_during_a_postgres_restore_leaves_the_old_state() {
+    let p = Project::new("r_kill");
+    p.migration(
+        "postgres",
+        "0001_big.up.sql",
+        "CREATE TABLE big (id int PRIMARY KEY, blob text); INSERT INTO big SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, 200000) g;",
+    );
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["snapshot"]).ok();
+    let (id, _) = snapshot_ids(&p, "dev").remove(0);
+    psql(&format!("DELETE FROM \"{}\".big WHERE id > 10", p.schema));
+    let before = data_fingerprint(&p.schema);
+    for delay_ms in [300u64, 900] {
+        let mut child = p.spawn(&["restore", "--snapshot", &id, "--yes"]);
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        // The server notices the dead client and rolls back.
+        let mut tries = 0;
+        while psql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'valero-db%' AND pid <> pg_backend_pid() AND datname = current_database() AND state <> 'idle'") != "0" && tries < 100 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            tries += 1;
+        }
+        let now = data_fingerprint(&p.schema);
+        let restored = now.contains("big=200000:");
+        assert!(
+            now == before || restored,
+            "a mix after kill -9 at {delay_ms} ms:\n{now}"
+        );
+        if restored {
+            break;
+        }
+    }
+    p.run(&["restore", "--snapshot", &id, "--yes"]).ok();
+    assert!(data_fingerprint(&p.schema).contains("big=200000:"));
+}
+
+fn awkward_documents() -> Vec<Document> {
+    let big = "x".repeat(3 << 20);
+    vec![
+        doc! {"_id": 1, "dec": Bson::Decimal128("1234.5678".parse().unwrap()), "date": bson::DateTime::from_millis(1_750_320_000_000), "i64": 5_i64, "i32": 5_i32, "f": -0.0_f64, "nan": f64::NAN},
+        doc! {"_id": 2, "bin0": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![0, 1, 2] }),
+        "bin4": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: vec![7; 16] }),
+        "bin5": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Md5, bytes: vec![9; 16] }),
+        "bin80": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::UserDefined(0x80), bytes: vec![1] })},
+        doc! {"_id": 3, "re": Bson::RegularExpression(bson::Regex { pattern: "^a.*z$".into(), options: "i".into() }),
+        "ts": Bson::Timestamp(bson::Timestamp { time: 12, increment: 34 }), "min": Bson::MinKey, "max": Bson::MaxKey,
+        "code": Bson::JavaScriptCode("function () { return 1; }".into()), "nested": [[1, [2, [3]]], {"z": 1, "a": 2}], "null": Bson::Null},
+        doc! {"_id": 4, "big": big, "unicode": "ünïcødé 🎉", "email": "a@b.de", "expires": bson::DateTime::from_millis(4_000_000_000_000)},
+        doc! {"_id": 5, "z_first": 1, "a_second": 2, "email": "c@d.de", "status": "open"},
+    ]
+}
+
+async fn raw_documents(db: &mongodb::Database, coll: &str) -> Vec<Vec<u8>> {
+    let mut c = db
+        .collection::<RawDocumentBuf>(coll)
+        .find(doc! {})
+        .sort(doc! {"_id": 1})
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(d) = c.try_next().await.unwrap() {
+        out.push(d.as_bytes().to_vec());
+    }
+    out
+}
+
+async fn index_specs(db: &mongodb::Database, coll: &str) -> Vec<Document> {
+    let reply = db
+        .run_command(doc! {"listIndexes": coll, "cursor": {}})
+        .await
+        .unwrap();
+    let mut specs: Vec<Document> = reply
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let mut d = b.as_document().unwrap().clone();
+            d.remove("ns");
+            d
+        })
+        .collect();
+    specs.sort_by_key(|d| d.get_str("name").unwrap_or_default().to_string());
+    specs
+}
+
+async fn collection_options(db: &mongodb::Database, coll: &str) -> Document {
+    let reply = db
+        .run_command(doc! {"listCollections": 1, "filter": {"name": coll}, "cursor": {}})
+        .await
+        .unwrap();
+    let first = reply
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()[0]
+        .as_document()
+        .unwrap()
+        .clone();
+    first.get_document("options").cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn mongodb_restore_is_identical_in_documents_indexes_and_options() {
+    let p = Project::new("r_mongo");
+    p.migration(
+        "mongodb",
+        "0001_things.up.json",
+        r#"[{"create": "things", "validator": {"$jsonSchema": {"bsonType": "object", "required": ["_id"]}}, "validationLevel": "moderate"},
+            {"createIndexes": "things", "indexes": [
+              {"key": {"email": 1}, "name": "email_unique", "unique": true, "partialFilterExpression": {"email": {"$exists": true}}},
+              {"key": {"expires": 1}, "name": "expires_ttl", "expireAfterSeconds": 3600},
+              {"key": {"status": 1, "_id": -1}, "name": "status_id"}]},
+            {"create": "other"}]"#,
+    );
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    let db = common::mongo(&p.mongo_db).await;
+    db.collection::<Document>("things")
+        .insert_many(awkward_documents())
+        .await
+        .unwrap();
+    db.collection::<Document>("other")
+        .insert_one(doc! {"_id": "o"})
+        .await
+        .unwrap();
+    let docs = raw_documents(&db, "things").await;
+    let indexes = index_specs(&db, "things").await;
+    let options = collection_options(&db, "things").await;
+    p.run(&["snapshot"]).ok();
+    let (id, _) = snapshot_ids(&p, "dev").remove(0);
+    // Damage: change, delete, add, drop an index, add a collection.
+    let things = db.collection::<Document>("things");
+    things
+        .update_one(doc! {"_id": 1}, doc! {"$set": {"i64": 6_i64}})
+        .await
+        .unwrap();
+    things.delete_one(doc! {"_id": 2}).await.unwrap();
+    things.insert_one(doc! {"_id": 99}).await.unwrap();
+    db.run_command(doc! {"dropIndexes": "things", "index": "status_id"})
+        .await
+        .unwrap();
+    db.collection::<Document>("intruder")
+        .insert_one(doc! {"x": 1})
+        .await
+        .unwrap();
+    db.collection::<Document>("other").drop().await.unwrap();
+    p.run(&["restore", "--snapshot", &id, "--yes"]).ok();
+    assert!(
+        raw_documents(&db, "things").await == docs,
+        "raw BSON differs after restore"
+    );
+    assert_eq!(index_specs(&db, "things").await, indexes);
+    assert_eq!(collection_options(&db, "things").await, options);
+    assert_eq!(raw_documents(&db, "other").await.len(), 1);
+    let mut names = db.list_collection_names().await.unwrap();
+    names.sort();
+    assert!(!names.contains(&"intruder".to_string()), "{names:?}");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("valero_tmp_") || n == "valero_restore_journal"),
+        "{names:?}"
+    );
+    p.run(&["status", "--check"]).ok();
+}
+
+#[tokio::test]
+async fn an_interrupted_mongodb_restore_is_undone_or_completed_by_the_next_command() {
+    let p = Project::new("r_journal");
+    p.migration(
+        "mongodb",
+        "0001_c.up.json",
+        r#"[{"create": "c"}, {"insert": "c", "documents": [{"_id": 1, "v": "old"}]}]"#,
+    );
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    let db = common::mongo(&p.mongo_db).await;
+    let journal = db.collection::<Document>("valero_restore_journal");
+    // Died while loading: the next command undoes it.
+    db.collection::<Document>("valero_tmp_dead0001_0")
+        .insert_one(doc! {"_id": 1, "v": "new"})
+        .await
+        .unwrap();
+    journal
+        .insert_one(doc! {"_id": "restore", "state": "loading", "token": "dead0001", "snapshot": "x",
+            "renames": [{"tmp": "valero_tmp_dead0001_0", "name": "c"}], "views": [], "keep": ["c", "valero_schema_history"]})
+        .await
+        .unwrap();
+    let run = p.run(&["snapshot"]);
+    run.ok().stderr_has("undoing the interrupted restore");
+    assert_eq!(raw_documents(&db, "c").await.len(), 1);
+    let c = db
+        .collection::<Document>("c")
+        .find_one(doc! {})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.get_str("v").unwrap(), "old");
+    assert!(journal.find_one(doc! {}).await.unwrap().is_none());
+    // Died while swapping: the next command completes it.
+    db.collection::<Document>("valero_tmp_dead0002_0")
+        .insert_one(doc! {"_id": 1, "v": "new"})
+        .await
+        .unwrap();
+    journal
+        .insert_one(doc! {"_id": "restore", "state": "swapping", "token": "dead0002", "snapshot": "y",
+            "renames": [{"tmp": "valero_tmp_dead0002_0", "name": "c"}], "views": [], "keep": ["c", "valero_schema_history"]})
+        .await
+        .unwrap();
+    p.run(&["migrate", "--no-snapshot"])
+        .ok()
+        .stderr_has("completing the interrupted restore");
+    let c = db
+        .collection::<Document>("c")
+        .find_one(doc! {})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.get_str("v").unwrap(), "new");
+    let names = db.list_collection_names().await.unwrap();
+    assert!(
+        !names.iter().any(|n| n.starts_with("valero_tmp_")),
+        "{names:?}"
+    );
+    assert!(journal.find_one(doc! {}).await.unwrap().is_none());
+}
