@@ -41,6 +41,10 @@ wait_port() { # port seconds name
 alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 install_postgres() {
+  if ! command -v zstd >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq zstd >/dev/null
+  fi
   if [[ ! -x "$PG_BIN/initdb" ]]; then
     log "installing postgresql-15 from Debian"
     export DEBIAN_FRONTEND=noninteractive

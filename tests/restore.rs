@@ -535,3 +535,108 @@ async fn an_interrupted_mongodb_restore_is_undone_or_completed_by_the_next_comma
     );
     assert!(journal.find_one(doc! {}).await.unwrap().is_none());
 }
+
+#[test]
+fn manual_postgres_restore_procedure_works() {
+    let p = Project::new("r_manual");
+    p.migration("postgres", "0001_awkward.up.sql", AWKWARD_SCHEMA);
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    let catalog = schema_dump(&p.schema);
+    let data = data_fingerprint(&p.schema);
+    p.run(&["snapshot"]).ok();
+    let (id, _) = snapshot_ids(&p, "dev").remove(0);
+    psql(&format!("DROP SCHEMA \"{}\" CASCADE", p.schema));
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/manual-restore-postgres.sh");
+    let snap = p.path().join("backups/dev/svc").join(&id);
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg(&snap)
+        .arg(&p.schema)
+        .arg(common::pg_url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(schema_dump(&p.schema), catalog);
+    assert_eq!(data_fingerprint(&p.schema), data);
+}
+
+#[test]
+fn a_public_sample_schema_round_trips() {
+    // pgbench's schema, written by the PostgreSQL project, not by us.
+    let p = Project::new("r_pgbench");
+    psql(&format!("CREATE SCHEMA \"{}\"", p.schema));
+    let bin =
+        std::env::var("VALERO_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let out = std::process::Command::new(format!("{bin}/pgbench"))
+        .env("PGOPTIONS", format!("-c search_path={}", p.schema))
+        .args(["-i", "-s", "1", "--foreign-keys", "-q", &common::pg_url()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let catalog = schema_dump(&p.schema);
+    let data = data_fingerprint(&p.schema);
+    p.run(&["snapshot"]).ok();
+    let (id, _) = snapshot_ids(&p, "dev").remove(0);
+    psql(&format!("SET search_path TO \"{}\"; UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid < 500; DELETE FROM pgbench_history", p.schema));
+    p.run(&["restore", "--snapshot", &id, "--yes"]).ok();
+    assert_eq!(schema_dump(&p.schema), catalog);
+    assert_eq!(data_fingerprint(&p.schema), data);
+}
+
+#[tokio::test]
+async fn kill_9_during_a_mongodb_restore_leaves_old_or_new_after_the_next_command() {
+    let p = Project::new("r_mkill");
+    p.migration("mongodb", "0001_c.up.json", r#"[{"create": "c"}]"#);
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    let db = common::mongo(&p.mongo_db).await;
+    let c = db.collection::<Document>("c");
+    let docs: Vec<Document> = (0..20_000)
+        .map(|i| doc! {"_id": i, "v": "new", "pad": "x".repeat(200)})
+        .collect();
+    c.insert_many(docs).await.unwrap();
+    p.run(&["snapshot"]).ok();
+    let (id, _) = snapshot_ids(&p, "dev").remove(0);
+    c.delete_many(doc! {}).await.unwrap();
+    c.insert_one(doc! {"_id": -1, "v": "old"}).await.unwrap();
+    for delay_ms in [400u64, 1200, 2500] {
+        let mut child = p
+            .std_cmd()
+            .env("VALERO_DB_MONGO_LEASE_TTL", "2")
+            .args(["restore", "--snapshot", &id, "--yes"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        // The next command on the service finishes or undoes the restore.
+        p.run(&["migrate", "--no-snapshot", "--lock-timeout", "30s"])
+            .ok();
+        let count = c.count_documents(doc! {}).await.unwrap();
+        let old = c.count_documents(doc! {"v": "old"}).await.unwrap();
+        assert!(
+            (count == 1 && old == 1) || (count == 20_000 && old == 0),
+            "a mix after kill -9 at {delay_ms} ms: {count} documents, {old} old"
+        );
+        let names = db.list_collection_names().await.unwrap();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("valero_tmp_") || n == "valero_restore_journal"),
+            "{names:?}"
+        );
+        if count == 20_000 {
+            break;
+        }
+    }
+}

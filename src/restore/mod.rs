@@ -78,6 +78,7 @@ pub struct RestoreStats {
 /// Streams one object decompressed, re-checking size and sha256 of the
 /// stored bytes; the mismatch surfaces at the end, before commit.
 pub struct ObjectStream {
+    progress: Option<std::sync::Arc<crate::progress::Progress>>,
     reader: Box<dyn ObjectReader>,
     decoder: zstd::stream::write::Decoder<'static, Vec<u8>>,
     hasher: Sha256,
@@ -98,6 +99,7 @@ impl ObjectStream {
         let decoder = zstd::stream::write::Decoder::new(Vec::with_capacity(1 << 20))
             .map_err(|e| Error::internal(format!("zstd: {e}")))?;
         Ok(ObjectStream {
+            progress: None,
             reader,
             decoder,
             hasher: Sha256::new(),
@@ -106,6 +108,13 @@ impl ObjectStream {
             base: base.to_string(),
             done: false,
         })
+    }
+
+    /// Reports the decompressed bytes to a progress bar.
+    pub fn with_progress(mut self, progress: &std::sync::Arc<crate::progress::Progress>) -> Self {
+        progress.set_message(self.entry.name.as_deref().unwrap_or(&self.entry.key));
+        self.progress = Some(progress.clone());
+        self
     }
 
     /// The next piece of decompressed data, or None at the end (after the
@@ -126,6 +135,9 @@ impl ObjectStream {
                     self.decoder.write_all(&chunk).map_err(|_| self.corrupt())?;
                     let out = std::mem::take(self.decoder.get_mut());
                     if !out.is_empty() {
+                        if let Some(p) = &self.progress {
+                            p.inc(out.len() as u64);
+                        }
                         return Ok(Some(out));
                     }
                 }

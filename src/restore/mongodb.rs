@@ -105,7 +105,13 @@ async fn load_collection(
         .map_err(|e| classify(what, e))?;
     if let Some(entry) = &p.data {
         let coll = db.collection::<RawDocumentBuf>(tmp);
-        let mut stream = ObjectStream::open(storage, &found.base, entry).await?;
+        let progress = std::sync::Arc::new(crate::progress::Progress::bytes(format!(
+            "{} mongodb: restore",
+            found.manifest.service
+        )));
+        let mut stream = ObjectStream::open(storage, &found.base, entry)
+            .await?
+            .with_progress(&progress);
         let mut pending: Vec<u8> = Vec::new();
         let mut batch: Vec<RawDocumentBuf> = Vec::new();
         let mut batch_bytes = 0usize;

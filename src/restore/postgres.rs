@@ -179,6 +179,10 @@ async fn load(
         engine: "postgres".into(),
         ..Default::default()
     };
+    let progress = std::sync::Arc::new(crate::progress::Progress::bytes(format!(
+        "{} postgres: restore",
+        found.manifest.service
+    )));
     let object = |kind: &str| found.manifest.objects.iter().find(|o| o.kind == kind);
     exec(
         conn,
@@ -234,7 +238,9 @@ async fn load(
                 None,
             )
         })?;
-        let mut stream = ObjectStream::open(storage, &found.base, entry).await?;
+        let mut stream = ObjectStream::open(storage, &found.base, entry)
+            .await?
+            .with_progress(&progress);
         let statement = format!(
             "COPY {}.{} FROM STDIN",
             quote_ident(schema),
