@@ -620,7 +620,7 @@ async fn kill_9_during_a_mongodb_restore_leaves_old_or_new_after_the_next_comman
         let _ = child.kill();
         let _ = child.wait();
         // The next command on the service finishes or undoes the restore.
-        p.run(&["migrate", "--no-snapshot", "--lock-timeout", "30s"])
+        p.run(&["migrate", "--no-snapshot", "--lock-timeout", "90s"])
             .ok();
         let count = c.count_documents(doc! {}).await.unwrap();
         let old = c.count_documents(doc! {"v": "old"}).await.unwrap();
