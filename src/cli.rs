@@ -59,6 +59,10 @@ pub struct GlobalArgs {
     #[arg(short = 'q', long = "quiet", global = true)]
     pub quiet: bool,
 
+    /// Write Prometheus metrics to this file after the command (atomically, for node_exporter's textfile collector)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+
     /// How long to wait for a service's migration lock (units required: 90s, 5m)
     #[arg(long, global = true, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub lock_timeout: Duration,
@@ -124,8 +128,87 @@ pub enum SnapshotsCommand {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeployResult {
+    Success,
+    Failure,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HookCommand {
+    /// Check, snapshot and migrate; records the deployment
+    PreDeploy {
+        #[arg(long, value_name = "TAG")]
+        release: String,
+        /// What post-deploy --result failure does with the databases
+        #[arg(long, value_enum, default_value = "restore")]
+        on_failure: crate::commands::deploy::OnFailure,
+    },
+    /// Close the deployment; on failure roll the databases back
+    PostDeploy {
+        #[arg(long, value_name = "TAG")]
+        release: String,
+        #[arg(long, value_enum)]
+        result: DeployResult,
+        /// Command that must exit 0 (repeatable), on success
+        #[arg(long, value_name = "CMD")]
+        verify: Vec<String>,
+        /// Command run first on failure (e.g. the service rollback script)
+        #[arg(long, value_name = "CMD")]
+        rollback_cmd: Option<String>,
+        /// Override the choice made at pre-deploy
+        #[arg(long, value_enum)]
+        on_failure: Option<crate::commands::deploy::OnFailure>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check, snapshot, migrate, run the rollout, verify; roll the databases back on failure
+    Deploy {
+        #[arg(long, value_name = "TAG")]
+        release: String,
+        /// Command that must exit 0 after the rollout (repeatable)
+        #[arg(long, value_name = "CMD")]
+        verify: Vec<String>,
+        /// Command run first when the deploy fails (e.g. the service rollback script)
+        #[arg(long, value_name = "CMD")]
+        rollback_cmd: Option<String>,
+        /// What happens to the databases when the deploy fails
+        #[arg(long, value_enum, default_value = "restore")]
+        on_failure: crate::commands::deploy::OnFailure,
+        /// Limit for the rollout command (units required: 10m)
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        timeout: Option<Duration>,
+        /// The rollout command, after `--`
+        #[arg(last = true, required = true, value_name = "ROLLOUT")]
+        command: Vec<String>,
+    },
+    /// Pipeline hooks: the deploy split in two around a rollout run elsewhere
+    Hook {
+        #[command(subcommand)]
+        command: HookCommand,
+    },
+    /// Releases deployed to the environment, with versions and snapshots
+    Releases,
+    /// The go-live check: reachable, migrated, no drift, a fresh verified snapshot
+    Check {
+        /// Newest snapshot must be younger than this
+        #[arg(long, value_parser = parse_duration, default_value = "24h", value_name = "DURATION")]
+        max_age: Duration,
+    },
+    /// Shell completions
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
     /// Take a snapshot of the selected services now
     Snapshot {
         /// Free text recorded in the manifest

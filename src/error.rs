@@ -49,6 +49,11 @@ pub enum Error {
         detail: String,
     },
     #[error("{message}")]
+    DeployFailed {
+        message: String,
+        hint: Option<String>,
+    },
+    #[error("{message}")]
     NoSnapshot { message: String },
     #[error("{message}")]
     NotReady { message: String },
@@ -104,6 +109,7 @@ impl Error {
             Error::LockTimeout { .. } => 4,
             Error::Integrity { .. } => 5,
             Error::MigrationFailed { .. } | Error::Dirty { .. } => 6,
+            Error::DeployFailed { .. } => 7,
             Error::NoSnapshot { .. } => 8,
             Error::NotReady { .. } => 9,
             Error::Interrupted => 130,
@@ -121,6 +127,7 @@ impl Error {
             Error::Integrity { .. } => "integrity",
             Error::MigrationFailed { .. } => "migration_failed",
             Error::Dirty { .. } => "dirty",
+            Error::DeployFailed { .. } => "deploy_failed",
             Error::NoSnapshot { .. } => "no_snapshot",
             Error::NotReady { .. } => "not_ready",
             Error::Interrupted => "interrupted",
@@ -132,7 +139,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Usage { hint, .. } | Error::Integrity { hint, .. } => hint.clone(),
-            Error::MigrationFailed { hint, .. } => hint.clone(),
+            Error::MigrationFailed { hint, .. } | Error::DeployFailed { hint, .. } => hint.clone(),
             Error::Config { .. } => {
                 Some("fix the configuration file; `valero-db --help` lists the options".into())
             }

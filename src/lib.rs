@@ -7,9 +7,11 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod deploy;
 pub mod duration;
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod migrate;
 pub mod output;
 pub mod progress;
@@ -24,6 +26,10 @@ use output::Outcome;
 
 /// Runs one command to completion, or until SIGINT/SIGTERM (exit 130).
 pub async fn run(cli: Cli) -> Outcome {
+    // deploy forwards signals to its rollout and then rolls back itself.
+    if matches!(cli.command, cli::Command::Deploy { .. }) {
+        return commands::dispatch(cli).await;
+    }
     let interrupted = async {
         #[cfg(unix)]
         {

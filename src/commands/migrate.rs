@@ -135,10 +135,29 @@ fn outcome(
     .with_error(error)
 }
 
+/// What a migrate run did: per engine, and the pre-migrate snapshots.
+pub struct MigrateResult {
+    pub runs: Vec<EngineRun>,
+    pub snapshots: Vec<serde_json::Value>,
+    pub error: Option<Error>,
+}
+
 pub async fn migrate(ctx: &Context, args: MigrateArgs) -> Outcome {
+    let dry_run = args.dry_run;
+    let r = run_migrate(ctx, args).await;
+    migrate_outcome(ctx, r.runs, r.snapshots, dry_run, r.error)
+}
+
+/// The migrate path shared by `migrate`, `deploy` and `hook pre-deploy`.
+pub async fn run_migrate(ctx: &Context, args: MigrateArgs) -> MigrateResult {
+    let failed = |e| MigrateResult {
+        runs: Vec::new(),
+        snapshots: Vec::new(),
+        error: Some(e),
+    };
     if args.no_snapshot && !args.dry_run {
         if ctx.env.protected && !args.yes {
-            return Outcome::failed(Error::usage_hint(
+            return failed(Error::usage_hint(
                 format!(
                     "environment '{}' is protected: --no-snapshot needs --yes",
                     ctx.env.name
@@ -150,14 +169,14 @@ pub async fn migrate(ctx: &Context, args: MigrateArgs) -> Outcome {
     }
     let discovered = match discover_all(ctx) {
         Ok(d) => d,
-        Err(e) => return Outcome::failed(e),
+        Err(e) => return failed(e),
     };
     if let Some(to) = args.to {
         let known = discovered
             .iter()
             .any(|(_, d)| d.iter().any(|(_, ms)| ms.iter().any(|m| m.version == to)));
         if !known {
-            return Outcome::failed(Error::usage(format!(
+            return failed(Error::usage(format!(
                 "--to {to}: no selected service has a migration with that version"
             )));
         }
@@ -172,7 +191,7 @@ pub async fn migrate(ctx: &Context, args: MigrateArgs) -> Outcome {
     } else {
         match super::snapshot::open_storage(ctx).await {
             Ok(s) => Some(s),
-            Err(e) => return Outcome::failed(e),
+            Err(e) => return failed(e),
         }
     };
     let mut runs = Vec::new();
@@ -184,10 +203,18 @@ pub async fn migrate(ctx: &Context, args: MigrateArgs) -> Outcome {
             taken: &mut snapshots,
         };
         if let Err(e) = migrate_service(ctx, &service, local, &args, &meta, &mut runs, pre).await {
-            return migrate_outcome(ctx, runs, snapshots, args.dry_run, Some(e));
+            return MigrateResult {
+                runs,
+                snapshots,
+                error: Some(e),
+            };
         }
     }
-    migrate_outcome(ctx, runs, snapshots, args.dry_run, None)
+    MigrateResult {
+        runs,
+        snapshots,
+        error: None,
+    }
 }
 
 /// Where the pre-migrate snapshot goes (None: no snapshot) and what was taken.
@@ -304,6 +331,22 @@ async fn migrate_locked(
     Ok(())
 }
 
+/// Where a rollback goes: one version for every engine, or per service and
+/// engine (the versions a release was deployed with).
+pub enum Targets {
+    All(u64),
+    PerEngine(std::collections::BTreeMap<(String, EngineKind), u64>),
+}
+
+impl Targets {
+    fn get(&self, service: &str, engine: EngineKind) -> Option<u64> {
+        match self {
+            Targets::All(v) => Some(*v),
+            Targets::PerEngine(m) => m.get(&(service.to_string(), engine)).copied(),
+        }
+    }
+}
+
 pub async fn rollback(
     ctx: &Context,
     to: Option<u64>,
@@ -311,43 +354,65 @@ pub async fn rollback(
     dry_run: bool,
     yes: bool,
 ) -> Outcome {
-    let Some(to) = to else {
-        return Outcome::failed(Error::usage_hint(
-            format!(
-                "rollback --release {} needs deployment records, which this version of valero-db does not keep yet",
-                release.unwrap_or_default()
-            ),
-            "use `valero-db rollback --to VERSION` per service",
-        ));
-    };
-    let discovered = match discover_all(ctx) {
-        Ok(d) => d,
-        Err(e) => return Outcome::failed(e),
+    let targets = match (to, release) {
+        (Some(v), _) => Targets::All(v),
+        (None, Some(tag)) => match crate::commands::deploy::release_targets(ctx, &tag).await {
+            Ok(t) => t,
+            Err(e) => return Outcome::failed(e),
+        },
+        (None, None) => return Outcome::failed(Error::usage("rollback needs --to or --release")),
     };
     if !dry_run {
-        if let Err(e) = confirm(ctx, &format!("rollback to version {to}"), yes) {
+        if let Err(e) = confirm(ctx, "rollback", yes) {
             return Outcome::failed(e);
         }
     }
+    let (runs, error) = run_rollback(ctx, &targets, dry_run).await;
+    outcome(ctx, "rollback", runs, dry_run, error)
+}
+
+/// Plans every service first (a dry run), so a missing down file anywhere
+/// stops the rollback before any service is changed; then applies.
+pub async fn run_rollback(
+    ctx: &Context,
+    targets: &Targets,
+    dry_run: bool,
+) -> (Vec<EngineRun>, Option<Error>) {
+    let (planned, error) = rollback_pass(ctx, targets, true).await;
+    if dry_run || error.is_some() {
+        return (planned, error);
+    }
+    rollback_pass(ctx, targets, false).await
+}
+
+async fn rollback_pass(
+    ctx: &Context,
+    targets: &Targets,
+    dry_run: bool,
+) -> (Vec<EngineRun>, Option<Error>) {
+    let discovered = match discover_all(ctx) {
+        Ok(d) => d,
+        Err(e) => return (Vec::new(), Some(e)),
+    };
     let mut runs = Vec::new();
     for (service, local) in discovered {
         let result = async {
             let mut locked = LockedService::open(&service, local, ctx.global.lock_timeout).await?;
-            let r = rollback_locked(&mut locked, to, dry_run, &mut runs).await;
+            let r = rollback_locked(&mut locked, targets, dry_run, &mut runs).await;
             locked.release().await;
             r
         }
         .await;
         if let Err(e) = result {
-            return outcome(ctx, "rollback", runs, dry_run, Some(e));
+            return (runs, Some(e));
         }
     }
-    outcome(ctx, "rollback", runs, dry_run, None)
+    (runs, None)
 }
 
 async fn rollback_locked(
     locked: &mut LockedService,
-    to: u64,
+    targets: &Targets,
     dry_run: bool,
     runs: &mut Vec<EngineRun>,
 ) -> Result<()> {
@@ -358,6 +423,8 @@ async fn rollback_locked(
         let kind = slot.engine.kind();
         let (applied, analysis) = inspect(slot).await?;
         ensure_consistent(&name, kind, &analysis)?;
+        // An engine without a target stays where it is.
+        let to = targets.get(&name, kind).unwrap_or(u64::MAX);
         let plan: Vec<u64> = if analysis.current.is_none_or(|c| c <= to) {
             Vec::new()
         } else {

@@ -1,6 +1,7 @@
 //! One module per command: each turns parsed arguments into an `Outcome`
 //! (report + human text + error). Shared setup lives in `Context`.
 
+pub mod deploy;
 pub mod migrate;
 pub mod new;
 pub mod restore;
@@ -9,7 +10,7 @@ pub mod status;
 
 use std::io::IsTerminal;
 
-use crate::cli::{Cli, Command, GlobalArgs, SnapshotsCommand};
+use crate::cli::{Cli, Command, DeployResult, GlobalArgs, HookCommand, SnapshotsCommand};
 use crate::config::{self, Config, Environment, Service};
 use crate::error::{Error, Result};
 use crate::output::Outcome;
@@ -83,8 +84,27 @@ pub fn confirm(ctx: &Context, action: &str, yes: bool) -> Result<()> {
     }
 }
 
+fn completions(shell: crate::cli::Shell) -> Outcome {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut buf = Vec::new();
+    let sh = match shell {
+        crate::cli::Shell::Bash => clap_complete::Shell::Bash,
+        crate::cli::Shell::Zsh => clap_complete::Shell::Zsh,
+        crate::cli::Shell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(sh, &mut cmd, "valero-db", &mut buf);
+    Outcome::ok(
+        serde_json::Value::Null,
+        String::from_utf8_lossy(&buf).into_owned(),
+    )
+}
+
 pub async fn dispatch(cli: Cli) -> Outcome {
     let Cli { global, command } = cli;
+    if let Command::Completions { shell } = &command {
+        return completions(*shell);
+    }
     if let Command::New {
         service,
         engine,
@@ -97,8 +117,70 @@ pub async fn dispatch(cli: Cli) -> Outcome {
         Ok(c) => c,
         Err(e) => return Outcome::failed(e),
     };
+    let ctx = &ctx;
+    let outcome = run_command(ctx, command).await;
+    if let Some(path) = &ctx.global.metrics_file {
+        if let Err(e) = crate::metrics::write(ctx, path).await {
+            tracing::warn!("writing metrics to {} failed: {e}", path.display());
+        }
+    }
+    outcome
+}
+
+async fn run_command(ctx: &Context, command: Command) -> Outcome {
     match command {
-        Command::Status { check } => status::run(&ctx, check).await,
+        Command::Deploy {
+            release,
+            verify,
+            rollback_cmd,
+            on_failure,
+            timeout,
+            command,
+        } => {
+            deploy::deploy(
+                ctx,
+                deploy::DeployArgs {
+                    release,
+                    verify,
+                    rollback_cmd,
+                    on_failure,
+                    timeout,
+                    command,
+                },
+            )
+            .await
+        }
+        Command::Hook {
+            command:
+                HookCommand::PreDeploy {
+                    release,
+                    on_failure,
+                },
+        } => deploy::hook_pre(ctx, &release, on_failure).await,
+        Command::Hook {
+            command:
+                HookCommand::PostDeploy {
+                    release,
+                    result,
+                    verify,
+                    rollback_cmd,
+                    on_failure,
+                },
+        } => {
+            deploy::hook_post(
+                ctx,
+                &release,
+                result == DeployResult::Success,
+                &verify,
+                rollback_cmd.as_deref(),
+                on_failure,
+            )
+            .await
+        }
+        Command::Releases => deploy::releases(ctx).await,
+        Command::Check { max_age } => deploy::check(ctx, max_age).await,
+        Command::Completions { .. } => unreachable!("handled before loading the configuration"),
+        Command::Status { check } => status::run(ctx, check).await,
         Command::Migrate {
             to,
             dry_run,
@@ -107,7 +189,7 @@ pub async fn dispatch(cli: Cli) -> Outcome {
             yes,
         } => {
             migrate::migrate(
-                &ctx,
+                ctx,
                 migrate::MigrateArgs {
                     to,
                     dry_run,
@@ -123,16 +205,16 @@ pub async fn dispatch(cli: Cli) -> Outcome {
             release,
             dry_run,
             yes,
-        } => migrate::rollback(&ctx, to, release, dry_run, yes).await,
+        } => migrate::rollback(ctx, to, release, dry_run, yes).await,
         Command::Baseline {
             baseline_version,
             engine,
-        } => migrate::baseline(&ctx, baseline_version, engine.map(Into::into)).await,
+        } => migrate::baseline(ctx, baseline_version, engine.map(Into::into)).await,
         Command::Repair {
             engine,
             repair_version,
             as_,
-        } => migrate::repair(&ctx, engine.into(), repair_version, as_).await,
+        } => migrate::repair(ctx, engine.into(), repair_version, as_).await,
         Command::Restore {
             timestamp,
             snapshot,
@@ -141,8 +223,9 @@ pub async fn dispatch(cli: Cli) -> Outcome {
             yes,
         } => {
             restore::run(
-                &ctx,
+                ctx,
                 restore::RestoreArgs {
+                    per_service: None,
                     timestamp,
                     snapshot,
                     from_env,
@@ -152,16 +235,16 @@ pub async fn dispatch(cli: Cli) -> Outcome {
             )
             .await
         }
-        Command::Snapshot { label } => snapshot::take(&ctx, label).await,
+        Command::Snapshot { label } => snapshot::take(ctx, label).await,
         Command::Snapshots { command } => match command {
-            SnapshotsCommand::List => snapshot::list(&ctx).await,
-            SnapshotsCommand::Verify { id, all } => snapshot::verify(&ctx, id, all).await,
+            SnapshotsCommand::List => snapshot::list(ctx).await,
+            SnapshotsCommand::Verify { id, all } => snapshot::verify(ctx, id, all).await,
             SnapshotsCommand::Prune {
                 keep_last,
                 keep_within,
                 dry_run,
                 yes,
-            } => snapshot::prune(&ctx, keep_last.unwrap_or(1), keep_within, dry_run, yes).await,
+            } => snapshot::prune(ctx, keep_last.unwrap_or(1), keep_within, dry_run, yes).await,
         },
         Command::New { .. } => unreachable!("handled above"),
     }

@@ -18,6 +18,8 @@ use crate::snapshot::{self, Found};
 use crate::storage::{self, Storage};
 
 pub struct RestoreArgs {
+    /// Per service, a snapshot id (deploy's rollback); limits the services.
+    pub per_service: Option<std::collections::BTreeMap<String, String>>,
     pub timestamp: Option<String>,
     pub snapshot: Option<String>,
     pub from_env: Option<String>,
@@ -32,10 +34,16 @@ struct Choice {
 }
 
 pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
+    let (report, human, error) = run_restore(ctx, &args).await;
+    Outcome::ok(report, human).with_error(error)
+}
+
+/// The restore path shared by `restore` and deploy's rollback.
+pub async fn run_restore(ctx: &Context, args: &RestoreArgs) -> (Value, String, Option<Error>) {
     let mut report = json!({"command": "restore", "environment": ctx.env.name, "dry_run": args.dry_run, "services": []});
     let mut human = String::new();
-    let result = restore(ctx, &args, &mut report, &mut human).await;
-    Outcome::ok(report, human).with_error(result.err())
+    let result = restore(ctx, args, &mut report, &mut human).await;
+    (report, human, result.err())
 }
 
 async fn restore(
@@ -52,7 +60,10 @@ async fn restore(
         Some(name) => ctx.config.environment(name)?,
         None => ctx.env.clone(),
     };
-    let services = ctx.services()?;
+    let mut services = ctx.services()?;
+    if let Some(map) = &args.per_service {
+        services.retain(|s| map.contains_key(&s.name));
+    }
     let source = storage::open(&source_env).await?;
     source.check().await?;
 
@@ -62,7 +73,8 @@ async fn restore(
     for service in services {
         let (found, _) =
             snapshot::list_service(source.as_ref(), &source_env.name, &service.name).await?;
-        let chosen = match (&args.snapshot, at) {
+        let by_service = args.per_service.as_ref().and_then(|m| m.get(&service.name));
+        let chosen = match (by_service.or(args.snapshot.as_ref()), at) {
             (Some(id), _) => found
                 .into_iter()
                 .find(|f| &f.manifest.id == id)
@@ -81,6 +93,15 @@ async fn restore(
             }),
             None => missing.push(service.name.clone()),
         }
+    }
+    if args.per_service.is_some() && !missing.is_empty() {
+        return Err(Error::integrity(
+            format!(
+                "the pre-deploy snapshots of {} are gone",
+                missing.join(", ")
+            ),
+            Some("see `valero-db snapshots list`".into()),
+        ));
     }
     if let Some(id) = &args.snapshot {
         if choices.is_empty() {

@@ -102,7 +102,10 @@ fn engines_of(service: &Service) -> Vec<EngineKind> {
     out
 }
 
-async fn service_status(root: &std::path::Path, service: &Service) -> Result<Vec<EngineStatus>> {
+pub async fn service_status(
+    root: &std::path::Path,
+    service: &Service,
+) -> Result<Vec<EngineStatus>> {
     let mut local = discover_service(root, service)?;
     let mut engines = connect_service(service).await?;
     let mut out = Vec::new();

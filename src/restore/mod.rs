@@ -195,6 +195,7 @@ mod tests {
                 release: None,
                 label: None,
                 tool_version: "0".into(),
+                duration_ms: None,
                 engines: vec![],
                 objects: vec![],
             },

@@ -56,6 +56,9 @@ pub struct Manifest {
     pub release: Option<String>,
     pub label: Option<String>,
     pub tool_version: String,
+    /// How long taking the snapshot took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
     pub engines: Vec<EngineInfo>,
     pub objects: Vec<ObjectEntry>,
 }

@@ -60,6 +60,7 @@ pub async fn take_service(
         release: req.release.clone(),
         label: req.label.clone(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        duration_ms: Some(started.elapsed().as_millis() as u64),
         engines,
         objects: writer.objects.clone(),
     };

@@ -1,0 +1,660 @@
+//! `deploy`, `hook pre-deploy|post-deploy`, `releases`, `check`, and the
+//! release targets of `rollback --release`. Every database change goes
+//! through the same migrate, rollback and restore paths as the commands of
+//! those names.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::commands::migrate::{run_migrate, run_rollback, MigrateArgs, Targets};
+use crate::commands::restore::{run_restore, RestoreArgs};
+use crate::commands::snapshot::open_storage;
+use crate::commands::status::service_status;
+use crate::commands::Context;
+use crate::deploy::{self, shell, DeploymentRecord, EngineVersions, RunEnd, ServiceVersions};
+use crate::engine::EngineKind;
+use crate::error::{Error, Result};
+use crate::migrate::runner::{ensure_consistent, inspect, LockedService};
+use crate::output::{table, Outcome};
+use crate::snapshot;
+use crate::storage::Storage;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnFailure {
+    /// Restore the pre-deploy snapshots of the services the deploy migrated
+    Restore,
+    /// Run down migrations back to the pre-deploy versions
+    Down,
+    /// Leave the databases as they are
+    None,
+}
+
+impl OnFailure {
+    fn name(self) -> &'static str {
+        match self {
+            OnFailure::Restore => "restore",
+            OnFailure::Down => "down",
+            OnFailure::None => "none",
+        }
+    }
+}
+
+pub struct DeployArgs {
+    pub release: String,
+    pub verify: Vec<String>,
+    pub rollback_cmd: Option<String>,
+    pub on_failure: OnFailure,
+    pub timeout: Option<Duration>,
+    pub command: Vec<String>,
+}
+
+fn env_vars(rec: &DeploymentRecord) -> Vec<(&'static str, String)> {
+    vec![
+        ("VALERO_DB_RELEASE", rec.release.clone()),
+        ("VALERO_DB_ENV", rec.environment.clone()),
+        ("VALERO_DB_DEPLOYMENT_ID", rec.id.clone()),
+    ]
+}
+
+fn report(rec: &DeploymentRecord) -> Value {
+    let mut v = serde_json::to_value(rec).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("command".into(), json!("deploy"));
+    }
+    v
+}
+
+fn render(rec: &DeploymentRecord) -> String {
+    let mut out = format!(
+        "deployment {} of release {} to {}: {}\n",
+        rec.id, rec.release, rec.environment, rec.state
+    );
+    for s in &rec.steps {
+        out.push_str(&format!(
+            "  {:<18} {:<7} {:>7} ms{}\n",
+            s.name,
+            s.result,
+            s.duration_ms,
+            s.detail
+                .as_deref()
+                .map(|d| format!("  {d}"))
+                .unwrap_or_default()
+        ));
+    }
+    for s in &rec.services {
+        let versions: Vec<String> = s
+            .engines
+            .iter()
+            .map(|e| format!("{} {} -> {}", e.engine, v(e.before), v(e.after)))
+            .collect();
+        out.push_str(&format!(
+            "  {}: {}{}\n",
+            s.service,
+            versions.join(", "),
+            s.snapshot
+                .as_deref()
+                .map(|id| format!(" (pre-deploy snapshot {id})"))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}
+
+fn v(x: Option<u64>) -> String {
+    x.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// Step 1: every database reachable, no drift, no dirty version, locks
+/// obtainable, storage reachable. Changes nothing.
+async fn preflight(ctx: &Context) -> Result<()> {
+    let root = ctx.config.migrations_dir()?;
+    for service in ctx.services()? {
+        let local = crate::migrate::runner::discover_service(&root, &service)?;
+        let mut locked = LockedService::open(&service, local, ctx.global.lock_timeout).await?;
+        let r = async {
+            for slot in locked.slots.iter_mut() {
+                let (_, analysis) = inspect(slot).await?;
+                ensure_consistent(&service.name, slot.engine.kind(), &analysis)?;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        locked.release().await;
+        r?;
+    }
+    Ok(())
+}
+
+/// Step 2: snapshot and migrate, recording versions and snapshot ids.
+async fn pre_deploy(ctx: &Context, rec: &mut DeploymentRecord) -> Result<()> {
+    let started = Instant::now();
+    let result = run_migrate(
+        ctx,
+        MigrateArgs {
+            to: None,
+            dry_run: false,
+            no_snapshot: false,
+            release: Some(rec.release.clone()),
+            yes: true,
+        },
+    )
+    .await;
+    let mut by_service: BTreeMap<String, ServiceVersions> = BTreeMap::new();
+    for r in &result.runs {
+        let entry = by_service
+            .entry(r.service.clone())
+            .or_insert_with(|| ServiceVersions {
+                service: r.service.clone(),
+                engines: Vec::new(),
+                snapshot: None,
+            });
+        entry.engines.push(EngineVersions {
+            engine: r.engine.to_string(),
+            before: r.from_version,
+            after: r.to_version,
+        });
+    }
+    for s in &result.snapshots {
+        if let (Some(service), Some(id)) = (s["service"].as_str(), s["id"].as_str()) {
+            if let Some(entry) = by_service.get_mut(service) {
+                entry.snapshot = Some(id.to_string());
+            }
+        }
+    }
+    rec.services = by_service.into_values().collect();
+    let outcome = match &result.error {
+        Some(e) => Err(e.to_string()),
+        None => Ok(()),
+    };
+    rec.step("snapshot+migrate", started, outcome);
+    match result.error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Step 4: every --verify command exits 0 and every service is at the
+/// versions the release expects (fully migrated, no drift).
+async fn verify(ctx: &Context, rec: &mut DeploymentRecord, commands: &[String]) -> Result<()> {
+    for cmd in commands {
+        let started = Instant::now();
+        let end = deploy::run_command(&shell(cmd), &env_vars(rec), None).await?;
+        let ok = matches!(end, RunEnd::Exited(0));
+        rec.step(
+            "verify",
+            started,
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("`{cmd}` {}", end.describe()))
+            },
+        );
+        if !ok {
+            return Err(Error::DeployFailed {
+                message: format!("verification `{cmd}` {}", end.describe()),
+                hint: None,
+            });
+        }
+    }
+    let started = Instant::now();
+    let root = ctx.config.migrations_dir()?;
+    let mut problems = Vec::new();
+    for service in ctx.services()? {
+        match service_status(&root, &service).await {
+            Ok(rows) => problems.extend(rows.iter().filter(|r| !r.ready).map(|r| {
+                format!(
+                    "{} ({}) is not at the release's versions",
+                    r.service, r.engine
+                )
+            })),
+            Err(e) => problems.push(format!("{}: {e}", service.name)),
+        }
+    }
+    let result = if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    };
+    rec.step("verify versions", started, result.clone());
+    result.map_err(|m| Error::DeployFailed {
+        message: m,
+        hint: None,
+    })
+}
+
+/// Step 5: the rollback command, then the databases per --on-failure.
+/// Returns the error to exit with (always exit 7, unless interrupted).
+async fn roll_back(
+    ctx: &Context,
+    storage: &dyn Storage,
+    rec: &mut DeploymentRecord,
+    rollback_cmd: Option<&str>,
+    on_failure: OnFailure,
+    cause: Error,
+) -> Error {
+    if let Some(cmd) = rollback_cmd {
+        let started = Instant::now();
+        let result = match deploy::run_command(&shell(cmd), &env_vars(rec), None).await {
+            Ok(RunEnd::Exited(0)) => Ok(()),
+            Ok(end) => Err(format!("`{cmd}` {}", end.describe())),
+            Err(e) => Err(e.to_string()),
+        };
+        rec.step("rollback command", started, result);
+    }
+    let started = Instant::now();
+    let db_result: std::result::Result<String, String> = match on_failure {
+        OnFailure::None => Ok("databases left as they are (--on-failure none)".into()),
+        OnFailure::Restore => {
+            let map: BTreeMap<String, String> = rec
+                .services
+                .iter()
+                .filter_map(|s| s.snapshot.clone().map(|id| (s.service.clone(), id)))
+                .collect();
+            if map.is_empty() {
+                Ok("no service was migrated; nothing to restore".into())
+            } else {
+                let args = RestoreArgs {
+                    per_service: Some(map.clone()),
+                    timestamp: None,
+                    snapshot: None,
+                    from_env: None,
+                    dry_run: false,
+                    yes: true,
+                };
+                let (_, _, error) = run_restore(ctx, &args).await;
+                match error {
+                    None => Ok(format!(
+                        "restored {}",
+                        map.iter()
+                            .map(|(s, id)| format!("{s} to {id}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                    Some(e) => Err(e.to_string()),
+                }
+            }
+        }
+        OnFailure::Down => {
+            let mut targets = BTreeMap::new();
+            for s in &rec.services {
+                for e in &s.engines {
+                    if let Some(kind) = EngineKind::parse(&e.engine) {
+                        targets.insert((s.service.clone(), kind), e.before.unwrap_or(0));
+                    }
+                }
+            }
+            let (_, error) = run_rollback(ctx, &Targets::PerEngine(targets), false).await;
+            match error {
+                None => Ok("down migrations back to the pre-deploy versions".into()),
+                Some(e) => Err(e.to_string()),
+            }
+        }
+    };
+    rec.step("database rollback", started, db_result.clone().map(|_| ()));
+    rec.state = if db_result.is_ok() {
+        "rolled-back".into()
+    } else {
+        "rollback-failed".into()
+    };
+    rec.finished_at = Some(chrono::Utc::now());
+    if let Err(e) = rec.save(storage).await {
+        tracing::warn!("saving the deployment record failed: {e}");
+    }
+    match db_result {
+        Ok(what) => Error::DeployFailed {
+            message: format!("deploy {} of release {} failed: {cause}; rolled back: {what}", rec.id, rec.release),
+            hint: Some("see the deployment report; `valero-db status` shows the databases' state".into()),
+        },
+        Err(e) => Error::DeployFailed {
+            message: format!(
+                "deploy {} of release {} failed: {cause}; and rolling the databases back FAILED: {e}",
+                rec.id, rec.release
+            ),
+            hint: Some(format!(
+                "run `valero-db status` to see each service's state; the pre-deploy snapshots are {}; restore them with `valero-db restore -s SERVICE --snapshot ID --yes`",
+                rec.services
+                    .iter()
+                    .filter_map(|s| s.snapshot.as_ref().map(|id| format!("{} {id}", s.service)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        },
+    }
+}
+
+pub async fn deploy(ctx: &Context, args: DeployArgs) -> Outcome {
+    if let Err(e) = deploy::validate_release(&args.release) {
+        return Outcome::failed(e);
+    }
+    if args.command.is_empty() {
+        return Outcome::failed(Error::usage("deploy needs the rollout command after `--`"));
+    }
+    let storage = match open_storage(ctx).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::failed(e),
+    };
+    let mut rec = DeploymentRecord::new(&ctx.env.name, &args.release, args.on_failure.name());
+    let started = Instant::now();
+    let pre = preflight(ctx).await;
+    rec.step(
+        "preflight",
+        started,
+        pre.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+    );
+    if let Err(e) = pre {
+        // Nothing was changed: the preflight's own exit code.
+        return Outcome::ok(report(&rec), render(&rec)).with_error(Some(e));
+    }
+    if let Err(e) = rec.save(storage.as_ref()).await {
+        return Outcome::failed(e);
+    }
+    let error = async {
+        pre_deploy(ctx, &mut rec).await?;
+        let started = Instant::now();
+        let end = deploy::run_command(&args.command, &env_vars(&rec), args.timeout).await?;
+        let ok = matches!(end, RunEnd::Exited(0));
+        rec.step(
+            "rollout",
+            started,
+            if ok { Ok(()) } else { Err(end.describe()) },
+        );
+        if !ok {
+            return Err(Error::DeployFailed {
+                message: format!("the rollout {}", end.describe()),
+                hint: None,
+            });
+        }
+        verify(ctx, &mut rec, &args.verify).await
+    }
+    .await
+    .err();
+    let error = match error {
+        None => {
+            rec.state = "succeeded".into();
+            rec.finished_at = Some(chrono::Utc::now());
+            rec.save(storage.as_ref()).await.err()
+        }
+        Some(cause) => Some(
+            roll_back(
+                ctx,
+                storage.as_ref(),
+                &mut rec,
+                args.rollback_cmd.as_deref(),
+                args.on_failure,
+                cause,
+            )
+            .await,
+        ),
+    };
+    Outcome::ok(report(&rec), render(&rec)).with_error(error)
+}
+
+pub async fn hook_pre(ctx: &Context, release: &str, on_failure: OnFailure) -> Outcome {
+    if let Err(e) = deploy::validate_release(release) {
+        return Outcome::failed(e);
+    }
+    let storage = match open_storage(ctx).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::failed(e),
+    };
+    let mut rec = DeploymentRecord::new(&ctx.env.name, release, on_failure.name());
+    let started = Instant::now();
+    let pre = preflight(ctx).await;
+    rec.step(
+        "preflight",
+        started,
+        pre.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+    );
+    if let Err(e) = pre {
+        return Outcome::ok(report(&rec), render(&rec)).with_error(Some(e));
+    }
+    let error = match pre_deploy(ctx, &mut rec).await {
+        Ok(()) => {
+            rec.state = "pre-deployed".into();
+            rec.save(storage.as_ref()).await.err()
+        }
+        Err(cause) => {
+            Some(roll_back(ctx, storage.as_ref(), &mut rec, None, on_failure, cause).await)
+        }
+    };
+    Outcome::ok(report(&rec), render(&rec)).with_error(error)
+}
+
+pub async fn hook_post(
+    ctx: &Context,
+    release: &str,
+    success: bool,
+    verify_cmds: &[String],
+    rollback_cmd: Option<&str>,
+    on_failure: Option<OnFailure>,
+) -> Outcome {
+    let storage = match open_storage(ctx).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::failed(e),
+    };
+    let records = match deploy::list(storage.as_ref(), &ctx.env.name).await {
+        Ok(r) => r,
+        Err(e) => return Outcome::failed(e),
+    };
+    let Some(mut rec) = records
+        .into_iter()
+        .rev()
+        .find(|r| r.release == release && r.state == "pre-deployed")
+    else {
+        return Outcome::failed(Error::usage_hint(
+            format!("no open deployment of release {release} in environment {}", ctx.env.name),
+            "run `valero-db hook pre-deploy --release TAG` first; `valero-db releases` lists deployments",
+        ));
+    };
+    let on_failure = on_failure.unwrap_or(match rec.on_failure.as_str() {
+        "down" => OnFailure::Down,
+        "none" => OnFailure::None,
+        _ => OnFailure::Restore,
+    });
+    let cause = if success {
+        verify(ctx, &mut rec, verify_cmds).await.err()
+    } else {
+        rec.step(
+            "rollout",
+            Instant::now(),
+            Err("the pipeline reported failure".into()),
+        );
+        Some(Error::DeployFailed {
+            message: "the rollout failed (reported by the pipeline)".into(),
+            hint: None,
+        })
+    };
+    let error = match cause {
+        None => {
+            rec.state = "succeeded".into();
+            rec.finished_at = Some(chrono::Utc::now());
+            rec.save(storage.as_ref()).await.err()
+        }
+        Some(cause) => Some(
+            roll_back(
+                ctx,
+                storage.as_ref(),
+                &mut rec,
+                rollback_cmd,
+                on_failure,
+                cause,
+            )
+            .await,
+        ),
+    };
+    Outcome::ok(report(&rec), render(&rec)).with_error(error)
+}
+
+pub async fn releases(ctx: &Context) -> Outcome {
+    let result = async {
+        let storage = crate::storage::open(&ctx.env).await?;
+        deploy::list(storage.as_ref(), &ctx.env.name).await
+    }
+    .await;
+    match result {
+        Ok(records) => {
+            let rows: Vec<Vec<String>> = records
+                .iter()
+                .rev()
+                .map(|r| {
+                    vec![
+                        r.release.clone(),
+                        r.state.clone(),
+                        r.started_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                        r.services
+                            .iter()
+                            .map(|s| {
+                                format!(
+                                    "{}:{}",
+                                    s.service,
+                                    s.engines
+                                        .iter()
+                                        .map(|e| format!("{}={}", e.engine, v(e.after)))
+                                        .collect::<Vec<_>>()
+                                        .join("/")
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                        r.services
+                            .iter()
+                            .filter_map(|s| s.snapshot.clone())
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    ]
+                })
+                .collect();
+            Outcome::ok(
+                json!({"command": "releases", "environment": ctx.env.name, "deployments": records.iter().rev().collect::<Vec<_>>()}),
+                if rows.is_empty() {
+                    "no deployments\n".into()
+                } else {
+                    table(
+                        &["RELEASE", "STATE", "DEPLOYED AT", "VERSIONS", "SNAPSHOTS"],
+                        &rows,
+                    )
+                },
+            )
+        }
+        Err(e) => Outcome::failed(e),
+    }
+}
+
+/// The versions a release was deployed with, per service and engine.
+pub async fn release_targets(ctx: &Context, release: &str) -> Result<Targets> {
+    deploy::validate_release(release)?;
+    let storage = crate::storage::open(&ctx.env).await?;
+    let records = deploy::list(storage.as_ref(), &ctx.env.name).await?;
+    let rec = records
+        .into_iter()
+        .rev()
+        .find(|r| r.release == release && r.state == "succeeded")
+        .ok_or_else(|| {
+            Error::usage_hint(
+                format!(
+                    "no successful deployment of release {release} in environment {}",
+                    ctx.env.name
+                ),
+                "`valero-db releases` lists the deployments",
+            )
+        })?;
+    let mut targets = BTreeMap::new();
+    for s in &rec.services {
+        for e in &s.engines {
+            if let Some(kind) = EngineKind::parse(&e.engine) {
+                targets.insert((s.service.clone(), kind), e.after.unwrap_or(0));
+            }
+        }
+    }
+    Ok(Targets::PerEngine(targets))
+}
+
+/// The go-live check: reachable, fully migrated, no drift or dirty version,
+/// and a verified snapshot younger than `max_age` for every service.
+pub async fn check(ctx: &Context, max_age: Duration) -> Outcome {
+    let services = match ctx.services() {
+        Ok(s) => s,
+        Err(e) => return Outcome::failed(e),
+    };
+    let root = match ctx.config.migrations_dir() {
+        Ok(r) => r,
+        Err(e) => return Outcome::failed(e),
+    };
+    let storage = crate::storage::open(&ctx.env).await;
+    let mut rows = Vec::new();
+    let mut entries = Vec::new();
+    let mut all_ready = true;
+    for service in &services {
+        let mut problems = Vec::new();
+        match service_status(&root, service).await {
+            Ok(st) => {
+                for r in st.iter().filter(|r| !r.ready) {
+                    let what = if r.dirty.is_some() {
+                        "dirty".to_string()
+                    } else if !r.drift.is_empty() {
+                        "drift".to_string()
+                    } else {
+                        format!("{} pending", r.pending.len())
+                    };
+                    problems.push(format!("{}: {what}", r.engine));
+                }
+            }
+            Err(e) => problems.push(format!("unreachable: {e}")),
+        }
+        let mut snap_info = json!(null);
+        match &storage {
+            Ok(storage) => {
+                match snapshot::list_service(storage.as_ref(), &ctx.env.name, &service.name).await {
+                    Ok((found, _)) => match found.last() {
+                        Some(newest) => {
+                            let age = chrono::Utc::now()
+                                .signed_duration_since(newest.manifest.consistent_at)
+                                .to_std()
+                                .unwrap_or_default();
+                            let verified = snapshot::verify(storage.as_ref(), newest).await;
+                            if let Err(e) = &verified {
+                                problems.push(format!("newest snapshot fails verification: {e}"));
+                            }
+                            if age > max_age {
+                                problems.push(format!(
+                                    "newest snapshot is {} old (max {})",
+                                    crate::duration::format_duration(Duration::from_secs(
+                                        age.as_secs()
+                                    )),
+                                    crate::duration::format_duration(max_age)
+                                ));
+                            }
+                            snap_info = json!({"id": newest.manifest.id, "age_seconds": age.as_secs(), "verified": verified.is_ok()});
+                        }
+                        None => problems.push("no snapshot".into()),
+                    },
+                    Err(e) => problems.push(format!("storage: {e}")),
+                }
+            }
+            Err(e) => problems.push(format!("storage: {e}")),
+        }
+        let ready = problems.is_empty();
+        all_ready &= ready;
+        rows.push(vec![
+            service.name.clone(),
+            if ready {
+                "ready".into()
+            } else {
+                "NOT READY".into()
+            },
+            snap_info["id"].as_str().unwrap_or("-").to_string(),
+            problems.join("; "),
+        ]);
+        entries.push(json!({"service": service.name, "ready": ready, "problems": problems, "snapshot": snap_info}));
+    }
+    let error = (!all_ready).then(|| Error::NotReady {
+        message: "the go-live check found services that are not ready".into(),
+    });
+    Outcome::ok(
+        json!({"command": "check", "environment": ctx.env.name, "ready": all_ready, "max_age_seconds": max_age.as_secs(), "services": entries}),
+        table(&["SERVICE", "STATE", "NEWEST SNAPSHOT", "PROBLEMS"], &rows),
+    )
+    .with_error(error)
+}

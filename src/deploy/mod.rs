@@ -1,0 +1,232 @@
+//! The rollout wrapper's parts: the deployment record stored next to the
+//! snapshots, and running the rollout, verify and rollback commands.
+
+use std::os::fd::AsFd;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineVersions {
+    pub engine: String,
+    pub before: Option<u64>,
+    pub after: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceVersions {
+    pub service: String,
+    pub engines: Vec<EngineVersions>,
+    /// The pre-migrate snapshot, when the deployment migrated the service.
+    pub snapshot: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: String,
+    /// `ok`, `failed` or `skipped`.
+    pub result: String,
+    pub duration_ms: u64,
+    pub detail: Option<String>,
+}
+
+/// One deployment: what it changed, each step's result, and how it ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub id: String,
+    pub environment: String,
+    pub release: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `running`, `pre-deployed`, `succeeded`, `rolled-back`, `rollback-failed`, `failed`.
+    pub state: String,
+    pub on_failure: String,
+    pub services: Vec<ServiceVersions>,
+    pub steps: Vec<StepRecord>,
+    pub tool_version: String,
+}
+
+pub const FOLDER: &str = ".deployments";
+
+/// Release tags end up in keys and metrics labels: a safe alphabet.
+pub fn validate_release(tag: &str) -> Result<()> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 64
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
+        && !tag.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::usage(format!(
+            "release tag '{}' must be 1-64 characters of A-Z a-z 0-9 . _ - +",
+            tag.escape_debug()
+        )))
+    }
+}
+
+impl DeploymentRecord {
+    pub fn new(environment: &str, release: &str, on_failure: &str) -> Self {
+        let now = chrono::Utc::now();
+        DeploymentRecord {
+            id: crate::snapshot::new_id(now),
+            environment: environment.to_string(),
+            release: release.to_string(),
+            started_at: now,
+            finished_at: None,
+            state: "running".into(),
+            on_failure: on_failure.to_string(),
+            services: Vec::new(),
+            steps: Vec::new(),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    pub fn key(&self) -> String {
+        format!("{}/{FOLDER}/{}.json", self.environment, self.id)
+    }
+
+    pub fn step(&mut self, name: &str, started: Instant, result: std::result::Result<(), String>) {
+        let (result, detail) = match result {
+            Ok(()) => ("ok".to_string(), None),
+            Err(d) => ("failed".to_string(), Some(crate::redact::redact(&d))),
+        };
+        self.steps.push(StepRecord {
+            name: name.into(),
+            result,
+            duration_ms: started.elapsed().as_millis() as u64,
+            detail,
+        });
+    }
+
+    pub async fn save(&self, storage: &dyn Storage) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::internal(format!("deployment record: {e}")))?;
+        storage.put_bytes(&self.key(), &json).await
+    }
+}
+
+/// Every deployment record of an environment, oldest first.
+pub async fn list(storage: &dyn Storage, environment: &str) -> Result<Vec<DeploymentRecord>> {
+    let mut out = Vec::new();
+    for o in storage.list(&format!("{environment}/{FOLDER}/")).await? {
+        if !o.key.ends_with(".json") || o.key.rsplit('/').next().is_some_and(|n| n.starts_with('.'))
+        {
+            continue;
+        }
+        let bytes = storage.get_bytes(&o.key, 16 << 20).await?;
+        match serde_json::from_slice::<DeploymentRecord>(&bytes) {
+            Ok(r) => out.push(r),
+            Err(e) => tracing::warn!("ignoring deployment record {}: {e}", o.key),
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// How a command run by valero-db ended.
+#[derive(Debug)]
+pub enum RunEnd {
+    Exited(i32),
+    Signalled(String),
+    TimedOut,
+    Interrupted,
+}
+
+impl RunEnd {
+    pub fn describe(&self) -> String {
+        match self {
+            RunEnd::Exited(c) => format!("exited with {c}"),
+            RunEnd::Signalled(s) => format!("killed by {s}"),
+            RunEnd::TimedOut => "timed out".into(),
+            RunEnd::Interrupted => "interrupted (SIGINT/SIGTERM forwarded)".into(),
+        }
+    }
+}
+
+/// Runs a command (argv, or `sh -c` for a string) with the deployment's
+/// variables. Its stdout goes to our stderr so that stdout holds only
+/// valero-db's result. SIGINT and SIGTERM are forwarded; `timeout` kills it.
+pub async fn run_command(
+    argv: &[String],
+    env: &[(&str, String)],
+    timeout: Option<Duration>,
+) -> Result<RunEnd> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(Error::usage("empty command"));
+    };
+    let stdout_to_stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::inherit());
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout_to_stderr)
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::usage(format!("cannot run {program}: {e}")))?;
+    let pid = child.id().map(|p| p as i32);
+    let forward = |sig: i32| {
+        if let Some(pid) = pid {
+            // SAFETY: kill(2) on the pid of a child we spawned and still own.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::internal(format!("signal handler: {e}")))?;
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let end = tokio::select! {
+        status = child.wait() => {
+            let status = status.map_err(|e| Error::internal(format!("waiting for {program}: {e}")))?;
+            return Ok(exit_of(status));
+        }
+        _ = &mut deadline => RunEnd::TimedOut,
+        _ = tokio::signal::ctrl_c() => { forward(libc::SIGINT); RunEnd::Interrupted }
+        _ = term.recv() => { forward(libc::SIGTERM); RunEnd::Interrupted }
+    };
+    if matches!(end, RunEnd::TimedOut) {
+        forward(libc::SIGTERM);
+    }
+    // Give it a grace period to stop on its own, then kill it.
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+    Ok(end)
+}
+
+fn exit_of(status: std::process::ExitStatus) -> RunEnd {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => RunEnd::Exited(c),
+        (None, Some(s)) => RunEnd::Signalled(format!("signal {s}")),
+        _ => RunEnd::Exited(-1),
+    }
+}
+
+/// `sh -c CMD` as argv.
+pub fn shell(cmd: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), cmd.into()]
+}

@@ -1,0 +1,178 @@
+//! `--metrics-file PATH`: Prometheus text format, written atomically after
+//! any command, for node_exporter's textfile collector. Values come from
+//! storage (snapshots, deployment records) and the databases (versions), so
+//! every run writes the full picture, whatever the command was.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::commands::status::service_status;
+use crate::commands::Context;
+use crate::error::{Error, Result};
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    samples: Vec<(String, f64)>,
+}
+
+impl Family {
+    fn new(name: &'static str, help: &'static str) -> Self {
+        Family {
+            name,
+            help,
+            samples: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, labels: &[(&str, &str)], value: f64) {
+        let l: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", esc(v)))
+            .collect();
+        self.samples.push((l.join(","), value));
+    }
+}
+
+pub async fn render(ctx: &Context) -> Result<String> {
+    let env = ctx.env.name.as_str();
+    let mut snap_time = Family::new(
+        "valero_db_snapshot_last_success_timestamp_seconds",
+        "Consistent point of the newest complete snapshot.",
+    );
+    let mut snap_size = Family::new(
+        "valero_db_snapshot_last_size_bytes",
+        "Stored size of the newest complete snapshot.",
+    );
+    let mut snap_duration = Family::new(
+        "valero_db_snapshot_last_duration_seconds",
+        "How long the newest snapshot took.",
+    );
+    let mut restore_time = Family::new(
+        "valero_db_restore_last_timestamp_seconds",
+        "When the last restore started (its pre-restore snapshot).",
+    );
+    let mut version = Family::new(
+        "valero_db_schema_version",
+        "Highest applied migration version.",
+    );
+    let mut pending = Family::new(
+        "valero_db_pending_migrations",
+        "Migrations not yet applied.",
+    );
+    let mut drift = Family::new("valero_db_drift", "1 if an applied migration file changed.");
+    let mut dirty = Family::new("valero_db_dirty", "1 if a migration did not complete.");
+    let mut up = Family::new(
+        "valero_db_database_up",
+        "1 if the service's databases were reachable.",
+    );
+    let mut deploy_result = Family::new(
+        "valero_db_deploy_last_success",
+        "1 if the last deployment succeeded, 0 if it failed or was rolled back.",
+    );
+    let mut deploy_time = Family::new(
+        "valero_db_deploy_last_timestamp_seconds",
+        "When the last deployment started.",
+    );
+
+    let storage = crate::storage::open(&ctx.env).await?;
+    let root = ctx.config.migrations_dir()?;
+    for service in ctx.services()? {
+        let s = service.name.as_str();
+        if let Ok((found, _)) = crate::snapshot::list_service(storage.as_ref(), env, s).await {
+            if let Some(newest) = found.last() {
+                let labels = [("env", env), ("service", s)];
+                snap_time.add(&labels, newest.manifest.consistent_at.timestamp() as f64);
+                snap_size.add(&labels, newest.manifest.total_size() as f64);
+                if let Some(ms) = newest.manifest.duration_ms {
+                    snap_duration.add(&labels, ms as f64 / 1000.0);
+                }
+            }
+            if let Some(pre) = found
+                .iter()
+                .rev()
+                .find(|f| f.manifest.reason == "pre-restore")
+            {
+                restore_time.add(
+                    &[("env", env), ("service", s)],
+                    pre.manifest.created_at.timestamp() as f64,
+                );
+            }
+        }
+        match service_status(&root, &service).await {
+            Ok(rows) => {
+                up.add(&[("env", env), ("service", s)], 1.0);
+                for r in rows {
+                    let engine = r.engine.to_string();
+                    let labels = [("env", env), ("service", s), ("engine", engine.as_str())];
+                    version.add(&labels, r.current_version.unwrap_or(0) as f64);
+                    pending.add(&labels, r.pending.len() as f64);
+                    drift.add(&labels, if r.drift.is_empty() { 0.0 } else { 1.0 });
+                    dirty.add(&labels, if r.dirty.is_some() { 1.0 } else { 0.0 });
+                }
+            }
+            Err(_) => up.add(&[("env", env), ("service", s)], 0.0),
+        }
+    }
+    if let Ok(records) = crate::deploy::list(storage.as_ref(), env).await {
+        if let Some(last) = records
+            .iter()
+            .rev()
+            .find(|r| r.state != "running" && r.state != "pre-deployed")
+        {
+            let labels = [("env", env), ("release", last.release.as_str())];
+            deploy_result.add(&labels, if last.state == "succeeded" { 1.0 } else { 0.0 });
+            deploy_time.add(&labels, last.started_at.timestamp() as f64);
+        }
+    }
+    let mut out = String::new();
+    for f in [
+        snap_time,
+        snap_size,
+        snap_duration,
+        restore_time,
+        version,
+        pending,
+        drift,
+        dirty,
+        up,
+        deploy_result,
+        deploy_time,
+    ] {
+        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+        let _ = writeln!(out, "# TYPE {} gauge", f.name);
+        for (labels, value) in f.samples {
+            let _ = writeln!(out, "{}{{{labels}}} {value}", f.name);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes to a temporary file beside `path` and renames it into place, so a
+/// scraper never reads half a file.
+pub async fn write(ctx: &Context, path: &Path) -> Result<()> {
+    let text = render(ctx).await?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, crate::redact::redact(&text))
+        .map_err(|e| Error::internal(format!("writing {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::internal(format!("renaming to {}: {e}", path.display()))
+    })
+}

@@ -1,0 +1,292 @@
+//! deploy, pipeline hooks, releases, rollback --release, check and metrics
+//! against the real servers.
+
+mod common;
+
+use common::{psql, Project};
+
+fn v1(p: &Project) {
+    p.migration("postgres", "0001_prices.up.sql", "CREATE TABLE prices (sku text PRIMARY KEY, cents int NOT NULL);\nINSERT INTO prices VALUES ('a', 100), ('b', 250);\n");
+    p.migration("postgres", "0001_prices.down.sql", "DROP TABLE prices;\n");
+}
+
+/// A migration that changes data, so a rollback must bring the data back.
+fn v2(p: &Project) {
+    p.migration("postgres", "0002_euro.up.sql", "ALTER TABLE prices ADD COLUMN currency text NOT NULL DEFAULT 'EUR';\nUPDATE prices SET cents = cents * 2;\n");
+    p.migration(
+        "postgres",
+        "0002_euro.down.sql",
+        "ALTER TABLE prices DROP COLUMN currency;\nUPDATE prices SET cents = cents / 2;\n",
+    );
+}
+
+fn state(p: &Project) -> String {
+    psql(&format!(
+        "SELECT (SELECT string_agg(version::text, ',' ORDER BY version) FROM \"{s}\".valero_schema_history) || ' | ' || \
+                (SELECT string_agg(sku || '=' || cents, ',' ORDER BY sku) FROM \"{s}\".prices) || ' | ' || \
+                (SELECT count(*) FROM information_schema.columns WHERE table_schema = '{s}' AND table_name = 'prices')",
+        s = p.schema
+    ))
+}
+
+#[test]
+fn a_deploy_whose_rollout_succeeds_migrates_and_records_the_release() {
+    let p = Project::new("d_ok");
+    v1(&p);
+    let marker = p.path().join("rolled-out");
+    let run = p.run(&[
+        "deploy",
+        "--release",
+        "v1.0.0",
+        "--output",
+        "json",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "echo \"$VALERO_DB_RELEASE $VALERO_DB_ENV $VALERO_DB_DEPLOYMENT_ID\" > {}",
+            marker.display()
+        ),
+    ]);
+    run.ok();
+    let doc = run.json();
+    assert_eq!(doc["state"], "succeeded");
+    let written = std::fs::read_to_string(&marker).unwrap();
+    assert!(written.starts_with("v1.0.0 dev "), "{written}");
+    assert!(written.trim().ends_with(doc["id"].as_str().unwrap()));
+    assert_eq!(state(&p), "1 | a=100,b=250 | 2");
+    assert_eq!(
+        psql(&format!(
+            "SELECT release FROM \"{}\".valero_schema_history",
+            p.schema
+        )),
+        "v1.0.0"
+    );
+    let releases = p.run(&["releases", "--output", "json"]);
+    releases.ok();
+    assert_eq!(releases.json()["deployments"][0]["release"], "v1.0.0");
+}
+
+#[test]
+fn a_deploy_whose_verify_fails_runs_the_rollback_command_and_restores_the_databases_exactly() {
+    let p = Project::new("d_verify");
+    v1(&p);
+    p.run(&["deploy", "--release", "v1.0.0", "--", "true"]).ok();
+    let before = state(&p);
+    v2(&p);
+    let rollback_marker = p.path().join("rollback-ran");
+    let run = p.run(&[
+        "deploy",
+        "--release",
+        "v1.1.0",
+        "--verify",
+        "exit 3",
+        "--rollback-cmd",
+        &format!("touch {}", rollback_marker.display()),
+        "--output",
+        "json",
+        "--",
+        "true",
+    ]);
+    run.expect_code(7).stderr_has("rolled back");
+    assert!(rollback_marker.exists(), "the rollback command ran");
+    assert_eq!(
+        state(&p),
+        before,
+        "databases exactly as before, data included"
+    );
+    let doc = run.json();
+    assert_eq!(doc["state"], "rolled-back");
+    assert_eq!(doc["error"]["exit_code"], 7);
+}
+
+#[test]
+fn a_deploy_whose_rollout_fails_is_rolled_back_with_down_migrations_on_request() {
+    let p = Project::new("d_rollout");
+    v1(&p);
+    p.run(&["deploy", "--release", "v1.0.0", "--", "true"]).ok();
+    let before = state(&p);
+    v2(&p);
+    let run = p.run(&[
+        "deploy",
+        "--release",
+        "v1.1.0",
+        "--on-failure",
+        "down",
+        "--",
+        "sh",
+        "-c",
+        "exit 42",
+    ]);
+    run.expect_code(7).stderr_has("exited with 42");
+    assert_eq!(state(&p), before);
+}
+
+#[test]
+fn a_failed_preflight_changes_nothing_and_runs_no_rollout() {
+    let p = Project::new("d_pre");
+    v1(&p);
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.migration(
+        "postgres",
+        "0001_prices.up.sql",
+        "CREATE TABLE prices (sku text);\n",
+    );
+    v2(&p);
+    let marker = p.path().join("should-not-exist");
+    p.run(&[
+        "deploy",
+        "--release",
+        "v2",
+        "--",
+        "touch",
+        marker.to_str().unwrap(),
+    ])
+    .expect_code(5);
+    assert!(!marker.exists());
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*) FROM \"{}\".valero_schema_history",
+            p.schema
+        )),
+        "1"
+    );
+}
+
+#[test]
+fn hooks_pre_then_post_failure_restore_the_pre_deploy_state() {
+    let p = Project::new("d_hooks");
+    v1(&p);
+    p.run(&["hook", "pre-deploy", "--release", "v1.0.0"]).ok();
+    p.run(&[
+        "hook",
+        "post-deploy",
+        "--release",
+        "v1.0.0",
+        "--result",
+        "success",
+    ])
+    .ok();
+    let before = state(&p);
+    v2(&p);
+    p.run(&["hook", "pre-deploy", "--release", "v1.1.0"]).ok();
+    assert_eq!(state(&p), "1,2 | a=200,b=500 | 3");
+    p.run(&[
+        "hook",
+        "post-deploy",
+        "--release",
+        "v1.1.0",
+        "--result",
+        "failure",
+    ])
+    .expect_code(7);
+    assert_eq!(state(&p), before);
+    p.run(&[
+        "hook",
+        "post-deploy",
+        "--release",
+        "v1.1.0",
+        "--result",
+        "failure",
+    ])
+    .expect_code(2)
+    .stderr_has("no open deployment");
+}
+
+#[test]
+fn rollback_release_brings_every_service_back_to_that_releases_versions() {
+    let p = Project::new("d_relback");
+    v1(&p);
+    p.run(&["deploy", "--release", "v1.0.0", "--", "true"]).ok();
+    let v1_state = state(&p);
+    v2(&p);
+    p.run(&["deploy", "--release", "v1.1.0", "--", "true"]).ok();
+    assert_ne!(state(&p), v1_state);
+    p.run(&["rollback", "--release", "v1.0.0", "--yes"]).ok();
+    assert_eq!(state(&p), v1_state);
+    p.run(&["rollback", "--release", "v9.9.9", "--yes"])
+        .expect_code(2)
+        .stderr_has("no successful deployment");
+}
+
+#[test]
+fn check_is_exit_9_with_pending_migrations_and_0_when_ready() {
+    let p = Project::new("d_check");
+    v1(&p);
+    let run = p.run(&["check", "--output", "json"]);
+    run.expect_code(9);
+    assert_eq!(run.json()["ready"], false);
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["check"]).expect_code(9).stdout_has("no snapshot");
+    p.run(&["snapshot"]).ok();
+    p.run(&["check", "--max-age", "1h"]).ok();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    p.run(&["check", "--max-age", "1s"]).expect_code(9);
+}
+
+#[test]
+fn the_metrics_file_is_prometheus_text_format() {
+    let p = Project::new("d_metrics");
+    v1(&p);
+    let path = p.path().join("valero.prom");
+    p.run(&[
+        "deploy",
+        "--release",
+        "v1.0.0",
+        "--metrics-file",
+        path.to_str().unwrap(),
+        "--",
+        "true",
+    ])
+    .ok();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut samples = 0;
+    for line in text.lines() {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line}"));
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        let (name, labels) = series
+            .split_once('{')
+            .unwrap_or_else(|| panic!("no labels in {line}"));
+        assert!(
+            name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "{line}"
+        );
+        assert!(labels.ends_with('}'), "{line}");
+        samples += 1;
+    }
+    assert!(
+        text.contains(
+            "valero_db_snapshot_last_success_timestamp_seconds{env=\"dev\",service=\"svc\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "valero_db_schema_version{env=\"dev\",service=\"svc\",engine=\"postgres\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("valero_db_deploy_last_success{env=\"dev\",release=\"v1.0.0\"} 1"),
+        "{text}"
+    );
+    assert!(samples >= 6);
+    assert!(!text.contains(&common::pg_password()));
+}
+
+#[test]
+fn completions_are_generated() {
+    let p = Project::new("d_compl");
+    for shell in ["bash", "zsh", "fish"] {
+        let run = p.run(&["completions", shell]);
+        run.ok();
+        assert!(run.stdout.contains("valero-db"), "{shell}");
+    }
+}
