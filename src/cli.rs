@@ -63,6 +63,10 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
 
+    /// Also push the metrics to a Prometheus Pushgateway (http://host:9091)
+    #[arg(long, global = true, value_name = "URL")]
+    pub pushgateway: Option<String>,
+
     /// How long to wait for a service's migration lock (units required: 90s, 5m)
     #[arg(long, global = true, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub lock_timeout: Duration,

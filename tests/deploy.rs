@@ -290,3 +290,57 @@ fn completions_are_generated() {
         assert!(run.stdout.contains("valero-db"), "{shell}");
     }
 }
+
+#[test]
+fn metrics_are_pushed_to_a_pushgateway() {
+    use std::io::{Read, Write};
+    let p = Project::new("d_push");
+    v1(&p);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            req.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&req);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    break;
+                }
+            }
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
+        String::from_utf8_lossy(&req).into_owned()
+    });
+    p.run(&[
+        "migrate",
+        "--no-snapshot",
+        "--pushgateway",
+        &format!("http://127.0.0.1:{port}"),
+    ])
+    .ok();
+    let request = server.join().unwrap();
+    assert!(
+        request.starts_with("PUT /metrics/job/valero-db/env/dev HTTP/1.1"),
+        "{request}"
+    );
+    assert!(
+        request.contains(
+            "valero_db_schema_version{env=\"dev\",service=\"svc\",engine=\"postgres\"} 1"
+        ),
+        "{request}"
+    );
+}

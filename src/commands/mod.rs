@@ -124,6 +124,11 @@ pub async fn dispatch(cli: Cli) -> Outcome {
             tracing::warn!("writing metrics to {} failed: {e}", path.display());
         }
     }
+    if let Some(url) = &ctx.global.pushgateway {
+        if let Err(e) = crate::metrics::push(ctx, url).await {
+            tracing::warn!("pushing metrics failed: {e}");
+        }
+    }
     outcome
 }
 
