@@ -640,3 +640,48 @@ async fn kill_9_during_a_mongodb_restore_leaves_old_or_new_after_the_next_comman
         }
     }
 }
+
+#[test]
+fn a_truncated_zstd_object_is_refused_even_when_its_hash_was_rewritten() {
+    use sha2::{Digest, Sha256};
+    let p = Project::new("r_trunc");
+    p.migration(
+        "postgres",
+        "0001_t.up.sql",
+        "CREATE TABLE t (v text); INSERT INTO t SELECT md5(g::text) FROM generate_series(1, 20000) g;",
+    );
+    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["snapshot"]).ok();
+    let (id, _) = snapshot_ids(&p, "dev").remove(0);
+    psql(&format!("INSERT INTO \"{}\".t VALUES ('after')", p.schema));
+    let dir = p.path().join("backups/dev/svc").join(&id);
+    let manifest_path = dir.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let entry = manifest["objects"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|o| o["name"] == "t")
+        .unwrap();
+    let object = dir.join(entry["key"].as_str().unwrap());
+    let bytes = std::fs::read(&object).unwrap();
+    let truncated = &bytes[..bytes.len() / 2];
+    std::fs::write(&object, truncated).unwrap();
+    entry["size"] = serde_json::json!(truncated.len());
+    entry["sha256"] = serde_json::json!(hex::encode(Sha256::digest(truncated)));
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    p.run(&["snapshots", "verify", &id]).ok();
+    p.run(&["restore", "--snapshot", &id, "--yes"])
+        .expect_code(5)
+        .stderr_has("corrupt");
+    assert_eq!(
+        psql(&format!("SELECT count(*) FROM \"{}\".t", p.schema)),
+        "20001",
+        "nothing changed"
+    );
+}

@@ -67,6 +67,15 @@ fn migrate_takes_a_verified_pre_migrate_snapshot_with_the_schema_version() {
     list.ok();
     let all = list.json()["snapshots"].as_array().unwrap().clone();
     assert_eq!(all.len(), 2, "one per migrate run with pending migrations");
+    // status names the newest snapshot.
+    let status = p.run(&["status", "--output", "json"]);
+    status.ok();
+    let newest = all.last().unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        status.json()["services"][0]["newest_snapshot"]["id"],
+        newest.as_str()
+    );
+    assert!(status.stdout.contains("\"newest_snapshot\""));
     // Nothing pending: no snapshot.
     p.run(&["migrate"]).ok();
     assert_eq!(

@@ -23,6 +23,8 @@ pub struct EngineStatus {
     pub out_of_order: Vec<u64>,
     pub missing_files: Vec<u64>,
     pub lock_holder: Option<String>,
+    /// The service's newest complete snapshot in this environment.
+    pub newest_snapshot: Option<serde_json::Value>,
     pub ready: bool,
     pub error: Option<serde_json::Value>,
 }
@@ -60,6 +62,7 @@ pub async fn run(ctx: &Context, check: bool) -> Outcome {
                         out_of_order: vec![],
                         missing_files: vec![],
                         lock_holder: None,
+                        newest_snapshot: None,
                         ready: false,
                         error: Some(error_json(&e)),
                     });
@@ -70,6 +73,26 @@ pub async fn run(ctx: &Context, check: bool) -> Outcome {
                 }
             }
         }
+    }
+    // Newest snapshot per service; storage trouble is reported, not fatal.
+    match crate::storage::open(&ctx.env).await {
+        Ok(storage) => {
+            for service in &services {
+                let newest = match crate::snapshot::list_service(storage.as_ref(), &ctx.env.name, &service.name).await {
+                    Ok((found, _)) => found.last().map(|f| {
+                        json!({"id": f.manifest.id, "consistent_at": f.manifest.consistent_at, "reason": f.manifest.reason})
+                    }),
+                    Err(e) => {
+                        tracing::warn!("listing snapshots of {}: {e}", service.name);
+                        None
+                    }
+                };
+                for r in rows.iter_mut().filter(|r| r.service == service.name) {
+                    r.newest_snapshot = newest.clone();
+                }
+            }
+        }
+        Err(e) => tracing::warn!("snapshot storage: {e}"),
     }
     let ready = rows.iter().all(|r| r.ready);
     if check && !ready && first_error.is_none() {
@@ -133,6 +156,7 @@ pub async fn service_status(
             out_of_order: analysis.out_of_order.clone(),
             missing_files: analysis.missing_files.clone(),
             lock_holder,
+            newest_snapshot: None,
             error: None,
         });
     }
@@ -172,11 +196,23 @@ fn render(rows: &[EngineStatus]) -> String {
                 r.pending.len().to_string(),
                 state,
                 r.lock_holder.clone().unwrap_or_else(|| "-".into()),
+                r.newest_snapshot
+                    .as_ref()
+                    .and_then(|s| s["id"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
     let mut out = table(
-        &["SERVICE", "ENGINE", "VERSION", "PENDING", "STATE", "LOCK"],
+        &[
+            "SERVICE",
+            "ENGINE",
+            "VERSION",
+            "PENDING",
+            "STATE",
+            "LOCK",
+            "NEWEST SNAPSHOT",
+        ],
         &cells,
     );
     for r in rows {

@@ -83,6 +83,8 @@ pub struct ObjectStream {
     decoder: zstd::stream::write::Decoder<'static, Vec<u8>>,
     hasher: Sha256,
     size: u64,
+    /// Decompressed bytes so far, checked against the manifest's raw_size.
+    raw: u64,
     entry: ObjectEntry,
     base: String,
     done: bool,
@@ -104,6 +106,7 @@ impl ObjectStream {
             decoder,
             hasher: Sha256::new(),
             size: 0,
+            raw: 0,
             entry: entry.clone(),
             base: base.to_string(),
             done: false,
@@ -134,6 +137,10 @@ impl ObjectStream {
                     }
                     self.decoder.write_all(&chunk).map_err(|_| self.corrupt())?;
                     let out = std::mem::take(self.decoder.get_mut());
+                    self.raw += out.len() as u64;
+                    if self.raw > self.entry.raw_size {
+                        return Err(self.corrupt());
+                    }
                     if !out.is_empty() {
                         if let Some(p) = &self.progress {
                             p.inc(out.len() as u64);
@@ -149,6 +156,12 @@ impl ObjectStream {
                     }
                     self.decoder.flush().map_err(|_| self.corrupt())?;
                     let out = std::mem::take(self.decoder.get_mut());
+                    // A truncated zstd frame decodes to fewer bytes than were
+                    // written: caught even if the stored hash matched.
+                    if self.raw + out.len() as u64 != self.entry.raw_size {
+                        return Err(self.corrupt());
+                    }
+                    self.raw += out.len() as u64;
                     if !out.is_empty() {
                         return Ok(Some(out));
                     }

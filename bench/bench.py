@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""valero-db benchmark: snapshot and restore against pg_dump / pg_restore and
+the raw floor, side by side, in one run. Run it through the services script:
+
+    scripts/services.sh run python3 bench/bench.py [--rounds 3] [--scale 1.0]
+
+It builds an ERP-like PostgreSQL schema of at least 300 MB (plus a quarter-size
+copy to show memory does not grow with size) and a MongoDB database of 200k
+varied documents, then prints one table of wall times (median of the rounds),
+ratios, stored sizes and peak RSS (from /usr/bin/time -v).
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PG_URL = os.environ["VALERO_PG_URL"]
+MONGO_URL = os.environ["VALERO_MONGO_URL"]
+PG_BIN = os.environ.get("VALERO_PG_BIN", "/usr/lib/postgresql/15/bin")
+VENV_PY = os.environ.get("VALERO_VENV_PYTHON") or os.path.join(
+    os.environ.get("VALERO_SERVICES_HOME", os.path.expanduser("~/.cache/valero-db-services")), "venv/bin/python")
+BIN = os.path.join(ROOT, "target/release/valero-db")
+
+
+def db_url(name):
+    base, _, _ = PG_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+def sh(args, env=None, quiet=True):
+    r = subprocess.run(args, env=env, stdout=subprocess.DEVNULL if quiet else None, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        sys.exit(f"failed: {' '.join(args)}\n{r.stderr}")
+
+
+def psql(url, sql):
+    r = subprocess.run(["psql", url, "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"psql failed: {r.stderr}")
+    return r.stdout.strip()
+
+
+def timed(args, env=None, cwd=None):
+    """Wall seconds and peak RSS (MiB) of one command."""
+    out = tempfile.NamedTemporaryFile(delete=False)
+    out.close()
+    start = time.monotonic()
+    r = subprocess.run(["/usr/bin/time", "-v", "-o", out.name] + args, env=env, cwd=cwd,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.monotonic() - start
+    if r.returncode != 0:
+        sys.exit(f"failed ({r.returncode}): {' '.join(args)}\n{r.stderr[-3000:]}")
+    rss = 0
+    for line in open(out.name):
+        if "Maximum resident set size" in line:
+            rss = int(line.split(":")[1]) / 1024
+    os.unlink(out.name)
+    return wall, rss
+
+
+def du(path):
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+GENERATE = """
+CREATE SCHEMA {s};
+SET search_path TO {s};
+CREATE TABLE customers (id bigint PRIMARY KEY, name text, email text, city text, created_at timestamptz, credit numeric(12,2), tags jsonb);
+INSERT INTO customers SELECT g, 'Kunde ' || g, 'kunde' || g || '@example.de', (ARRAY['Berlin','Hamburg','München','Köln','Leipzig'])[1 + g % 5],
+  now() - (g || ' minutes')::interval, (g % 100000) / 7.0, jsonb_build_object('segment', g % 7, 'vip', g % 13 = 0)
+  FROM generate_series(1, {customers}) g;
+CREATE TABLE products (sku text PRIMARY KEY, title text, price numeric(10,2), attrs jsonb);
+INSERT INTO products SELECT 'SKU-' || g, 'Artikel ' || md5(g::text), (g % 5000) / 3.0, jsonb_build_object('w', g % 100, 'c', md5(g::text))
+  FROM generate_series(1, 50000) g;
+CREATE TABLE journal_lines (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, entry_id bigint, account_no int, booked_at timestamptz,
+  debit numeric(15,2), credit numeric(15,2), text text, meta jsonb);
+INSERT INTO journal_lines (entry_id, account_no, booked_at, debit, credit, text, meta)
+  SELECT g / 4, 1000 + (g * 7919) % 9000, timestamp '2024-01-01' + (g || ' seconds')::interval,
+    CASE WHEN g % 2 = 0 THEN (g % 99991) / 100.0 ELSE 0 END, CASE WHEN g % 2 = 1 THEN (g % 99991) / 100.0 ELSE 0 END,
+    'Buchung ' || md5(g::text) || ' ' || substr(md5((g * 31)::text), 1, (g % 24) + 4),
+    jsonb_build_object('cost_center', g % 40, 'doc', 'RE-' || g, 'by', 'user' || g % 50)
+  FROM generate_series(1, {lines}) g;
+CREATE INDEX journal_lines_account_idx ON journal_lines (account_no, booked_at);
+CREATE INDEX journal_lines_entry_idx ON journal_lines (entry_id);
+CREATE INDEX customers_email_idx ON customers (email);
+ANALYZE;
+"""
+
+
+def build_pg(schema, scale):
+    if psql(PG_URL, f"SELECT count(*) FROM pg_namespace WHERE nspname = '{schema}'") == "1":
+        return
+    print(f"building PostgreSQL schema {schema} ...", file=sys.stderr)
+    sql = GENERATE.format(s=schema, customers=int(200_000 * scale), lines=int(2_600_000 * scale))
+    sh(["psql", PG_URL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+
+
+def build_mongo(n):
+    code = f"""
+import pymongo, random, datetime
+from bson.decimal128 import Decimal128
+c = pymongo.MongoClient({MONGO_URL!r})
+db = c["bench"]
+if db["orders"].estimated_document_count() >= {n}:
+    raise SystemExit
+db.drop_collection("orders"); db.drop_collection("customers")
+random.seed(7)
+batch = []
+for i in range({n}):
+    batch.append({{"_id": i, "customer": "K%06d" % (i % 20000), "at": datetime.datetime(2024, 1, 1) + datetime.timedelta(seconds=i),
+                  "total": Decimal128(str(round(random.random() * 1000, 2))), "status": random.choice(["open", "paid", "shipped"]),
+                  "lines": [{{"sku": "SKU-%d" % random.randrange(50000), "qty": random.randrange(1, 5)}} for _ in range(1 + i % 4)],
+                  "note": "x" * (i % 200)}})
+    if len(batch) == 5000:
+        db["orders"].insert_many(batch); batch = []
+if batch:
+    db["orders"].insert_many(batch)
+db["customers"].insert_many([{{"_id": "K%06d" % i, "name": "Kunde %d" % i, "tags": ["a", "b"][: i % 3]}} for i in range(20000)])
+db["orders"].create_index([("customer", 1), ("at", -1)])
+"""
+    print(f"building MongoDB database bench ({n} orders) ...", file=sys.stderr)
+    sh([VENV_PY, "-c", code])
+
+
+DRAIN = """
+import pymongo, sys
+from bson.raw_bson import RawBSONDocument
+db = pymongo.MongoClient(sys.argv[1], document_class=RawBSONDocument)["bench"]
+n = 0
+for name in db.list_collection_names():
+    for d in db[name].find({}):
+        n += len(d.raw)
+print(n)
+"""
+
+
+def config(path, storage):
+    with open(path, "w") as f:
+        f.write(f"""[environments.bench]
+storage = "file://{storage}"
+[services.pg_full]
+postgres = {{ url = "{PG_URL}", schema = "bench" }}
+[services.pg_small]
+postgres = {{ url = "{PG_URL}", schema = "bench_small" }}
+[services.mongo]
+mongodb = {{ url = "{MONGO_URL}", database = "bench" }}
+[services.pg_full_restore]
+postgres = {{ url = "{db_url('bench_restore')}", schema = "bench" }}
+""")
+
+
+def newest_snapshot(cfg, service):
+    out = subprocess.run([BIN, "--config", cfg, "-e", "bench", "-s", service, "snapshots", "list", "--output", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    snaps = json.loads(out)["snapshots"]
+    return snaps[-1]["id"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--mongo-docs", type=int, default=200_000)
+    args = ap.parse_args()
+
+    print("building valero-db (release) ...", file=sys.stderr)
+    sh(["cargo", "build", "--release", "--quiet"], quiet=False)
+    build_pg("bench", args.scale)
+    build_pg("bench_small", args.scale / 4)
+    build_mongo(args.mongo_docs)
+    size_full = int(psql(PG_URL, "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'bench' AND c.relkind = 'r'"))
+    size_data = int(psql(PG_URL, "SELECT sum(pg_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'bench' AND c.relkind = 'r'"))
+    size_small = int(psql(PG_URL, "SELECT sum(pg_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'bench_small' AND c.relkind = 'r'"))
+    tables = psql(PG_URL, "SELECT string_agg(relname, ' ') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'bench' AND relkind = 'r'").split()
+
+    work = tempfile.mkdtemp(prefix="valero-bench-")
+    storage = os.path.join(work, "store")
+    cfg = os.path.join(work, "valero-db.toml")
+    config(cfg, storage)
+    env = dict(os.environ)
+    pw = env.get("PGPASSWORD")
+    results = {}
+
+    def record(name, wall, rss, size=None):
+        results.setdefault(name, {"wall": [], "rss": [], "size": None})
+        results[name]["wall"].append(wall)
+        results[name]["rss"].append(rss)
+        if size is not None:
+            results[name]["size"] = size
+
+    vdb = [BIN, "--config", cfg, "-e", "bench", "--no-progress", "-q"]
+    for r in range(args.rounds):
+        print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
+        shutil.rmtree(storage, ignore_errors=True)
+        w, m = timed(vdb + ["-s", "pg_full", "snapshot"])
+        record("valero-db snapshot", w, m, du(storage))
+        before = du(storage)
+        w, m = timed(vdb + ["-s", "pg_small", "snapshot"])
+        record("valero-db snapshot (1/4 size)", w, m, du(storage) - before)
+        out = os.path.join(work, "dump.fc")
+        w, m = timed([f"{PG_BIN}/pg_dump", "-Fc", "-n", "bench", "-f", out, PG_URL])
+        record("pg_dump -Fc", w, m, du(out))
+        outd = os.path.join(work, "dump.dir")
+        shutil.rmtree(outd, ignore_errors=True)
+        w, m = timed([f"{PG_BIN}/pg_dump", "-Fd", "-j2", "-n", "bench", "-f", outd, PG_URL])
+        record("pg_dump -Fd -j2", w, m, du(outd))
+        copy = " ".join(f"-c '\\copy bench.{t} TO /dev/null'" for t in tables)
+        w, m = timed(["sh", "-c", f"psql '{PG_URL}' -X -q {copy}"])
+        record("raw floor: COPY TO /dev/null", w, m)
+        # Restores into an empty database.
+        for name, cmd in [
+            ("valero-db restore", None),
+            ("pg_restore -j2", [f"{PG_BIN}/pg_restore", "-j2", "-d", db_url("bench_restore"), out]),
+        ]:
+            psql(PG_URL, "DROP DATABASE IF EXISTS bench_restore")
+            psql(PG_URL, "CREATE DATABASE bench_restore")
+            if cmd is None:
+                snap = newest_snapshot(cfg, "pg_full")
+                src = os.path.join(storage, "bench", "pg_full", snap)
+                dst = os.path.join(storage, "bench", "pg_full_restore", snap)
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                shutil.copytree(src, dst, dirs_exist_ok=True)
+                w, m = timed(vdb + ["-s", "pg_full_restore", "restore", "--snapshot", snap, "--yes"])
+            else:
+                w, m = timed(cmd)
+            record(name, w, m)
+        before = du(storage)
+        w, m = timed(vdb + ["-s", "mongo", "snapshot"])
+        record("valero-db snapshot (MongoDB)", w, m, du(storage) - before)
+        w, m = timed([VENV_PY, "-c", DRAIN, MONGO_URL])
+        record("raw cursor drain (MongoDB)", w, m)
+        snap = newest_snapshot(cfg, "mongo")
+        w, m = timed(vdb + ["-s", "mongo", "restore", "--snapshot", snap, "--yes"])
+        record("valero-db restore (MongoDB)", w, m)
+    psql(PG_URL, "DROP DATABASE IF EXISTS bench_restore")
+    shutil.rmtree(work, ignore_errors=True)
+
+    med = {k: statistics.median(v["wall"]) for k, v in results.items()}
+    ref = {
+        "valero-db snapshot": ("pg_dump -Fc", "pg_dump -Fd -j2"),
+        "valero-db restore": ("pg_restore -j2",),
+        "valero-db snapshot (MongoDB)": ("raw cursor drain (MongoDB)",),
+    }
+    print()
+    print(f"PostgreSQL schema: {size_data / 2**20:.0f} MiB of table data ({size_full / 2**20:.0f} MiB with indexes and TOAST); "
+          f"small copy {size_small / 2**20:.0f} MiB; MongoDB: {args.mongo_docs} orders + 20000 customers; "
+          f"{args.rounds} rounds, median; {os.cpu_count()} cores")
+    print(f"{'what':<34} {'wall s':>8} {'ratio':>24} {'stored MiB':>11} {'peak RSS MiB':>13}")
+    for name, v in results.items():
+        ratio = ""
+        for other in ref.get(name, ()):
+            ratio += f"{med[name] / med[other]:.2f}x {other.split()[0] if 'MongoDB' not in other else 'drain'}"
+            ratio += f"{'' if other.endswith('Fc') or 'MongoDB' in other or 'restore' in other else ''}  "
+        size = f"{v['size'] / 2**20:.1f}" if v["size"] is not None else "-"
+        print(f"{name:<34} {med[name]:>8.2f} {ratio.strip():>24} {size:>11} {max(v['rss']):>13.0f}")
+    fc = results["pg_dump -Fc"]["size"]
+    print()
+    print(f"targets: snapshot <= 0.5x pg_dump -Fc: {med['valero-db snapshot'] / med['pg_dump -Fc']:.2f}x; "
+          f"<= 0.7x pg_dump -Fd -j2: {med['valero-db snapshot'] / med['pg_dump -Fd -j2']:.2f}x; "
+          f"restore <= 1.0x pg_restore -j2: {med['valero-db restore'] / med['pg_restore -j2']:.2f}x; "
+          f"peak RSS <= 128 MiB: {max(max(v['rss']) for k, v in results.items() if k.startswith('valero-db')):.0f} MiB; "
+          f"stored <= 0.9x pg_dump -Fc: {results['valero-db snapshot']['size'] / fc:.2f}x; "
+          f"MongoDB snapshot <= 1.3x drain: {med['valero-db snapshot (MongoDB)'] / med['raw cursor drain (MongoDB)']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
