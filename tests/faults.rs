@@ -81,7 +81,7 @@ fn the_s3_server_dying_mid_snapshot_is_exit_3_no_migration_and_no_snapshot_liste
         "CREATE TABLE more (id int);\n",
     );
     let mut s3 = start_s3(port, data.path());
-    let mut migrate = p
+    let migrate = p
         .std_cmd()
         .env("AWS_ACCESS_KEY_ID", "fault-key")
         .env("AWS_SECRET_ACCESS_KEY", "fault-secret-123")
