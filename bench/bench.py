@@ -85,9 +85,9 @@ CREATE TABLE journal_lines (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, 
 INSERT INTO journal_lines (entry_id, account_no, booked_at, debit, credit, text, meta)
   SELECT g / 4, 1000 + (g * 7919) % 9000, timestamp '2024-01-01' + (g || ' seconds')::interval,
     CASE WHEN g % 2 = 0 THEN (g % 99991) / 100.0 ELSE 0 END, CASE WHEN g % 2 = 1 THEN (g % 99991) / 100.0 ELSE 0 END,
-    'Buchung ' || md5(g::text) || ' ' || substr(md5((g * 31)::text), 1, (g % 24) + 4),
+    'Buchung ' || md5(g::text) || ' ' || substr(md5((g * 31)::text), 1, ((g % 24) + 4)::int),
     jsonb_build_object('cost_center', g % 40, 'doc', 'RE-' || g, 'by', 'user' || g % 50)
-  FROM generate_series(1, {lines}) g;
+  FROM generate_series(1::bigint, {lines}) g;
 CREATE INDEX journal_lines_account_idx ON journal_lines (account_no, booked_at);
 CREATE INDEX journal_lines_entry_idx ON journal_lines (entry_id);
 CREATE INDEX customers_email_idx ON customers (email);
@@ -169,13 +169,15 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--mongo-docs", type=int, default=200_000)
+    ap.add_argument("--postgres-only", action="store_true", help="skip the MongoDB measurements")
     args = ap.parse_args()
 
     print("building valero-db (release) ...", file=sys.stderr)
     sh(["cargo", "build", "--release", "--quiet"], quiet=False)
     build_pg("bench", args.scale)
     build_pg("bench_small", args.scale / 4)
-    build_mongo(args.mongo_docs)
+    if not args.postgres_only:
+        build_mongo(args.mongo_docs)
     size_full = int(psql(PG_URL, "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'bench' AND c.relkind = 'r'"))
     size_data = int(psql(PG_URL, "SELECT sum(pg_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'bench' AND c.relkind = 'r'"))
     size_small = int(psql(PG_URL, "SELECT sum(pg_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'bench_small' AND c.relkind = 'r'"))
@@ -190,6 +192,7 @@ def main():
     results = {}
 
     def record(name, wall, rss, size=None):
+        print(f"  {name}: {wall:.2f}s, {rss:.0f} MiB" + (f", {size / 2**20:.1f} MiB stored" if size else ""), file=sys.stderr, flush=True)
         results.setdefault(name, {"wall": [], "rss": [], "size": None})
         results[name]["wall"].append(wall)
         results[name]["rss"].append(rss)
@@ -232,6 +235,8 @@ def main():
             else:
                 w, m = timed(cmd)
             record(name, w, m)
+        if args.postgres_only:
+            continue
         before = du(storage)
         w, m = timed(vdb + ["-s", "mongo", "snapshot"])
         record("valero-db snapshot (MongoDB)", w, m, du(storage) - before)
@@ -267,8 +272,9 @@ def main():
           f"<= 0.7x pg_dump -Fd -j2: {med['valero-db snapshot'] / med['pg_dump -Fd -j2']:.2f}x; "
           f"restore <= 1.0x pg_restore -j2: {med['valero-db restore'] / med['pg_restore -j2']:.2f}x; "
           f"peak RSS <= 128 MiB: {max(max(v['rss']) for k, v in results.items() if k.startswith('valero-db')):.0f} MiB; "
-          f"stored <= 0.9x pg_dump -Fc: {results['valero-db snapshot']['size'] / fc:.2f}x; "
-          f"MongoDB snapshot <= 1.3x drain: {med['valero-db snapshot (MongoDB)'] / med['raw cursor drain (MongoDB)']:.2f}x")
+          f"stored <= 0.9x pg_dump -Fc: {results['valero-db snapshot']['size'] / fc:.2f}x"
+          + ("" if args.postgres_only else
+             f"; MongoDB snapshot <= 1.3x drain: {med['valero-db snapshot (MongoDB)'] / med['raw cursor drain (MongoDB)']:.2f}x"))
 
 
 if __name__ == "__main__":
