@@ -324,6 +324,28 @@ async fn roll_back(
     }
 }
 
+/// Ends a deployment: succeeded and saved, or rolled back (exit 7).
+async fn conclude(
+    ctx: &Context,
+    storage: &dyn Storage,
+    mut rec: DeploymentRecord,
+    cause: Option<Error>,
+    rollback_cmd: Option<&str>,
+    on_failure: OnFailure,
+) -> Outcome {
+    let error = match cause {
+        None => {
+            rec.state = "succeeded".into();
+            rec.finished_at = Some(chrono::Utc::now());
+            rec.save(storage).await.err()
+        }
+        Some(cause) => {
+            Some(roll_back(ctx, storage, &mut rec, rollback_cmd, on_failure, cause).await)
+        }
+    };
+    Outcome::ok(report(&rec), render(&rec)).with_error(error)
+}
+
 pub async fn deploy(ctx: &Context, args: DeployArgs) -> Outcome {
     if let Err(e) = deploy::validate_release(&args.release) {
         return Outcome::failed(e);
@@ -370,25 +392,15 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> Outcome {
     }
     .await
     .err();
-    let error = match error {
-        None => {
-            rec.state = "succeeded".into();
-            rec.finished_at = Some(chrono::Utc::now());
-            rec.save(storage.as_ref()).await.err()
-        }
-        Some(cause) => Some(
-            roll_back(
-                ctx,
-                storage.as_ref(),
-                &mut rec,
-                args.rollback_cmd.as_deref(),
-                args.on_failure,
-                cause,
-            )
-            .await,
-        ),
-    };
-    Outcome::ok(report(&rec), render(&rec)).with_error(error)
+    conclude(
+        ctx,
+        storage.as_ref(),
+        rec,
+        error,
+        args.rollback_cmd.as_deref(),
+        args.on_failure,
+    )
+    .await
 }
 
 pub async fn hook_pre(ctx: &Context, release: &str, on_failure: OnFailure) -> Outcome {
@@ -466,25 +478,7 @@ pub async fn hook_post(
             hint: None,
         })
     };
-    let error = match cause {
-        None => {
-            rec.state = "succeeded".into();
-            rec.finished_at = Some(chrono::Utc::now());
-            rec.save(storage.as_ref()).await.err()
-        }
-        Some(cause) => Some(
-            roll_back(
-                ctx,
-                storage.as_ref(),
-                &mut rec,
-                rollback_cmd,
-                on_failure,
-                cause,
-            )
-            .await,
-        ),
-    };
-    Outcome::ok(report(&rec), render(&rec)).with_error(error)
+    conclude(ctx, storage.as_ref(), rec, cause, rollback_cmd, on_failure).await
 }
 
 pub async fn releases(ctx: &Context) -> Outcome {
