@@ -324,6 +324,30 @@ async fn roll_back(
     }
 }
 
+/// Starts a deployment: a valid release tag, reachable storage, and the
+/// preflight (step 1), recorded. A failure is the outcome to return; the
+/// preflight's own exit code, since nothing was changed.
+async fn begin(
+    ctx: &Context,
+    release: &str,
+    on_failure: OnFailure,
+) -> std::result::Result<(Box<dyn Storage>, DeploymentRecord), Outcome> {
+    deploy::validate_release(release).map_err(Outcome::failed)?;
+    let storage = open_storage(ctx).await.map_err(Outcome::failed)?;
+    let mut rec = DeploymentRecord::new(&ctx.env.name, release, on_failure.name());
+    let started = Instant::now();
+    let pre = preflight(ctx).await;
+    rec.step(
+        "preflight",
+        started,
+        pre.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+    );
+    match pre {
+        Ok(()) => Ok((storage, rec)),
+        Err(e) => Err(Outcome::ok(report(&rec), render(&rec)).with_error(Some(e))),
+    }
+}
+
 /// Ends a deployment: succeeded and saved, or rolled back (exit 7).
 async fn conclude(
     ctx: &Context,
@@ -347,28 +371,13 @@ async fn conclude(
 }
 
 pub async fn deploy(ctx: &Context, args: DeployArgs) -> Outcome {
-    if let Err(e) = deploy::validate_release(&args.release) {
-        return Outcome::failed(e);
-    }
     if args.command.is_empty() {
         return Outcome::failed(Error::usage("deploy needs the rollout command after `--`"));
     }
-    let storage = match open_storage(ctx).await {
-        Ok(s) => s,
-        Err(e) => return Outcome::failed(e),
+    let (storage, mut rec) = match begin(ctx, &args.release, args.on_failure).await {
+        Ok(started) => started,
+        Err(outcome) => return outcome,
     };
-    let mut rec = DeploymentRecord::new(&ctx.env.name, &args.release, args.on_failure.name());
-    let started = Instant::now();
-    let pre = preflight(ctx).await;
-    rec.step(
-        "preflight",
-        started,
-        pre.as_ref().map(|_| ()).map_err(|e| e.to_string()),
-    );
-    if let Err(e) = pre {
-        // Nothing was changed: the preflight's own exit code.
-        return Outcome::ok(report(&rec), render(&rec)).with_error(Some(e));
-    }
     if let Err(e) = rec.save(storage.as_ref()).await {
         return Outcome::failed(e);
     }
@@ -404,24 +413,10 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> Outcome {
 }
 
 pub async fn hook_pre(ctx: &Context, release: &str, on_failure: OnFailure) -> Outcome {
-    if let Err(e) = deploy::validate_release(release) {
-        return Outcome::failed(e);
-    }
-    let storage = match open_storage(ctx).await {
-        Ok(s) => s,
-        Err(e) => return Outcome::failed(e),
+    let (storage, mut rec) = match begin(ctx, release, on_failure).await {
+        Ok(started) => started,
+        Err(outcome) => return outcome,
     };
-    let mut rec = DeploymentRecord::new(&ctx.env.name, release, on_failure.name());
-    let started = Instant::now();
-    let pre = preflight(ctx).await;
-    rec.step(
-        "preflight",
-        started,
-        pre.as_ref().map(|_| ()).map_err(|e| e.to_string()),
-    );
-    if let Err(e) = pre {
-        return Outcome::ok(report(&rec), render(&rec)).with_error(Some(e));
-    }
     let error = match pre_deploy(ctx, &mut rec).await {
         Ok(()) => {
             rec.state = "pre-deployed".into();
