@@ -257,7 +257,7 @@ pub enum Command {
         /// Print the plan and change nothing
         #[arg(long)]
         dry_run: bool,
-        /// Skip the pre-migrate snapshot (needs --yes in a protected environment)
+        /// Skip the pre-migrate snapshot (needs --yes without a terminal or in a protected environment)
         #[arg(long)]
         no_snapshot: bool,
         /// Release tag recorded with each applied migration

@@ -59,7 +59,7 @@ fn service_names_that_could_escape_a_path_are_exit_2() {
 fn bad_migration_file_names_are_exit_2_naming_the_file() {
     let p = Project::new("badname");
     p.migration("postgres", "first_table.up.sql", "SELECT 1;");
-    p.run(&["migrate", "--no-snapshot"])
+    p.run(&["migrate", "--no-snapshot", "--yes"])
         .expect_code(2)
         .stderr_has("first_table.up.sql");
 }
@@ -69,7 +69,7 @@ fn duplicate_versions_are_exit_2() {
     let p = Project::new("dup");
     p.migration("postgres", "0001_a.up.sql", "SELECT 1;");
     p.migration("postgres", "1_b.up.sql", "SELECT 1;");
-    p.run(&["migrate", "--no-snapshot"])
+    p.run(&["migrate", "--no-snapshot", "--yes"])
         .expect_code(2)
         .stderr_has("duplicate version 1");
 }
@@ -78,17 +78,17 @@ fn duplicate_versions_are_exit_2() {
 fn down_without_up_and_empty_files_are_exit_2() {
     let p = Project::new("orphan");
     p.migration("postgres", "0004_x.down.sql", "SELECT 1;");
-    p.run(&["migrate", "--no-snapshot"])
+    p.run(&["migrate", "--no-snapshot", "--yes"])
         .expect_code(2)
         .stderr_has("0004_x.down.sql");
     let p = Project::new("empty");
     p.migration("postgres", "0001_empty.up.sql", "-- nothing yet\n");
-    p.run(&["migrate", "--no-snapshot"])
+    p.run(&["migrate", "--no-snapshot", "--yes"])
         .expect_code(2)
         .stderr_has("no SQL statement");
     let p = Project::new("emptyjson");
     p.migration("mongodb", "0001_empty.up.json", "[]");
-    p.run(&["migrate", "--no-snapshot"])
+    p.run(&["migrate", "--no-snapshot", "--yes"])
         .expect_code(2)
         .stderr_has("0001_empty.up.json");
 }
@@ -118,7 +118,7 @@ fn unreachable_postgres_is_exit_3() {
         "[environments.dev]\nstorage = \"file://b\"\n[services.fibu]\npostgres = {{ url = \"postgres://u:Sekrit-Unreach-1@127.0.0.1:{port}/db\", schema = \"fibu\" }}\n"
     ));
     p.migration_for("fibu", "postgres", "0001_a.up.sql", "SELECT 1;");
-    let run = p.run(&["migrate", "--no-snapshot"]);
+    let run = p.run(&["migrate", "--no-snapshot", "--yes"]);
     run.expect_code(3).stderr_has("unreachable");
     assert!(!run.all().contains("Sekrit-Unreach-1"), "{}", run.all());
     p.run(&["status"]).expect_code(3);
@@ -153,8 +153,15 @@ fn password_appears_in_no_output_of_any_command() {
     let mut outputs = Vec::new();
     for args in [
         vec!["status", "-vv"],
-        vec!["migrate", "--no-snapshot", "--to", "1", "-vv"],
-        vec!["migrate", "--no-snapshot", "--output", "json", "-vv"],
+        vec!["migrate", "--no-snapshot", "--yes", "--to", "1", "-vv"],
+        vec![
+            "migrate",
+            "--no-snapshot",
+            "--yes",
+            "--output",
+            "json",
+            "-vv",
+        ],
         vec!["status", "--output", "json"],
         vec!["rollback", "--to", "0", "--yes", "-vv"],
     ] {

@@ -74,7 +74,7 @@ fn the_s3_server_dying_mid_snapshot_is_exit_3_no_migration_and_no_snapshot_liste
         "CREATE TABLE big (id int, blob text);\n\
          INSERT INTO big SELECT g, (SELECT string_agg(md5(random()::text || g || i), '') FROM generate_series(1, 40) i) FROM generate_series(1, 40000) g;\n",
     );
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     p.migration(
         "postgres",
         "0002_more.up.sql",
@@ -142,7 +142,7 @@ fn the_s3_server_dying_mid_snapshot_is_exit_3_no_migration_and_no_snapshot_liste
 fn restore_and_deploy_meet_a_held_lock_with_exit_4_naming_the_holder() {
     let p = Project::new("f_lock");
     p.migration("postgres", "0001_t.up.sql", "CREATE TABLE t (v int);\n");
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     p.run(&["snapshot"]).ok();
     let list = p.run(&["snapshots", "list", "--output", "json"]);
     let id = list.json()["snapshots"][0]["id"]
@@ -150,7 +150,7 @@ fn restore_and_deploy_meet_a_held_lock_with_exit_4_naming_the_holder() {
         .unwrap()
         .to_string();
     p.migration("postgres", "0002_slow.up.sql", "SELECT pg_sleep(5);\n");
-    let mut holder = p.spawn(&["migrate", "--no-snapshot"]);
+    let mut holder = p.spawn(&["migrate", "--no-snapshot", "--yes"]);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     p.run(&[
         "restore",

@@ -49,7 +49,7 @@ async fn mongodb_migrations_apply_once_with_validator_and_indexes() {
         "0002_seed.up.json",
         r#"[{"insert": "customers", "documents": [{"email": "a@b.de", "limit": {"$numberDecimal": "1000.50"}, "since": {"$date": "2025-06-19T08:00:00Z"}}]}]"#,
     );
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     let db = mongo(&p.mongo_db).await;
     assert_eq!(
         history(&db).await,
@@ -69,7 +69,7 @@ async fn mongodb_migrations_apply_once_with_validator_and_indexes() {
         .insert_one(doc! {"x": 1})
         .await
         .is_err());
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     assert_eq!(history(&db).await.len(), 2);
 }
 
@@ -81,7 +81,7 @@ async fn failing_mongodb_command_reports_its_index_and_marks_dirty() {
         "0001_partial.up.json",
         r#"[{"create": "one"}, {"create": "two"}, {"definitelyNotACommand": 1}, {"create": "three"}]"#,
     );
-    let run = p.run(&["migrate", "--no-snapshot"]);
+    let run = p.run(&["migrate", "--no-snapshot", "--yes"]);
     run.expect_code(6)
         .stderr_has("0001_partial.up.json")
         .stderr_has("command 2 failed")
@@ -89,7 +89,7 @@ async fn failing_mongodb_command_reports_its_index_and_marks_dirty() {
     let db = mongo(&p.mongo_db).await;
     assert_eq!(history(&db).await, vec![(1, "dirty".into())]);
     assert!(!collections(&db).await.contains(&"three".to_string()));
-    p.run(&["migrate", "--no-snapshot"])
+    p.run(&["migrate", "--no-snapshot", "--yes"])
         .expect_code(6)
         .stderr_has("is dirty");
     p.run(&["status", "--check"]).expect_code(9);
@@ -116,7 +116,7 @@ async fn a_first_command_failure_leaves_nothing_behind() {
         "0001_bad.up.json",
         r#"[{"definitelyNotACommand": 1}]"#,
     );
-    p.run(&["migrate", "--no-snapshot"])
+    p.run(&["migrate", "--no-snapshot", "--yes"])
         .expect_code(6)
         .stderr_has("command 0 failed");
     let db = mongo(&p.mongo_db).await;
@@ -132,7 +132,7 @@ async fn mongodb_rollback_runs_down_files() {
         "0001_customers.down.json",
         r#"[{"drop": "customers"}]"#,
     );
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     p.run(&["rollback", "--to", "0", "--yes"]).ok();
     let db = mongo(&p.mongo_db).await;
     assert!(history(&db).await.is_empty());
@@ -156,6 +156,7 @@ async fn a_live_mongodb_lease_blocks_with_exit_4_and_an_expired_one_does_not() {
         "svc",
         "migrate",
         "--no-snapshot",
+        "--yes",
         "--lock-timeout",
         "1s",
     ]);
@@ -167,7 +168,7 @@ async fn a_live_mongodb_lease_blocks_with_exit_4_and_an_expired_one_does_not() {
         .update_one(doc! {"_id": "migrate"}, doc! {"$set": {"expires_at": past}})
         .await
         .unwrap();
-    p.run(&["migrate", "--no-snapshot", "--lock-timeout", "1s"])
+    p.run(&["migrate", "--no-snapshot", "--yes", "--lock-timeout", "1s"])
         .ok();
     assert_eq!(history(&db).await.len(), 1);
     assert!(
@@ -189,7 +190,7 @@ async fn malformed_extended_json_is_exit_2_before_anything_runs() {
         "0002_bad.up.json",
         r#"[{"insert": "x", "documents": [{"n": {"$numberLong": "nope"}}]}]"#,
     );
-    p.run(&["migrate", "--no-snapshot"])
+    p.run(&["migrate", "--no-snapshot", "--yes"])
         .expect_code(2)
         .stderr_has("0002_bad.up.json");
     let db = mongo(&p.mongo_db).await;

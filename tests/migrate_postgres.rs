@@ -34,7 +34,7 @@ fn table_exists(p: &Project, table: &str) -> bool {
 fn migrate_applies_in_order_and_rerun_is_a_no_op() {
     let p = Project::new("apply");
     two_migrations(&p);
-    let run = p.run(&["migrate", "--no-snapshot", "--release", "v1.0.0"]);
+    let run = p.run(&["migrate", "--no-snapshot", "--yes", "--release", "v1.0.0"]);
     run.ok();
     assert!(
         run.stdout.contains("0002_create_b.up.sql"),
@@ -49,7 +49,7 @@ fn migrate_applies_in_order_and_rerun_is_a_no_op() {
         )),
         "v1.0.0"
     );
-    let again = p.run(&["migrate", "--no-snapshot", "--output", "json"]);
+    let again = p.run(&["migrate", "--no-snapshot", "--yes", "--output", "json"]);
     again.ok();
     let doc = again.json();
     let pg = doc["services"]
@@ -67,9 +67,10 @@ fn migrate_applies_in_order_and_rerun_is_a_no_op() {
 fn migrate_to_stops_at_the_version() {
     let p = Project::new("to");
     two_migrations(&p);
-    p.run(&["migrate", "--no-snapshot", "--to", "1"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes", "--to", "1"])
+        .ok();
     assert_eq!(versions(&p), "1:applied");
-    p.run(&["migrate", "--no-snapshot", "--to", "7"])
+    p.run(&["migrate", "--no-snapshot", "--yes", "--to", "7"])
         .expect_code(2);
 }
 
@@ -77,28 +78,28 @@ fn migrate_to_stops_at_the_version() {
 fn crlf_only_change_is_not_drift() {
     let p = Project::new("crlf");
     two_migrations(&p);
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     p.migration(
         "postgres",
         "0001_create_a.up.sql",
         &format!("\u{feff}{}", CREATE_A.replace('\n', "\r\n")),
     );
     p.run(&["status", "--check"]).ok();
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
 }
 
 #[test]
 fn edited_applied_file_is_drift_exit_5_naming_file_and_checksums() {
     let p = Project::new("drift");
     two_migrations(&p);
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     p.migration(
         "postgres",
         "0001_create_a.up.sql",
         "CREATE TABLE a (id bigint);\n",
     );
     p.migration("postgres", "0003_c.up.sql", "CREATE TABLE c (id int);\n");
-    let run = p.run(&["migrate", "--no-snapshot"]);
+    let run = p.run(&["migrate", "--no-snapshot", "--yes"]);
     run.expect_code(5)
         .stderr_has("0001_create_a.up.sql")
         .stderr_has("drift")
@@ -128,7 +129,7 @@ fn failing_migration_rolls_back_ddl_and_history_exit_6() {
         "0002_broken.up.sql",
         "CREATE TABLE half (id int);\nINSERT INTO a VALUES (2, 'y');\nSELECT * FROM no_such_table;\n",
     );
-    let run = p.run(&["migrate", "--no-snapshot"]);
+    let run = p.run(&["migrate", "--no-snapshot", "--yes"]);
     run.expect_code(6)
         .stderr_has("0002_broken.up.sql")
         .stderr_has("no_such_table");
@@ -150,7 +151,7 @@ fn no_transaction_failure_marks_dirty_until_repaired() {
         "0002_idx.up.sql",
         "-- valero:no-transaction\nCREATE INDEX CONCURRENTLY a_name_idx ON a (name);\nCREATE INDEX CONCURRENTLY broken_idx ON a (nope);\n",
     );
-    let run = p.run(&["migrate", "--no-snapshot"]);
+    let run = p.run(&["migrate", "--no-snapshot", "--yes"]);
     run.expect_code(6)
         .stderr_has("dirty")
         .stderr_has("valero-db repair");
@@ -163,7 +164,7 @@ fn no_transaction_failure_marks_dirty_until_repaired() {
         )),
         "1"
     );
-    let again = p.run(&["migrate", "--no-snapshot"]);
+    let again = p.run(&["migrate", "--no-snapshot", "--yes"]);
     again
         .expect_code(6)
         .stderr_has("is dirty")
@@ -188,7 +189,7 @@ fn no_transaction_failure_marks_dirty_until_repaired() {
         "pending",
     ])
     .ok();
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     assert_eq!(versions(&p), "1:applied,2:applied");
 }
 
@@ -196,12 +197,12 @@ fn no_transaction_failure_marks_dirty_until_repaired() {
 fn rollback_runs_down_files_newest_first() {
     let p = Project::new("down");
     two_migrations(&p);
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     let run = p.run(&["rollback", "--to", "0", "--yes"]);
     run.ok();
     assert!(!table_exists(&p, "a") && !table_exists(&p, "b"));
     assert_eq!(versions(&p), "");
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     assert_eq!(versions(&p), "1:applied,2:applied");
 }
 
@@ -212,7 +213,7 @@ fn rollback_refuses_before_changing_anything_when_a_down_file_is_missing() {
     p.migration("postgres", "0002_b.up.sql", CREATE_B);
     p.migration("postgres", "0003_c.up.sql", "CREATE TABLE c (id int);\n");
     p.migration("postgres", "0003_c.down.sql", "DROP TABLE c;\n");
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     let run = p.run(&["rollback", "--to", "1", "--yes"]);
     run.expect_code(2)
         .stderr_has("no down file for version(s) 2");
@@ -224,7 +225,7 @@ fn rollback_refuses_before_changing_anything_when_a_down_file_is_missing() {
 fn rollback_needs_yes_without_a_terminal_and_in_protected_envs() {
     let p = Project::new("confirm");
     two_migrations(&p);
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     p.run(&["rollback", "--to", "1"])
         .expect_code(2)
         .stderr_has("--yes");
@@ -234,6 +235,9 @@ fn rollback_needs_yes_without_a_terminal_and_in_protected_envs() {
     p.run(&["-e", "prod", "migrate", "--no-snapshot"])
         .expect_code(2)
         .stderr_has("protected");
+    p.run(&["migrate", "--no-snapshot"])
+        .expect_code(2)
+        .stderr_has("--yes");
     assert_eq!(versions(&p), "1:applied,2:applied");
 }
 
@@ -265,7 +269,7 @@ fn baseline_adopts_an_existing_schema() {
     p.run(&["baseline", "--version", "1", "--engine", "postgres"])
         .ok();
     assert_eq!(versions(&p), "1:applied");
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     assert_eq!(versions(&p), "1:applied,2:applied");
     p.run(&["baseline", "--version", "1", "--engine", "postgres"])
         .expect_code(2)
@@ -280,9 +284,9 @@ fn concurrent_migrate_applies_once_and_the_second_exits_4_naming_the_holder() {
         "0001_slow.up.sql",
         "CREATE TABLE slow (id int);\nINSERT INTO slow VALUES (1);\nSELECT pg_sleep(4);\n",
     );
-    let mut first = p.spawn(&["migrate", "--no-snapshot"]);
+    let mut first = p.spawn(&["migrate", "--no-snapshot", "--yes"]);
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let second = p.run(&["migrate", "--no-snapshot", "--lock-timeout", "1s"]);
+    let second = p.run(&["migrate", "--no-snapshot", "--yes", "--lock-timeout", "1s"]);
     let first_status = first.wait().expect("first run");
     assert!(first_status.success());
     second
@@ -310,13 +314,14 @@ fn lock_of_one_service_does_not_block_another() {
         "0001_fast.up.sql",
         "CREATE TABLE t (id int);\n",
     );
-    let mut first = p.spawn(&["-s", "svc", "migrate", "--no-snapshot"]);
+    let mut first = p.spawn(&["-s", "svc", "migrate", "--no-snapshot", "--yes"]);
     std::thread::sleep(std::time::Duration::from_millis(1000));
     p.run(&[
         "-s",
         "other",
         "migrate",
         "--no-snapshot",
+        "--yes",
         "--lock-timeout",
         "1s",
     ])

@@ -111,7 +111,7 @@ fn snapshot_ids(p: &Project, env: &str) -> Vec<(String, String)> {
 fn postgres_restore_is_identical_in_catalog_data_and_sequences() {
     let p = Project::new("r_fidelity");
     p.migration("postgres", "0001_awkward.up.sql", AWKWARD_SCHEMA);
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     let catalog = schema_dump(&p.schema);
     let data = data_fingerprint(&p.schema);
     p.run(&["snapshot"]).ok();
@@ -155,7 +155,7 @@ fn the_pre_restore_snapshot_undoes_a_restore() {
         "0001_t.up.sql",
         "CREATE TABLE t (v int); INSERT INTO t VALUES (1);",
     );
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     p.run(&["snapshot"]).ok();
     let (first, _) = snapshot_ids(&p, "dev").remove(0);
     psql(&format!("INSERT INTO \"{}\".t VALUES (2)", p.schema));
@@ -189,7 +189,7 @@ fn the_pre_restore_snapshot_undoes_a_restore() {
 fn timestamp_selection_picks_the_newest_snapshot_at_or_before_it() {
     let p = Project::new("r_time");
     p.migration("postgres", "0001_t.up.sql", "CREATE TABLE t (v int);");
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     psql(&format!("INSERT INTO \"{}\".t VALUES (1)", p.schema));
     p.run(&["snapshot"]).ok();
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -229,7 +229,7 @@ fn refusals_change_nothing_and_use_the_contract_exit_codes() {
         "0001_t.up.sql",
         "CREATE TABLE t (v int); INSERT INTO t VALUES (1);",
     );
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     p.run(&["restore", "--timestamp", "2020-01-01T00:00:00Z", "--yes"])
         .expect_code(8)
         .stderr_has("no snapshot at or before");
@@ -292,7 +292,7 @@ fn restore_from_another_environment_refreshes_this_one() {
         "0001_t.up.sql",
         "CREATE TABLE t (v int); INSERT INTO t VALUES (7);",
     );
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     p.run(&["-e", "prod", "snapshot"]).ok();
     let (id, _) = snapshot_ids(&p, "prod").remove(0);
     psql(&format!("DELETE FROM \"{}\".t", p.schema));
@@ -315,7 +315,7 @@ fn kill_9_during_a_postgres_restore_leaves_the_old_state() {
         "0001_big.up.sql",
         "CREATE TABLE big (id int PRIMARY KEY, blob text); INSERT INTO big SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, 200000) g;",
     );
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     p.run(&["snapshot"]).ok();
     let (id, _) = snapshot_ids(&p, "dev").remove(0);
     psql(&format!("DELETE FROM \"{}\".big WHERE id > 10", p.schema));
@@ -425,7 +425,7 @@ async fn mongodb_restore_is_identical_in_documents_indexes_and_options() {
               {"key": {"status": 1, "_id": -1}, "name": "status_id"}]},
             {"create": "other"}]"#,
     );
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     let db = common::mongo(&p.mongo_db).await;
     db.collection::<Document>("things")
         .insert_many(awkward_documents())
@@ -484,7 +484,7 @@ async fn an_interrupted_mongodb_restore_is_undone_or_completed_by_the_next_comma
         "0001_c.up.json",
         r#"[{"create": "c"}, {"insert": "c", "documents": [{"_id": 1, "v": "old"}]}]"#,
     );
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     let db = common::mongo(&p.mongo_db).await;
     let journal = db.collection::<Document>("valero_restore_journal");
     // Died while loading: the next command undoes it.
@@ -518,7 +518,7 @@ async fn an_interrupted_mongodb_restore_is_undone_or_completed_by_the_next_comma
             "renames": [{"tmp": "valero_tmp_dead0002_0", "name": "c"}], "views": [], "keep": ["c", "valero_schema_history"]})
         .await
         .unwrap();
-    p.run(&["migrate", "--no-snapshot"])
+    p.run(&["migrate", "--no-snapshot", "--yes"])
         .ok()
         .stderr_has("completing the interrupted restore");
     let c = db
@@ -540,7 +540,7 @@ async fn an_interrupted_mongodb_restore_is_undone_or_completed_by_the_next_comma
 fn manual_postgres_restore_procedure_works() {
     let p = Project::new("r_manual");
     p.migration("postgres", "0001_awkward.up.sql", AWKWARD_SCHEMA);
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     let catalog = schema_dump(&p.schema);
     let data = data_fingerprint(&p.schema);
     p.run(&["snapshot"]).ok();
@@ -596,7 +596,7 @@ fn a_public_sample_schema_round_trips() {
 async fn kill_9_during_a_mongodb_restore_leaves_old_or_new_after_the_next_command() {
     let p = Project::new("r_mkill");
     p.migration("mongodb", "0001_c.up.json", r#"[{"create": "c"}]"#);
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     let db = common::mongo(&p.mongo_db).await;
     let c = db.collection::<Document>("c");
     let docs: Vec<Document> = (0..20_000)
@@ -620,7 +620,7 @@ async fn kill_9_during_a_mongodb_restore_leaves_old_or_new_after_the_next_comman
         let _ = child.kill();
         let _ = child.wait();
         // The next command on the service finishes or undoes the restore.
-        p.run(&["migrate", "--no-snapshot", "--lock-timeout", "90s"])
+        p.run(&["migrate", "--no-snapshot", "--yes", "--lock-timeout", "90s"])
             .ok();
         let count = c.count_documents(doc! {}).await.unwrap();
         let old = c.count_documents(doc! {"v": "old"}).await.unwrap();
@@ -650,7 +650,7 @@ fn a_truncated_zstd_object_is_refused_even_when_its_hash_was_rewritten() {
         "0001_t.up.sql",
         "CREATE TABLE t (v text); INSERT INTO t SELECT md5(g::text) FROM generate_series(1, 20000) g;",
     );
-    p.run(&["migrate", "--no-snapshot"]).ok();
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     p.run(&["snapshot"]).ok();
     let (id, _) = snapshot_ids(&p, "dev").remove(0);
     psql(&format!("INSERT INTO \"{}\".t VALUES ('after')", p.schema));

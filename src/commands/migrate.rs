@@ -156,14 +156,8 @@ pub async fn run_migrate(ctx: &Context, args: MigrateArgs) -> MigrateResult {
         error: Some(e),
     };
     if args.no_snapshot && !args.dry_run {
-        if ctx.env.protected && !args.yes {
-            return failed(Error::usage_hint(
-                format!(
-                    "environment '{}' is protected: --no-snapshot needs --yes",
-                    ctx.env.name
-                ),
-                "without a snapshot a failed migration cannot be undone by restore",
-            ));
+        if let Err(e) = super::confirm(ctx, "migrating without a pre-migrate snapshot", args.yes) {
+            return failed(e);
         }
         tracing::warn!("--no-snapshot: migrating without a pre-migrate snapshot");
     }

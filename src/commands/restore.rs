@@ -105,6 +105,11 @@ async fn restore(
     }
     if let Some(id) = &args.snapshot {
         if choices.is_empty() {
+            if let Some(e) =
+                snapshot::rejection(source.as_ref(), &source_env.name, &missing, id).await?
+            {
+                return Err(e);
+            }
             return Err(Error::usage_hint(
                 format!(
                     "no complete snapshot {id} of the selected services in environment {}",

@@ -145,11 +145,20 @@ pub async fn verify(ctx: &Context, id: Option<String>, all: bool) -> Outcome {
             snapshot::validate_id(id)?;
         }
         let storage = storage::open(&ctx.env).await?;
-        let found = list_all(ctx, storage.as_ref()).await?;
-        let chosen: Vec<&Found> = found
-            .iter()
-            .filter(|f| all || Some(&f.manifest.id) == id.as_ref())
-            .collect();
+        let mut found = Vec::new();
+        let mut rejected = Vec::new();
+        for service in ctx.services()? {
+            let listing =
+                snapshot::scan_service(storage.as_ref(), &ctx.env.name, &service.name).await?;
+            found.extend(listing.found);
+            rejected.extend(listing.rejected);
+        }
+        // A tampered manifest is a failed verification, not a missing snapshot.
+        let wanted = |base: &str| all || id.as_deref() == base.rsplit('/').next();
+        if let Some((_, e)) = rejected.into_iter().find(|(base, _)| wanted(base)) {
+            return Err(e);
+        }
+        let chosen: Vec<&Found> = found.iter().filter(|f| wanted(&f.base)).collect();
         if chosen.is_empty() {
             return Err(Error::usage_hint(
                 format!(

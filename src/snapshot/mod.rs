@@ -273,6 +273,17 @@ pub struct Found {
     pub manifest: Manifest,
 }
 
+/// What the snapshot folder of one service holds.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Complete snapshots, oldest first.
+    pub found: Vec<Found>,
+    /// Folders without a manifest: taken by a run that did not finish.
+    pub incomplete: Vec<String>,
+    /// Folders whose manifest cannot be trusted, with the reason.
+    pub rejected: Vec<(String, Error)>,
+}
+
 /// All complete snapshots of a service in an environment, oldest first.
 /// Folders without a manifest are incomplete and not returned.
 pub async fn list_service(
@@ -280,6 +291,15 @@ pub async fn list_service(
     env: &str,
     service: &str,
 ) -> Result<(Vec<Found>, Vec<String>)> {
+    let listing = scan_service(storage, env, service).await?;
+    for (base, e) in &listing.rejected {
+        tracing::warn!("ignoring snapshot {base}: {e}");
+    }
+    Ok((listing.found, listing.incomplete))
+}
+
+/// Sorts the folders of a service into complete, incomplete and rejected.
+pub async fn scan_service(storage: &dyn Storage, env: &str, service: &str) -> Result<Listing> {
     let prefix = format!("{env}/{service}/");
     let objects = storage.list(&prefix).await?;
     let mut ids: Vec<String> = Vec::new();
@@ -295,22 +315,76 @@ pub async fn list_service(
             }
         }
     }
-    let mut found = Vec::new();
-    let mut incomplete = Vec::new();
+    let mut listing = Listing::default();
     for id in ids {
         let base = format!("{prefix}{id}");
         if !with_manifest.contains(&id) {
-            incomplete.push(base);
+            listing.incomplete.push(base);
             continue;
         }
-        match read_manifest(storage, &base).await {
-            Ok(m) => found.push(Found { base, manifest: m }),
+        match read_checked(storage, env, service, &id).await {
+            Ok(m) => listing.found.push(Found { base, manifest: m }),
             Err(e @ Error::Unreachable { .. }) => return Err(e),
-            Err(e) => tracing::warn!("ignoring snapshot {base}: {e}"),
+            Err(e) => listing.rejected.push((base, e)),
         }
     }
-    found.sort_by(|a, b| a.manifest.id.cmp(&b.manifest.id));
-    Ok((found, incomplete))
+    listing
+        .found
+        .sort_by(|a, b| a.manifest.id.cmp(&b.manifest.id));
+    Ok(listing)
+}
+
+/// Reads the manifest of `<env>/<service>/<id>` and checks that it names
+/// the folder it was found in: a manifest copied from another snapshot,
+/// service or environment is refused.
+pub async fn read_checked(
+    storage: &dyn Storage,
+    env: &str,
+    service: &str,
+    id: &str,
+) -> Result<Manifest> {
+    let base = format!("{env}/{service}/{id}");
+    let m = read_manifest(storage, &base).await?;
+    let mismatch = if m.id != id {
+        Some(format!("snapshot id {}", m.id))
+    } else if m.service != service {
+        Some(format!("service {}", m.service))
+    } else if m.environment != env {
+        Some(format!("environment {}", m.environment))
+    } else {
+        None
+    };
+    match mismatch {
+        Some(what) => Err(Error::integrity(
+            format!(
+                "snapshot {base}: the manifest names {}, not the folder it is in; it was moved or altered",
+                what.escape_debug()
+            ),
+            Some(
+                "the snapshot cannot be trusted; pick another one with `valero-db snapshots list`"
+                    .into(),
+            ),
+        )),
+        None => Ok(m),
+    }
+}
+
+/// Why snapshot `id` of the services is not usable, if a folder by that
+/// name exists but was rejected.
+pub async fn rejection(
+    storage: &dyn Storage,
+    env: &str,
+    services: &[String],
+    id: &str,
+) -> Result<Option<Error>> {
+    for service in services {
+        let listing = scan_service(storage, env, service).await?;
+        let wanted = format!("{env}/{service}/{id}");
+        if let Some((_, e)) = listing.rejected.into_iter().find(|(b, _)| *b == wanted) {
+            return Ok(Some(e));
+        }
+    }
+    Ok(None)
 }
 
 pub async fn read_manifest(storage: &dyn Storage, base: &str) -> Result<Manifest> {
