@@ -18,6 +18,8 @@ pub enum Error {
     MigrationFile { path: PathBuf, message: String },
     #[error("{what} is unreachable: {message}")]
     Unreachable { what: String, message: String },
+    #[error("{what} is full: {message}")]
+    StorageFull { what: String, message: String },
     #[error(
         "lock for service {service} ({engine}) not acquired within {timeout}: held by {holder}"
     )]
@@ -105,7 +107,7 @@ impl Error {
         match self {
             Error::Internal { .. } => 1,
             Error::Usage { .. } | Error::Config { .. } | Error::MigrationFile { .. } => 2,
-            Error::Unreachable { .. } => 3,
+            Error::Unreachable { .. } | Error::StorageFull { .. } => 3,
             Error::LockTimeout { .. } => 4,
             Error::Integrity { .. } => 5,
             Error::MigrationFailed { .. } | Error::Dirty { .. } => 6,
@@ -123,6 +125,7 @@ impl Error {
             Error::Config { .. } => "config",
             Error::MigrationFile { .. } => "migration_file",
             Error::Unreachable { .. } => "unreachable",
+            Error::StorageFull { .. } => "storage_full",
             Error::LockTimeout { .. } => "lock_timeout",
             Error::Integrity { .. } => "integrity",
             Error::MigrationFailed { .. } => "migration_failed",
@@ -152,6 +155,11 @@ impl Error {
                 "check that the server is running and that the URL, network and credentials are right"
                     .into(),
             ),
+            Error::StorageFull { .. } => Some(
+                "free space on the storage or remove old snapshots with `valero-db snapshots prune`; \
+                 the incomplete snapshot was removed and nothing was migrated"
+                    .into(),
+            ),
             Error::LockTimeout { .. } => Some(
                 "another valero-db run is working on this service; wait for it to finish or raise --lock-timeout"
                     .into(),
@@ -169,6 +177,14 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// Whether an I/O error means the disk or a quota is full.
+pub fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG)
+    )
 }
 
 impl From<std::io::Error> for Error {

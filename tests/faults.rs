@@ -182,3 +182,220 @@ fn restore_and_deploy_meet_a_held_lock_with_exit_4_naming_the_holder() {
         "2"
     );
 }
+
+/// A folder that holds at most a few hundred KiB: a tmpfs when this process
+/// may mount one, else the kernel's file-size limit applied to the child
+/// (both make writes fail the way a full disk does).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+    mounted: bool,
+}
+
+const SMALL_DISK_BYTES: u64 = 256 << 10;
+
+impl SmallDisk {
+    fn new() -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        // VALERO_TEST_NO_TMPFS=1 exercises the fallback on a root machine.
+        let mounted = unsafe { libc::geteuid() } == 0
+            && std::env::var_os("VALERO_TEST_NO_TMPFS").is_none()
+            && std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={SMALL_DISK_BYTES}")])
+                .arg("tmpfs")
+                .arg(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+        SmallDisk { dir, mounted }
+    }
+
+    /// Applies the limit to `cmd` when no tmpfs could be mounted.
+    fn limit(&self, cmd: &mut std::process::Command) {
+        if self.mounted {
+            return;
+        }
+        use std::os::unix::process::CommandExt;
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: SMALL_DISK_BYTES,
+                    rlim_max: SMALL_DISK_BYTES,
+                };
+                libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+                // An ignored SIGXFSZ turns the limit into EFBIG from write().
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = std::process::Command::new("umount")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+fn paths_in(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(paths_in(&e.path()));
+        } else {
+            out.push(e.path().display().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn a_full_local_storage_is_exit_3_with_no_manifest_and_no_migration() {
+    let p = Project::new("f_full");
+    let disk = SmallDisk::new();
+    p.write_config(&format!(
+        "[environments.small]\nstorage = \"file://{}\"\n",
+        disk.dir.path().display()
+    ));
+    p.migration(
+        "postgres",
+        "0001_big.up.sql",
+        "CREATE TABLE big (id int, blob text);\n\
+         INSERT INTO big SELECT g, (SELECT string_agg(md5(random()::text || g || i), '') FROM generate_series(1, 10) i) FROM generate_series(1, 5000) g;\n",
+    );
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migration(
+        "postgres",
+        "0002_more.up.sql",
+        "CREATE TABLE more (id int);\n",
+    );
+    for args in [
+        vec!["-e", "small", "migrate"],
+        vec!["-e", "small", "snapshot"],
+    ] {
+        let mut cmd = p.std_cmd();
+        cmd.args(&args);
+        disk.limit(&mut cmd);
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(stderr.contains("is full"), "{stderr}");
+        assert!(stderr.contains("snapshots prune"), "{stderr}");
+        let left = paths_in(disk.dir.path());
+        assert!(
+            left.iter()
+                .all(|f| !f.ends_with("manifest.json") && !f.contains(".tmp-")),
+            "{left:?}"
+        );
+    }
+    assert_eq!(
+        psql(&format!(
+            "SELECT to_regclass('\"{}\".more') IS NULL",
+            p.schema
+        )),
+        "t",
+        "no migration was applied"
+    );
+    p.run(&["-e", "small", "snapshots", "list", "--output", "json"])
+        .stdout_has("\"snapshots\": []");
+}
+
+/// An S3 front that answers the first `fail` connections with
+/// `503 SlowDown` (as S3 does under load) and forwards the rest to the real
+/// server. Returns its port and the count of failures served.
+fn flaky_s3(upstream: u16, fail: usize) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut client) = conn else { continue };
+            if n < fail {
+                let _ = client.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match client.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                let _ = write!(
+                    client,
+                    "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                counter.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut client, mut server) = (client, server);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut s2);
+                let _ = s2.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut server, &mut client);
+                let _ = client.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (port, served)
+}
+
+fn s3_port() -> u16 {
+    let endpoint = common::env_or_fail("VALERO_S3_ENDPOINT");
+    url::Url::parse(&endpoint).unwrap().port().unwrap()
+}
+
+#[test]
+fn transient_s3_errors_are_retried_and_persistent_ones_are_exit_3() {
+    use std::sync::atomic::Ordering;
+    let p = Project::new("f_flaky");
+    let (flaky, flaky_served) = flaky_s3(s3_port(), 3);
+    let (dead, dead_served) = flaky_s3(s3_port(), usize::MAX);
+    p.write_config(&format!(
+        "[environments.flaky]\nstorage = \"s3://${{VALERO_S3_BUCKET}}/{0}\"\ns3 = {{ endpoint = \"http://127.0.0.1:{flaky}\", force_path_style = true, region = \"us-east-1\" }}\n\
+         [environments.down]\nstorage = \"s3://${{VALERO_S3_BUCKET}}/{0}\"\ns3 = {{ endpoint = \"http://127.0.0.1:{dead}\", force_path_style = true, region = \"us-east-1\" }}\n",
+        p.schema
+    ));
+    p.migration(
+        "postgres",
+        "0001_t.up.sql",
+        "CREATE TABLE t (v int);\nINSERT INTO t VALUES (1);\n",
+    );
+
+    p.run(&["-e", "down", "migrate"])
+        .expect_code(3)
+        .stderr_has("HTTP 503")
+        .stderr_has("after 5 attempts");
+    assert_eq!(
+        dead_served.load(Ordering::SeqCst),
+        5,
+        "every attempt of the first request (5 in the standard retry mode) met the error"
+    );
+    assert_eq!(
+        psql(&format!("SELECT to_regclass('\"{}\".t') IS NULL", p.schema)),
+        "t",
+        "no migration was applied"
+    );
+
+    p.run(&["-e", "flaky", "migrate"]).ok();
+    assert_eq!(flaky_served.load(Ordering::SeqCst), 3);
+    let list = p
+        .run(&["-e", "flaky", "snapshots", "list", "--output", "json"])
+        .json();
+    let id = list["snapshots"][0]["id"].as_str().unwrap().to_string();
+    p.run(&["-e", "flaky", "snapshots", "verify", &id]).ok();
+}

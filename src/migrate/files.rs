@@ -206,15 +206,32 @@ pub fn discover(root: &Path, service: &str, engine: EngineKind) -> Result<Vec<Mi
     Ok(out)
 }
 
+/// Parses one migration file from its name and bytes, as `discover` does;
+/// the entry point of the fuzz targets in `fuzz/`.
+pub fn parse_migration(
+    name: &str,
+    bytes: &[u8],
+    engine: EngineKind,
+) -> std::result::Result<(u64, Body), String> {
+    let parsed = parse_name(name, engine)?;
+    Ok((parsed.version, parse_content(bytes, engine)?))
+}
+
+/// The body of a migration file: UTF-8 (a BOM is ignored), then SQL or a
+/// JSON array of commands.
+pub fn parse_content(bytes: &[u8], engine: EngineKind) -> std::result::Result<Body, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "the file is not valid UTF-8")?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    match engine {
+        EngineKind::Postgres => parse_sql(text),
+        EngineKind::Mongodb => Ok(Body::Commands(parse_commands(text)?)),
+    }
+}
+
 fn load_script(path: &Path, engine: EngineKind) -> Result<(Script, String)> {
     let bytes = std::fs::read(path).map_err(|e| bad(path, format!("cannot read: {e}")))?;
     let sum = checksum(&bytes);
-    let text = String::from_utf8(bytes).map_err(|_| bad(path, "the file is not valid UTF-8"))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text).to_string();
-    let body = match engine {
-        EngineKind::Postgres => parse_sql(&text).map_err(|m| bad(path, m))?,
-        EngineKind::Mongodb => Body::Commands(parse_commands(&text).map_err(|m| bad(path, m))?),
-    };
+    let body = parse_content(&bytes, engine).map_err(|m| bad(path, m))?;
     Ok((
         Script {
             path: path.to_path_buf(),

@@ -26,6 +26,12 @@ impl LocalStorage {
     }
 
     fn io(&self, what: &str, path: &Path, e: std::io::Error) -> Error {
+        if crate::error::is_full(&e) {
+            return Error::StorageFull {
+                what: format!("storage {}", self.describe()),
+                message: format!("{what} {}: {e}", path.display()),
+            };
+        }
         match e.kind() {
             std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound => {
                 Error::unreachable(
@@ -45,6 +51,7 @@ impl LocalStorage {
 }
 
 struct LocalWriter {
+    describe: String,
     file: Option<tokio::fs::File>,
     tmp: PathBuf,
     dest: PathBuf,
@@ -56,9 +63,10 @@ impl ObjectWriter for LocalWriter {
         let Some(f) = self.file.as_mut() else {
             return Err(Error::internal("write after finish"));
         };
-        f.write_all(chunk)
-            .await
-            .map_err(|e| Error::internal(format!("writing {}: {e}", self.tmp.display())))
+        if let Err(e) = f.write_all(chunk).await {
+            return Err(self.failed("writing", e));
+        }
+        Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<()> {
@@ -81,10 +89,7 @@ impl ObjectWriter for LocalWriter {
         .await;
         if let Err(e) = result {
             let _ = tokio::fs::remove_file(&self.tmp).await;
-            return Err(Error::internal(format!(
-                "storing {}: {e}",
-                self.dest.display()
-            )));
+            return Err(self.failed("storing", e));
         }
         Ok(())
     }
@@ -92,6 +97,19 @@ impl ObjectWriter for LocalWriter {
     async fn abort(mut self: Box<Self>) {
         self.file.take();
         let _ = tokio::fs::remove_file(&self.tmp).await;
+    }
+}
+
+impl LocalWriter {
+    fn failed(&self, what: &str, e: std::io::Error) -> Error {
+        if crate::error::is_full(&e) {
+            Error::StorageFull {
+                what: format!("storage {}", self.describe),
+                message: format!("{what} {}: {e}", self.dest.display()),
+            }
+        } else {
+            Error::internal(format!("{what} {}: {e}", self.dest.display()))
+        }
     }
 }
 
@@ -147,6 +165,7 @@ impl Storage for LocalStorage {
             .await
             .map_err(|e| self.io("creating", &tmp, e))?;
         Ok(Box::new(LocalWriter {
+            describe: self.describe(),
             file: Some(file),
             tmp,
             dest,

@@ -5,6 +5,7 @@
 //! by the SDK's standard retry mode (exponential backoff with jitter).
 
 use async_trait::async_trait;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
@@ -33,19 +34,24 @@ pub struct S3Storage {
     sse_kms_key_id: Option<String>,
 }
 
-fn classify<E, R>(what: &str, e: SdkError<E, R>) -> Error
+/// Maps an SDK error (after the SDK's own retries) to the contract: the
+/// server down, overloaded (5xx, throttling) or refusing the credentials is
+/// "storage unreachable" (exit 3); a missing object is an integrity error.
+fn classify<E>(what: &str, e: SdkError<E, HttpResponse>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
 {
     let detail = match &e {
         SdkError::ServiceError(s) => {
             let err = s.err();
-            format!(
-                "{} ({})",
-                err.message().unwrap_or("service error"),
-                err.code().unwrap_or("?")
-            )
+            let mut text = format!("HTTP {}", s.raw().status().as_u16());
+            if let Some(code) = err.code() {
+                text.push_str(&format!(" {code}"));
+            }
+            if let Some(message) = err.message() {
+                text.push_str(&format!(": {message}"));
+            }
+            text
         }
         other => {
             let mut text = other.to_string();
@@ -59,21 +65,43 @@ where
     };
     let detail = redact::redact(&detail);
     match &e {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-            Error::unreachable(format!("S3 storage ({what})"), detail)
-        }
-        SdkError::ServiceError(s) => match s.err().code() {
-            Some("NoSuchKey") => {
-                Error::integrity(format!("S3 object {what} is missing: {detail}"), None)
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            match s.err().code() {
+                Some("NoSuchKey") => {
+                    Error::integrity(format!("S3 object {what} is missing: {detail}"), None)
+                }
+                _ if status == 404 && what.starts_with("bucket ") => Error::unreachable(
+                    format!("S3 storage ({what})"),
+                    format!("{detail}: the bucket does not exist"),
+                ),
+                Some(
+                    "NoSuchBucket"
+                    | "AccessDenied"
+                    | "InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "SlowDown"
+                    | "ServiceUnavailable"
+                    | "InternalError"
+                    | "RequestTimeout"
+                    | "Throttling",
+                ) => Error::unreachable(format!("S3 storage ({what})"), retried(detail)),
+                _ if status >= 500 || status == 403 || status == 429 => {
+                    Error::unreachable(format!("S3 storage ({what})"), retried(detail))
+                }
+                _ => Error::internal(format!("S3 {what}: {detail}")),
             }
-            Some(
-                "NoSuchBucket" | "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch",
-            ) => Error::unreachable(format!("S3 storage ({what})"), detail),
-            _ => Error::internal(format!("S3 {what}: {detail}")),
-        },
-        _ => Error::unreachable(format!("S3 storage ({what})"), detail),
+        }
+        _ => Error::unreachable(format!("S3 storage ({what})"), retried(detail)),
     }
 }
+
+fn retried(detail: String) -> String {
+    format!("{detail} (after {MAX_ATTEMPTS} attempts with backoff)")
+}
+
+/// Attempts per request in the SDK's standard retry mode.
+const MAX_ATTEMPTS: u32 = 5;
 
 impl S3Storage {
     pub async fn new(bucket: &str, prefix: &str, settings: &S3Settings) -> Result<Self> {
@@ -81,7 +109,7 @@ impl S3Storage {
         use aws_config::{BehaviorVersion, Region};
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(
             RetryConfig::standard()
-                .with_max_attempts(5)
+                .with_max_attempts(MAX_ATTEMPTS)
                 .with_initial_backoff(std::time::Duration::from_millis(200)),
         );
         if let Some(region) = &settings.region {
