@@ -2,13 +2,17 @@
 # Starts, stops and uses throwaway test services on free loopback ports:
 #   PostgreSQL 15 (Debian's postgresql-15, initdb + pg_ctl, wal_level=logical),
 #   SecantusDB (a MongoDB wire-protocol server, from PyPI, in a venv),
-#   s3s-fs (an S3 server over a folder, from crates.io).
+#   s3s-fs (an S3 server over a folder, from crates.io),
+#   plus, for the TLS and server-restart tests: a second PostgreSQL cluster
+#   that accepts TLS connections only, and a TLS front (scripts/tls_proxy.py)
+#   for SecantusDB, both with a throwaway self-signed certificate.
 # Installs whatever is missing. Used by the README and by .ci/run.
 #
 #   scripts/services.sh start      start (or reuse) the services, write .services/env
 #   scripts/services.sh run CMD..  start (or reuse), then run CMD with the URLs exported
 #   scripts/services.sh env        print the exports
 #   scripts/services.sh stop       stop everything and delete its data
+#   scripts/services.sh restart-pg-tls   restart the TLS-only cluster (fault tests)
 #
 # With Docker: VALERO_SERVICES=docker uses docker-compose.test.yml instead.
 set -euo pipefail
@@ -97,6 +101,71 @@ start_postgres() {
   log "PostgreSQL 15 on 127.0.0.1:$port"
 }
 
+# A throwaway CA and a server certificate for 127.0.0.1 signed by it.
+make_cert() {
+  [[ -f "$STATE/tls/server.crt" ]] && return 0
+  if ! command -v openssl >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq openssl >/dev/null
+  fi
+  local t="$STATE/tls"
+  mkdir -p "$t"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=valero-db test CA" \
+    -keyout "$t/ca.key" -out "$t/ca.crt" >/dev/null 2>&1
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$t/server.key" -out "$t/server.csr" >/dev/null 2>&1
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' > "$t/server.ext"
+  openssl x509 -req -in "$t/server.csr" -CA "$t/ca.crt" -CAkey "$t/ca.key" -CAcreateserial \
+    -days 30 -extfile "$t/server.ext" -out "$t/server.crt" >/dev/null 2>&1
+  chmod 600 "$t/server.key" "$t/ca.key"
+}
+
+# A second cluster that accepts TLS connections only (hostnossl: reject).
+start_pg_tls() {
+  if [[ -f "$STATE/pgtls.datadir" ]] && as_pg "$PG_BIN/pg_ctl" -D "$(cat "$STATE/pgtls.datadir")" status >/dev/null 2>&1; then
+    return 0
+  fi
+  make_cert
+  local dir port
+  dir="$(mktemp -d /tmp/valero-pgtls.XXXXXX)"
+  port="$(free_port)"
+  echo "$PG_PASSWORD" > "$dir/.pw"
+  [[ $EUID -eq 0 ]] && chown -R postgres: "$dir"
+  as_pg "$PG_BIN/initdb" -D "$dir/data" -U valero --pwfile="$dir/.pw" -E UTF8 --locale=C.UTF-8 \
+    --auth-local=trust --auth-host=scram-sha-256 >"$STATE/pgtls-initdb.log" 2>&1
+  rm -f "$dir/.pw"
+  cp "$STATE/tls/server.crt" "$STATE/tls/server.key" "$dir/data/"
+  [[ $EUID -eq 0 ]] && chown postgres: "$dir/data/server.crt" "$dir/data/server.key"
+  printf 'local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\nhostnossl all all 0.0.0.0/0 reject\n' > "$dir/data/pg_hba.conf"
+  [[ $EUID -eq 0 ]] && chown postgres: "$dir/data/pg_hba.conf"
+  echo "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c wal_level=logical -c max_connections=50 -c fsync=off -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key" > "$dir/options"
+  as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o "$(cat "$dir/options")" \
+    >"$STATE/pgtls-start.log" 2>&1 || { cat "$dir/server.log" >&2; return 1; }
+  as_pg "$PG_BIN/createdb" -h "$dir" -p "$port" -U valero valero
+  echo "$dir/data" > "$STATE/pgtls.datadir"
+  echo "$port" > "$STATE/pgtls.port"
+  log "PostgreSQL 15 (TLS only) on 127.0.0.1:$port"
+}
+
+restart_pg_tls() {
+  local data; data="$(cat "$STATE/pgtls.datadir")"
+  as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$(dirname "$data")/server.log" -m fast -w -t 60 restart \
+    -o "$(cat "$(dirname "$data")/options")" >/dev/null
+}
+
+# SecantusDB has no TLS of its own: a TLS front forwards to it.
+start_mongo_tls() {
+  if alive "$STATE/mongotls.pid"; then return 0; fi
+  make_cert
+  local port; port="$(free_port)"
+  nohup python3 "$ROOT/scripts/tls_proxy.py" "$port" "$1" "$STATE/tls/server.crt" "$STATE/tls/server.key" \
+    >"$STATE/mongotls.log" 2>&1 &
+  echo $! > "$STATE/mongotls.pid"
+  echo "$port" > "$STATE/mongotls.port"
+  wait_port "$port" 30 "TLS front"
+  log "TLS front for the MongoDB protocol on 127.0.0.1:$port"
+}
+
 start_mongo() {
   if alive "$STATE/mongo.pid"; then return 0; fi
   install_secantus
@@ -141,11 +210,17 @@ export AWS_ACCESS_KEY_ID='$S3_ACCESS_KEY'
 export AWS_SECRET_ACCESS_KEY='$S3_SECRET_KEY'
 export AWS_REGION='us-east-1'
 export VALERO_PG_BIN='$PG_BIN'
+export VALERO_TLS_CA='$STATE/tls/ca.crt'
+export VALERO_PG_TLS_URL='postgres://valero:$PG_PASSWORD@127.0.0.1:$(cat "$STATE/pgtls.port")/valero?sslmode=verify-full&sslrootcert=$STATE/tls/ca.crt'
+export VALERO_MONGO_TLS_URL='mongodb://127.0.0.1:$(cat "$STATE/mongotls.port")/?directConnection=true&tls=true&tlsCAFile=$STATE/tls/ca.crt'
 ENV
 }
 
 start_docker() {
+  make_cert
+  printf 'local all all trust\nhostssl all all all scram-sha-256\nhostnossl all all all reject\n' > "$STATE/tls/pg_hba.conf"
   docker compose -f "$ROOT/docker-compose.test.yml" up -d --wait >&2
+  start_mongo_tls 57017
   cat > "$ENV_FILE" <<ENV
 export VALERO_PG_URL='postgres://valero:$PG_PASSWORD@127.0.0.1:55432/valero'
 export VALERO_MONGO_URL='mongodb://127.0.0.1:57017/?directConnection=true'
@@ -154,6 +229,9 @@ export VALERO_S3_BUCKET='$S3_BUCKET'
 export AWS_ACCESS_KEY_ID='$S3_ACCESS_KEY'
 export AWS_SECRET_ACCESS_KEY='$S3_SECRET_KEY'
 export AWS_REGION='us-east-1'
+export VALERO_TLS_CA='$STATE/tls/ca.crt'
+export VALERO_PG_TLS_URL='postgres://valero:$PG_PASSWORD@127.0.0.1:55433/valero?sslmode=verify-full&sslrootcert=$STATE/tls/ca.crt'
+export VALERO_MONGO_TLS_URL='mongodb://127.0.0.1:$(cat "$STATE/mongotls.port")/?directConnection=true&tls=true&tlsCAFile=$STATE/tls/ca.crt'
 ENV
 }
 
@@ -161,7 +239,9 @@ start() {
   mkdir -p "$STATE"
   if [[ "${VALERO_SERVICES:-local}" == docker ]]; then start_docker; return; fi
   start_postgres
+  start_pg_tls
   start_mongo
+  start_mongo_tls "$(cat "$STATE/mongo.port")"
   start_s3
   write_env
 }
@@ -171,12 +251,15 @@ stop() {
     docker compose -f "$ROOT/docker-compose.test.yml" down -v >&2 || true
     rm -rf "$STATE"; return
   fi
-  if [[ -f "$STATE/pg.datadir" ]]; then
-    local d; d="$(cat "$STATE/pg.datadir")"
-    as_pg "$PG_BIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$(dirname "$d")"
-  fi
-  for s in mongo s3; do
+  local c d s
+  for c in pg pgtls; do
+    if [[ -f "$STATE/$c.datadir" ]]; then
+      d="$(cat "$STATE/$c.datadir")"
+      as_pg "$PG_BIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
+      rm -rf "$(dirname "$d")"
+    fi
+  done
+  for s in mongo mongotls s3; do
     if alive "$STATE/$s.pid"; then kill "$(cat "$STATE/$s.pid")" 2>/dev/null || true; fi
     [[ -f "$STATE/$s.dir" ]] && rm -rf "$(cat "$STATE/$s.dir")"
   done
@@ -188,6 +271,13 @@ case "${1:-}" in
   start) start; cat "$ENV_FILE" ;;
   stop) stop ;;
   env) cat "$ENV_FILE" ;;
+  restart-pg-tls)
+    if [[ "${VALERO_SERVICES:-local}" == docker ]]; then
+      docker compose -f "$ROOT/docker-compose.test.yml" restart postgres-tls >&2
+    else
+      restart_pg_tls
+    fi
+    ;;
   run)
     shift
     start
@@ -195,5 +285,5 @@ case "${1:-}" in
     source "$ENV_FILE"
     exec "$@"
     ;;
-  *) echo "usage: $0 start|stop|env|run CMD..." >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|env|run CMD...|restart-pg-tls" >&2; exit 2 ;;
 esac

@@ -399,3 +399,134 @@ fn transient_s3_errors_are_retried_and_persistent_ones_are_exit_3() {
     let id = list["snapshots"][0]["id"].as_str().unwrap().to_string();
     p.run(&["-e", "flaky", "snapshots", "verify", &id]).ok();
 }
+
+/// The restart tests share one restartable cluster (the TLS-only one of
+/// scripts/services.sh); they take turns.
+static RESTARTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn restart_postgres() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh");
+    let out = std::process::Command::new(script)
+        .arg("restart-pg-tls")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restart failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A project whose only database is the restartable cluster.
+fn restartable_project(tag: &str) -> Project {
+    let p = Project::new(tag);
+    p.write_raw_config(&format!(
+        "[environments.dev]\nstorage = \"file://backups\"\n\n[services.svc]\npostgres = {{ url = \"${{VALERO_PG_TLS_URL}}\", schema = \"{}\" }}\n",
+        p.schema
+    ));
+    p
+}
+
+fn psql_restartable(sql: &str) -> String {
+    common::psql_at(&common::env_or_fail("VALERO_PG_TLS_URL"), sql)
+}
+
+#[test]
+fn postgres_restarting_mid_snapshot_is_a_clear_error_and_a_rerun_succeeds() {
+    let _turn = RESTARTS.lock().unwrap_or_else(|e| e.into_inner());
+    let p = restartable_project("f_pgrestart_snap");
+    p.migration(
+        "postgres",
+        "0001_big.up.sql",
+        "CREATE TABLE big (id int, blob text);\n\
+         INSERT INTO big SELECT g, (SELECT string_agg(md5(random()::text || g || i), '') FROM generate_series(1, 40) i) FROM generate_series(1, 40000) g;\n",
+    );
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    let folder = p.path().join("backups/dev/svc");
+    // Restart while pg_dump reads the DDL, then while COPY streams rows.
+    for point in ["", "postgres/data"] {
+        let snapshot = p
+            .std_cmd()
+            .arg("snapshot")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while !paths_in(&folder).iter().any(|f| f.contains(point))
+            && started.elapsed() < std::time::Duration::from_secs(30)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        restart_postgres();
+        let out = snapshot.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "at '{point}': {stderr}");
+        assert!(stderr.contains("PostgreSQL of service svc"), "{stderr}");
+        let list = p.run(&["snapshots", "list", "--output", "json"]).json();
+        assert_eq!(list["snapshots"].as_array().unwrap().len(), 0, "{list}");
+    }
+    // The server is back: the same command succeeds and verifies.
+    p.run(&["snapshot"]).ok();
+    p.run(&["snapshots", "verify", "--all"]).ok();
+    psql_restartable(&format!("DROP SCHEMA \"{}\" CASCADE", p.schema));
+}
+
+#[test]
+fn postgres_restarting_mid_migration_leaves_nothing_half_applied_and_a_rerun_succeeds() {
+    let _turn = RESTARTS.lock().unwrap_or_else(|e| e.into_inner());
+    let p = restartable_project("f_pgrestart_mig");
+    p.migration("postgres", "0001_t.up.sql", "CREATE TABLE t (id int);\n");
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migration(
+        "postgres",
+        "0002_slow.up.sql",
+        "CREATE TABLE a (id int);\nINSERT INTO a VALUES (1);\nSELECT pg_sleep(5);\nCREATE TABLE b (id int);\n",
+    );
+    let migrate = p
+        .std_cmd()
+        .args(["migrate", "--no-snapshot", "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the migration is inside pg_sleep.
+    let started = std::time::Instant::now();
+    while psql_restartable("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(5)%' AND pid <> pg_backend_pid()") == "0"
+        && started.elapsed() < std::time::Duration::from_secs(30)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    restart_postgres();
+    let out = migrate.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        matches!(out.status.code(), Some(3) | Some(6)),
+        "exit 3 or 6, got {:?}: {stderr}",
+        out.status.code()
+    );
+    assert!(
+        stderr.contains("0002_slow.up.sql") || stderr.contains("PostgreSQL"),
+        "{stderr}"
+    );
+    let s = &p.schema;
+    assert_eq!(
+        psql_restartable(&format!(
+            "SELECT to_regclass('\"{s}\".a') IS NULL AND to_regclass('\"{s}\".b') IS NULL"
+        )),
+        "t",
+        "nothing of the interrupted migration remains"
+    );
+    assert_eq!(
+        psql_restartable(&format!(
+            "SELECT string_agg(version || ':' || state, ',' ORDER BY version) FROM \"{s}\".valero_schema_history"
+        )),
+        "1:applied"
+    );
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    assert_eq!(
+        psql_restartable(&format!("SELECT count(*) FROM \"{s}\".a")),
+        "1"
+    );
+    psql_restartable(&format!("DROP SCHEMA \"{s}\" CASCADE"));
+}

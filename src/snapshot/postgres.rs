@@ -59,6 +59,7 @@ pub fn libpq_url(url: &str) -> (String, Option<String>) {
 
 /// Streams `pg_dump --schema-only --section=SECTION` into an object.
 async fn dump_section(
+    service: &str,
     url: &str,
     schema: &str,
     snapshot_id: &str,
@@ -134,14 +135,36 @@ async fn dump_section(
     let stderr = err_task.await.unwrap_or_default();
     if !status.success() {
         sink.abort().await;
-        return Err(Error::internal(format!(
+        let message = format!(
             "pg_dump --section={section} failed ({status}): {}",
             redact::redact(stderr.trim())
-        )));
+        );
+        return Err(if lost_connection(&stderr) {
+            Error::unreachable(format!("PostgreSQL of service {service}"), message)
+        } else {
+            Error::internal(message)
+        });
     }
     let entry = sink.finish().await?;
     out.add(entry);
     Ok(())
+}
+
+/// libpq's words for a server that went away or never answered.
+fn lost_connection(stderr: &str) -> bool {
+    [
+        "terminating connection",
+        "server closed the connection",
+        "connection has been closed unexpectedly",
+        "could not connect",
+        "connection to server",
+        "Connection refused",
+        "no connection to the server",
+        "the database system is shutting down",
+        "the database system is starting up",
+    ]
+    .iter()
+    .any(|needle| stderr.contains(needle))
 }
 
 pub async fn take(
@@ -230,7 +253,7 @@ async fn take_in_transaction(
         .await
         .map_err(|e| classify(&what, e))?;
 
-    dump_section(url, schema, &snapshot_id, "pre-data", out).await?;
+    dump_section(service, url, schema, &snapshot_id, "pre-data", out).await?;
 
     // Leaf tables hold the rows; partitioned parents have none of their own.
     let tables: Vec<String> = sqlx::query(
@@ -310,7 +333,7 @@ async fn take_in_transaction(
     let entry = sink.finish().await?;
     out.add(entry);
 
-    dump_section(url, schema, &snapshot_id, "post-data", out).await?;
+    dump_section(service, url, schema, &snapshot_id, "post-data", out).await?;
 
     Ok(EngineInfo {
         engine: "postgres".into(),

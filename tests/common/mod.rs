@@ -178,8 +178,13 @@ impl Drop for Project {
 
 /// Runs SQL with psql and returns the unaligned output.
 pub fn psql(sql: &str) -> String {
+    psql_at(&pg_url(), sql)
+}
+
+/// Runs SQL with psql against `url` and returns the unaligned output.
+pub fn psql_at(url: &str, sql: &str) -> String {
     let out = std::process::Command::new("psql")
-        .arg(pg_url())
+        .arg(url)
         .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .output()
         .expect("psql");
