@@ -27,6 +27,15 @@ struct RawEnvironment {
     protected: bool,
     #[serde(default)]
     s3: RawS3,
+    encryption: Option<RawEncryption>,
+}
+
+/// `encryption = { key_env = "VAR" }` or `{ key_file = "path" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEncryption {
+    key_env: Option<String>,
+    key_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -95,6 +104,15 @@ pub struct Environment {
     pub storage: StorageLocation,
     pub protected: bool,
     pub s3: S3Settings,
+    /// Where the snapshot encryption key comes from, if objects are encrypted.
+    pub encryption: Option<KeySource>,
+}
+
+/// Where the snapshot encryption key is read from (never the key itself).
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeySource {
+    Env(String),
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -229,10 +247,31 @@ impl Config {
                 )));
             }
         }
+        let encryption = match &raw.encryption {
+            None => None,
+            Some(RawEncryption {
+                key_env: Some(var),
+                key_file: None,
+            }) => Some(KeySource::Env(var.clone())),
+            Some(RawEncryption {
+                key_env: None,
+                key_file: Some(path),
+            }) => Some(KeySource::File(
+                self.dir
+                    .join(self.expand(&what("encryption.key_file"), path)?),
+            )),
+            Some(_) => {
+                return Err(self.err(format!(
+                    "{}: set exactly one of key_env (a variable name) or key_file (a path)",
+                    what("encryption")
+                )))
+            }
+        };
         Ok(Environment {
             name: name.to_string(),
             storage,
             protected: raw.protected,
+            encryption,
             s3: S3Settings {
                 region: opt("s3.region", &raw.s3.region)?,
                 endpoint: opt("s3.endpoint", &raw.s3.endpoint)?,

@@ -128,7 +128,11 @@ async fn restore(
         });
     }
 
-    // Every object of every chosen snapshot, before the first change.
+    // The right key for every encrypted snapshot, then every object of
+    // every chosen snapshot, before the first change.
+    for c in &choices {
+        crate::crypto::check_key(&c.found.manifest, source.key()?, &c.found.base)?;
+    }
     for c in &choices {
         snapshot::verify(source.as_ref(), &c.found).await?;
         let engines: Vec<&str> = c

@@ -80,6 +80,8 @@ pub struct RestoreStats {
 pub struct ObjectStream {
     progress: Option<std::sync::Arc<crate::progress::Progress>>,
     reader: Box<dyn ObjectReader>,
+    /// Opens the stored bytes first when the object is encrypted.
+    cipher: Option<crate::crypto::Decryptor>,
     decoder: zstd::stream::write::Decoder<'static, Vec<u8>>,
     hasher: Sha256,
     size: u64,
@@ -100,9 +102,26 @@ impl ObjectStream {
         let reader = storage.get(&format!("{base}/{}", entry.key)).await?;
         let decoder = zstd::stream::write::Decoder::new(Vec::with_capacity(1 << 20))
             .map_err(|e| Error::internal(format!("zstd: {e}")))?;
+        let cipher = match (entry.encrypted, storage.key()?) {
+            (false, _) => None,
+            (true, Some(key)) => {
+                let id = base.rsplit('/').next().unwrap_or_default();
+                Some(crate::crypto::Decryptor::new(
+                    key,
+                    format!("{id}/{}", entry.key),
+                ))
+            }
+            (true, None) => {
+                return Err(Error::usage(format!(
+                    "snapshot {base}: object {} is encrypted and no encryption key is configured",
+                    entry.key
+                )))
+            }
+        };
         Ok(ObjectStream {
             progress: None,
             reader,
+            cipher,
             decoder,
             hasher: Sha256::new(),
             size: 0,
@@ -135,7 +154,11 @@ impl ObjectStream {
                     if self.size > self.entry.size {
                         return Err(self.corrupt());
                     }
-                    self.decoder.write_all(&chunk).map_err(|_| self.corrupt())?;
+                    let plain = match self.cipher.as_mut() {
+                        Some(c) => c.push(&chunk)?,
+                        None => chunk.to_vec(),
+                    };
+                    self.decoder.write_all(&plain).map_err(|_| self.corrupt())?;
                     let out = std::mem::take(self.decoder.get_mut());
                     self.raw += out.len() as u64;
                     if self.raw > self.entry.raw_size {
@@ -153,6 +176,10 @@ impl ObjectStream {
                     let sha = hex::encode(std::mem::take(&mut self.hasher).finalize());
                     if self.size != self.entry.size || sha != self.entry.sha256 {
                         return Err(self.corrupt());
+                    }
+                    if let Some(c) = self.cipher.take() {
+                        let plain = c.finish()?;
+                        self.decoder.write_all(&plain).map_err(|_| self.corrupt())?;
                     }
                     self.decoder.flush().map_err(|_| self.corrupt())?;
                     let out = std::mem::take(self.decoder.get_mut());
@@ -211,6 +238,7 @@ mod tests {
                 duration_ms: None,
                 engines: vec![],
                 objects: vec![],
+                encryption: None,
             },
         }
     }

@@ -25,6 +25,18 @@ pub struct ObjectEntry {
     pub raw_size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
+    /// Stored encrypted (see the manifest's `encryption`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
+}
+
+/// How the objects of a snapshot were encrypted; never the key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionInfo {
+    pub cipher: String,
+    /// HMAC-SHA256 of a fixed label under the key, 8 bytes hex.
+    pub key_fingerprint: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -61,6 +73,8 @@ pub struct Manifest {
     pub duration_ms: Option<u64>,
     pub engines: Vec<EngineInfo>,
     pub objects: Vec<ObjectEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionInfo>,
 }
 
 impl Manifest {
@@ -74,6 +88,13 @@ impl Manifest {
             crate::storage::validate_key(&o.key)?;
             if o.sha256.len() != 64 || !o.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format!("object {} has no valid sha256", o.key));
+            }
+            if o.encrypted != m.encryption.is_some() {
+                return Err(format!(
+                    "object {} is {}encrypted, unlike the snapshot",
+                    o.key,
+                    if o.encrypted { "" } else { "not " }
+                ));
             }
         }
         Ok(m)

@@ -106,9 +106,19 @@ impl<'a> SnapshotWriter<'a> {
             let _ = encoder.multithread(self.threads);
         }
         self.progress.set_message(name.unwrap_or(rel_key));
+        let id = self.base.rsplit('/').next().unwrap_or_default();
+        let cipher = match self.storage.key()? {
+            Some(key) => Some(crate::crypto::Encryptor::new(
+                key,
+                format!("{id}/{rel_key}"),
+            )?),
+            None => None,
+        };
         Ok(ObjectSink {
             progress: self.progress.clone(),
             inner: Some(inner),
+            encrypted: cipher.is_some(),
+            cipher,
             encoder: Some(encoder),
             hasher: Sha256::new(),
             stored: 0,
@@ -121,6 +131,7 @@ impl<'a> SnapshotWriter<'a> {
                 sha256: String::new(),
                 raw_size: 0,
                 rows: None,
+                encrypted: false,
             },
         })
     }
@@ -144,6 +155,9 @@ impl<'a> SnapshotWriter<'a> {
 pub struct ObjectSink {
     progress: std::sync::Arc<crate::progress::Progress>,
     inner: Option<Box<dyn ObjectWriter>>,
+    /// Seals the compressed stream when the environment encrypts snapshots.
+    cipher: Option<crate::crypto::Encryptor>,
+    encrypted: bool,
     encoder: Option<zstd::stream::write::Encoder<'static, Vec<u8>>>,
     hasher: Sha256,
     stored: u64,
@@ -170,7 +184,19 @@ impl ObjectSink {
         Ok(())
     }
 
+    /// Compressed bytes out of zstd: sealed if encrypting, then stored.
     async fn emit(&mut self, out: &[u8]) -> Result<()> {
+        match self.cipher.as_mut() {
+            Some(c) => {
+                let sealed = c.push(out)?;
+                self.store(&sealed).await
+            }
+            None => self.store(out).await,
+        }
+    }
+
+    /// Stored bytes: hashed and counted as they go to the storage.
+    async fn store(&mut self, out: &[u8]) -> Result<()> {
         if out.is_empty() {
             return Ok(());
         }
@@ -203,6 +229,19 @@ impl ObjectSink {
             self.abort().await;
             return Err(e);
         }
+        if let Some(c) = self.cipher.take() {
+            let sealed = match c.finish() {
+                Ok(s) => s,
+                Err(e) => {
+                    self.abort().await;
+                    return Err(e);
+                }
+            };
+            if let Err(e) = self.store(&sealed).await {
+                self.abort().await;
+                return Err(e);
+            }
+        }
         let inner = self
             .inner
             .take()
@@ -211,6 +250,7 @@ impl ObjectSink {
         let mut entry = self.entry.clone();
         entry.size = self.stored;
         entry.raw_size = self.raw;
+        entry.encrypted = self.encrypted;
         entry.sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
         Ok(entry)
     }

@@ -63,6 +63,10 @@ pub async fn take_service(
         duration_ms: Some(started.elapsed().as_millis() as u64),
         engines,
         objects: writer.objects.clone(),
+        encryption: storage.key()?.map(|k| super::manifest::EncryptionInfo {
+            cipher: crate::crypto::CIPHER.to_string(),
+            key_fingerprint: k.fingerprint(),
+        }),
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::internal(format!("manifest: {e}")))?;

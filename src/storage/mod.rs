@@ -48,6 +48,12 @@ pub trait Storage: Send + Sync {
     /// Checks that the storage can be reached (and written to) before work starts.
     async fn check(&self) -> Result<()>;
 
+    /// The key snapshot objects are encrypted with, if the environment
+    /// encrypts them; an error if it does but the key cannot be loaded.
+    fn key(&self) -> Result<Option<&crate::crypto::SnapshotKey>> {
+        Ok(None)
+    }
+
     /// Convenience: a whole small object.
     async fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<()> {
         let mut w = self.put(key).await?;
@@ -78,12 +84,61 @@ pub trait Storage: Send + Sync {
     }
 }
 
-/// Opens the storage of an environment.
+/// Opens the storage of an environment (with its encryption key, if any).
 pub async fn open(env: &Environment) -> Result<Box<dyn Storage>> {
-    match &env.storage {
-        StorageLocation::File(path) => Ok(Box::new(local::LocalStorage::new(path.clone()))),
+    let inner: Box<dyn Storage> = match &env.storage {
+        StorageLocation::File(path) => Box::new(local::LocalStorage::new(path.clone())),
         StorageLocation::S3 { bucket, prefix } => {
-            Ok(Box::new(s3::S3Storage::new(bucket, prefix, &env.s3).await?))
+            Box::new(s3::S3Storage::new(bucket, prefix, &env.s3).await?)
+        }
+    };
+    match &env.encryption {
+        None => Ok(inner),
+        Some(source) => Ok(Box::new(Keyed {
+            inner,
+            key: crate::crypto::load_key(source).ok(),
+            source: source.clone(),
+        })),
+    }
+}
+
+/// A storage whose environment encrypts snapshot objects: the same objects,
+/// plus the key for the snapshot code to seal and open them with.
+/// The key is loaded when the storage opens, but only commands that seal or
+/// open objects need it: `snapshots list|verify|prune` work without it.
+struct Keyed {
+    inner: Box<dyn Storage>,
+    key: Option<crate::crypto::SnapshotKey>,
+    source: crate::config::KeySource,
+}
+
+#[async_trait]
+impl Storage for Keyed {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn put(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
+        self.inner.put(key).await
+    }
+    async fn get(&self, key: &str) -> Result<Box<dyn ObjectReader>> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn check(&self) -> Result<()> {
+        self.key()?;
+        self.inner.check().await
+    }
+    fn key(&self) -> Result<Option<&crate::crypto::SnapshotKey>> {
+        match &self.key {
+            Some(k) => Ok(Some(k)),
+            None => Err(crate::crypto::load_key(&self.source)
+                .err()
+                .unwrap_or_else(|| Error::internal("the encryption key became readable late"))),
         }
     }
 }
