@@ -88,9 +88,11 @@ pub trait Storage: Send + Sync {
 pub async fn open(env: &Environment) -> Result<Box<dyn Storage>> {
     let inner: Box<dyn Storage> = match &env.storage {
         StorageLocation::File(path) => Box::new(local::LocalStorage::new(path.clone())),
-        StorageLocation::S3 { bucket, prefix } => {
-            Box::new(s3::S3Storage::new(bucket, prefix, &env.s3).await?)
-        }
+        StorageLocation::S3 { bucket, prefix } => Box::new(
+            s3::S3Storage::new(bucket, prefix, &env.s3)
+                .await?
+                .scoped(&env.name),
+        ),
     };
     match &env.encryption {
         None => Ok(inner),

@@ -28,6 +28,8 @@ pub struct S3Storage {
     client: Client,
     bucket: String,
     prefix: String,
+    /// The environment whose folder `check` lists.
+    scope: String,
     part_size: u64,
     concurrency: usize,
     sse: Option<String>,
@@ -134,11 +136,18 @@ impl S3Storage {
             client: Client::from_conf(builder.build()),
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
+            scope: String::new(),
             part_size,
             concurrency: settings.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1),
             sse: settings.sse.clone(),
             sse_kms_key_id: settings.sse_kms_key_id.clone(),
         })
+    }
+
+    /// Limits `check` to the folder of environment `env`.
+    pub fn scoped(mut self, env: &str) -> Self {
+        self.scope = env.to_string();
+        self
     }
 
     fn full_key(&self, key: &str) -> Result<String> {
@@ -428,10 +437,21 @@ impl Storage for S3Storage {
         Ok(())
     }
 
+    /// Lists at most one key under the environment's folder: proves the
+    /// endpoint, bucket and credentials with the same permission the rest
+    /// needs (`s3:ListBucket` limited to the prefix; HeadBucket would need
+    /// it unconditioned).
     async fn check(&self) -> Result<()> {
+        let base = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
         self.client
-            .head_bucket()
+            .list_objects_v2()
             .bucket(&self.bucket)
+            .prefix(format!("{base}{}/", self.scope))
+            .max_keys(1)
             .send()
             .await
             .map_err(|e| classify(&format!("bucket {}", self.bucket), e))?;
