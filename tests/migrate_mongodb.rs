@@ -193,6 +193,20 @@ async fn malformed_extended_json_is_exit_2_before_anything_runs() {
     p.run(&["migrate", "--no-snapshot", "--yes"])
         .expect_code(2)
         .stderr_has("0002_bad.up.json");
+    // Empty, not JSON, not an array, an empty array, a non-document element.
+    for body in [
+        "",
+        "  \n",
+        "{\"create\": \"x\"",
+        "{\"create\": \"x\"}",
+        "[]",
+        "[1]",
+    ] {
+        p.migration("mongodb", "0002_bad.up.json", body);
+        p.run(&["migrate", "--no-snapshot", "--yes"])
+            .expect_code(2)
+            .stderr_has("0002_bad.up.json");
+    }
     let db = mongo(&p.mongo_db).await;
     assert!(history(&db).await.is_empty());
 }
