@@ -231,6 +231,13 @@ def main():
                 dst = os.path.join(storage, "bench", "pg_full_restore", snap)
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
                 shutil.copytree(src, dst, dirs_exist_ok=True)
+                # A manifest must name the folder it is in.
+                mpath = os.path.join(dst, "manifest.json")
+                with open(mpath) as f:
+                    manifest = json.load(f)
+                manifest["service"] = "pg_full_restore"
+                with open(mpath, "w") as f:
+                    json.dump(manifest, f, indent=2)
                 w, m = timed(vdb + ["-s", "pg_full_restore", "restore", "--snapshot", snap, "--yes"])
             else:
                 w, m = timed(cmd)

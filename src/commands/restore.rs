@@ -133,8 +133,14 @@ async fn restore(
     for c in &choices {
         crate::crypto::check_key(&c.found.manifest, source.key()?, &c.found.base)?;
     }
+    let verifying = std::time::Instant::now();
     for c in &choices {
         snapshot::verify(source.as_ref(), &c.found).await?;
+        tracing::debug!(
+            "{}: every object verified after {:.2?}",
+            c.service.name,
+            verifying.elapsed()
+        );
         let engines: Vec<&str> = c
             .found
             .manifest

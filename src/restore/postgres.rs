@@ -184,12 +184,18 @@ async fn load(
         found.manifest.service
     )));
     let object = |kind: &str| found.manifest.objects.iter().find(|o| o.kind == kind);
+    let mut clock = std::time::Instant::now();
+    let mut lap = |step: &str| {
+        tracing::debug!("{what}: {step} took {:.2?}", clock.elapsed());
+        clock = std::time::Instant::now();
+    };
     exec(
         conn,
         &format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)),
     )
     .await
     .map_err(|e| sql_failed(what, "the old schema (drop)", e))?;
+    lap("dropping the old schema");
     let exists = info
         .position
         .get("schema_exists")
@@ -222,6 +228,7 @@ async fn load(
     exec(conn, &sql)
         .await
         .map_err(|e| sql_failed(what, "pre-data DDL", e))?;
+    lap("pre-data DDL");
 
     for entry in found
         .manifest
@@ -273,6 +280,7 @@ async fn load(
             }
         }
         stats.objects += 1;
+        lap(&format!("COPY {table}"));
     }
 
     if let Some(seq) = object("postgres/sequences") {
@@ -302,6 +310,7 @@ async fn load(
             .await
             .map_err(|e| sql_failed(what, "post-data DDL", e))?;
         stats.objects += 1;
+        lap("post-data DDL (indexes, constraints, triggers)");
     }
     // Materialized views were created WITH NO DATA; creation order is
     // dependency order, so refresh in that order.
