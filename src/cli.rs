@@ -213,6 +213,22 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
+    /// Ship every committed change of the selected services to the snapshot
+    /// storage, for restores to any second (PostgreSQL: logical decoding)
+    Capture {
+        /// Ship everything committed up to now, then exit (cron, tests)
+        #[arg(long)]
+        once: bool,
+        /// Without --once: ship at least this often, until stopped
+        #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+        interval: Duration,
+        /// Remove the replication slot and publication of the selected services
+        #[arg(long = "drop", conflicts_with = "once")]
+        drop_slot: bool,
+        /// Confirm --drop without a prompt
+        #[arg(long)]
+        yes: bool,
+    },
     /// Take a snapshot of the selected services now
     Snapshot {
         /// Free text recorded in the manifest
@@ -231,6 +247,10 @@ pub enum Command {
         /// Take the snapshot from another environment (e.g. refresh staging from prod)
         #[arg(long, value_name = "ENV")]
         from_env: Option<String>,
+        /// With --timestamp: restore the snapshot alone, without replaying
+        /// captured changes up to the time
+        #[arg(long, requires = "timestamp")]
+        snapshot_only: bool,
         /// Show what would be restored and replaced
         #[arg(long)]
         dry_run: bool,

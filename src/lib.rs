@@ -4,6 +4,7 @@
 //! `main.rs` parses arguments and calls [`run`]; everything else lives here
 //! so that tests can call it.
 
+pub mod capture;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -27,35 +28,41 @@ use output::Outcome;
 
 /// Runs one command to completion, or until SIGINT/SIGTERM (exit 130).
 pub async fn run(cli: Cli) -> Outcome {
-    // deploy forwards signals to its rollout and then rolls back itself.
-    if matches!(cli.command, cli::Command::Deploy { .. }) {
+    // deploy forwards signals to its rollout and then rolls back itself;
+    // capture finishes the pass it is in and stops cleanly.
+    if matches!(
+        cli.command,
+        cli::Command::Deploy { .. } | cli::Command::Capture { .. }
+    ) {
         return commands::dispatch(cli).await;
     }
-    let interrupted = async {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    };
     tokio::select! {
         outcome = commands::dispatch(cli) => outcome,
         // Dropping the command's future closes its connections: PostgreSQL
         // rolls back the open transaction and frees the advisory lock.
-        _ = interrupted => Outcome::failed(Error::Interrupted),
+        _ = termination() => Outcome::failed(Error::Interrupted),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

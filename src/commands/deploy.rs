@@ -260,6 +260,7 @@ async fn roll_back(
                     timestamp: None,
                     snapshot: None,
                     from_env: None,
+                    snapshot_only: false,
                     dry_run: false,
                     yes: true,
                 };

@@ -1,6 +1,7 @@
 //! One module per command: each turns parsed arguments into an `Outcome`
 //! (report + human text + error). Shared setup lives in `Context`.
 
+pub mod capture;
 pub mod deploy;
 pub mod migrate;
 pub mod new;
@@ -224,6 +225,7 @@ async fn run_command(ctx: &Context, command: Command) -> Outcome {
             timestamp,
             snapshot,
             from_env,
+            snapshot_only,
             dry_run,
             yes,
         } => {
@@ -234,12 +236,19 @@ async fn run_command(ctx: &Context, command: Command) -> Outcome {
                     timestamp,
                     snapshot,
                     from_env,
+                    snapshot_only,
                     dry_run,
                     yes,
                 },
             )
             .await
         }
+        Command::Capture {
+            once,
+            interval,
+            drop_slot,
+            yes,
+        } => capture::run(ctx, once, interval, drop_slot, yes).await,
         Command::Snapshot { label } => snapshot::take(ctx, label).await,
         Command::Snapshots { command } => match command {
             SnapshotsCommand::List => snapshot::list(ctx).await,

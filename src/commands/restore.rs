@@ -23,6 +23,8 @@ pub struct RestoreArgs {
     pub timestamp: Option<String>,
     pub snapshot: Option<String>,
     pub from_env: Option<String>,
+    /// With a timestamp: the snapshot alone, no replay of captured changes.
+    pub snapshot_only: bool,
     pub dry_run: bool,
     pub yes: bool,
 }
@@ -31,6 +33,8 @@ struct Choice {
     service: Service,
     found: Found,
     note: String,
+    /// Captured PostgreSQL changes to replay up to the requested time.
+    replay: Option<crate::capture::ReplayPlan>,
 }
 
 pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
@@ -90,6 +94,7 @@ async fn restore(
                 service,
                 found,
                 note,
+                replay: None,
             }),
             None => missing.push(service.name.clone()),
         }
@@ -128,6 +133,49 @@ async fn restore(
         });
     }
 
+    // Captured changes from each snapshot up to the time: gaps are found
+    // here, before anything is touched.
+    if let (Some(t), false) = (at, args.snapshot_only) {
+        for c in &mut choices {
+            let Some(info) = c
+                .found
+                .manifest
+                .engines
+                .iter()
+                .find(|e| e.engine == "postgres")
+            else {
+                continue;
+            };
+            if c.service.postgres.is_none() {
+                continue;
+            }
+            let from = info
+                .position
+                .get("wal_lsn_before")
+                .or_else(|| info.position.get("wal_lsn"))
+                .and_then(|v| v.as_str())
+                .map(crate::capture::parse_lsn)
+                .transpose()?
+                .unwrap_or(0);
+            let listing = crate::capture::list(
+                source.as_ref(),
+                &source_env.name,
+                &c.service.name,
+                "postgres",
+            )
+            .await?;
+            c.replay = crate::capture::plan(&listing, from, &c.found.manifest.id, t).map_err(
+                |e| match e {
+                    Error::Integrity { message, hint } => Error::Integrity {
+                        message: format!("service {}: {message}", c.service.name),
+                        hint,
+                    },
+                    other => other,
+                },
+            )?;
+        }
+    }
+
     // The right key for every encrypted snapshot, then every object of
     // every chosen snapshot, before the first change.
     for c in &choices {
@@ -136,6 +184,9 @@ async fn restore(
     let verifying = std::time::Instant::now();
     for c in &choices {
         snapshot::verify(source.as_ref(), &c.found).await?;
+        for (base, seg) in c.replay.iter().flat_map(|p| &p.segments) {
+            snapshot::verify_object(source.as_ref(), base, &seg.object).await?;
+        }
         tracing::debug!(
             "{}: every object verified after {:.2?}",
             c.service.name,
@@ -174,6 +225,15 @@ async fn restore(
             human_bytes(m.total_size()),
             targets(&c.service),
         ));
+        if let Some(plan) = &c.replay {
+            human.push_str(&format!(
+                "{}: then replays captured changes up to {} ({} segment{})\n",
+                c.service.name,
+                plan.at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                plan.segments.len(),
+                if plan.segments.len() == 1 { "" } else { "s" }
+            ));
+        }
         push_service(
             report,
             json!({
@@ -222,6 +282,17 @@ async fn restore(
             c.service.name,
             pre
         ));
+        for r in stats.iter().filter_map(|s| s.replayed.as_ref()) {
+            human.push_str(&format!(
+                "{}: replayed {} transactions ({} changes); the state is exactly as of {}\n",
+                c.service.name,
+                r.transactions,
+                r.changes,
+                r.reached
+                    .map(|t| format!("the commit at {}", t.format("%Y-%m-%dT%H:%M:%S%.6fZ")))
+                    .unwrap_or_else(|| "the snapshot (no change to replay)".into())
+            ));
+        }
         if let Some(entry) = report["services"].get_mut(i) {
             entry["pre_restore_snapshot"] = json!(pre);
             entry["restored"] = json!(stats);
@@ -270,7 +341,7 @@ async fn restore_service(
     for i in 0..locked.slots.len() {
         match locked.slots[i]
             .engine
-            .restore_prepare(source, &c.found)
+            .restore_prepare(source, &c.found, c.replay.as_ref())
             .await
         {
             Ok(s) => stats.push(s),

@@ -110,6 +110,7 @@ pub trait Engine: Send {
         &mut self,
         _storage: &dyn Storage,
         _found: &Found,
+        _replay: Option<&crate::capture::ReplayPlan>,
     ) -> Result<RestoreStats> {
         Err(Error::internal(format!(
             "restore of {} is not supported",

@@ -499,6 +499,7 @@ impl Engine for MongoEngine {
         &mut self,
         storage: &dyn crate::storage::Storage,
         found: &crate::snapshot::Found,
+        _replay: Option<&crate::capture::ReplayPlan>,
     ) -> Result<crate::restore::RestoreStats> {
         if !found.manifest.engines.iter().any(|e| e.engine == "mongodb") {
             return Err(Error::usage(format!(

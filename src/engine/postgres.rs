@@ -534,6 +534,7 @@ impl Engine for PostgresEngine {
         &mut self,
         storage: &dyn crate::storage::Storage,
         found: &crate::snapshot::Found,
+        replay: Option<&crate::capture::ReplayPlan>,
     ) -> Result<crate::restore::RestoreStats> {
         let info = found
             .manifest
@@ -554,6 +555,7 @@ impl Engine for PostgresEngine {
             &info,
             &self.service,
             &self.schema,
+            replay,
         )
         .await
     }

@@ -73,6 +73,9 @@ pub struct RestoreStats {
     pub rows: u64,
     /// Uncompressed bytes loaded.
     pub bytes: u64,
+    /// Captured changes replayed on top of the snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<crate::capture::postgres::ReplayStats>,
 }
 
 /// Streams one object decompressed, re-checking size and sha256 of the

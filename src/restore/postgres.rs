@@ -119,11 +119,12 @@ pub async fn prepare(
     info: &EngineInfo,
     service: &str,
     schema: &str,
+    replay: Option<&crate::capture::ReplayPlan>,
 ) -> Result<RestoreStats> {
     let what = format!("PostgreSQL of service {service}");
     preflight(conn, service, schema, info).await?;
     exec(conn, "BEGIN").await.map_err(|e| classify(&what, e))?;
-    match load(conn, storage, found, info, &what, schema).await {
+    match load(conn, storage, found, info, &what, schema, replay).await {
         Ok(stats) => Ok(stats),
         Err(e) => {
             abort(conn).await;
@@ -174,6 +175,7 @@ async fn load(
     info: &EngineInfo,
     what: &str,
     schema: &str,
+    replay: Option<&crate::capture::ReplayPlan>,
 ) -> Result<RestoreStats> {
     let mut stats = RestoreStats {
         engine: "postgres".into(),
@@ -184,6 +186,36 @@ async fn load(
         found.manifest.service
     )));
     let object = |kind: &str| found.manifest.objects.iter().find(|o| o.kind == kind);
+    // With logical decoding on, mark this transaction as a restore, so
+    // capture and replay can tell it from the service's own changes.
+    let logical: bool = sqlx::query("SELECT current_setting('wal_level') = 'logical'")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| classify(what, e))?
+        .get(0);
+    if logical {
+        exec(
+            conn,
+            &format!(
+                "SELECT pg_logical_emit_message(true, '{}', 'restore {}')",
+                crate::capture::postgres::RESTORE_MESSAGE_PREFIX,
+                found.manifest.id
+            ),
+        )
+        .await
+        .map_err(|e| classify(what, e))?;
+    }
+    let publications: Vec<String> = sqlx::query(
+        "SELECT p.pubname::text FROM pg_publication p JOIN pg_publication_namespace pn ON pn.pnpubid = p.oid \
+         JOIN pg_namespace n ON n.oid = pn.pnnspid WHERE n.nspname = $1",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| classify(what, e))?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
     let mut clock = std::time::Instant::now();
     let mut lap = |step: &str| {
         tracing::debug!("{what}: {step} took {:.2?}", clock.elapsed());
@@ -311,6 +343,35 @@ async fn load(
             .map_err(|e| sql_failed(what, "post-data DDL", e))?;
         stats.objects += 1;
         lap("post-data DDL (indexes, constraints, triggers)");
+    }
+    if let Some(plan) = replay {
+        let position = info
+            .position
+            .get("transaction_snapshot")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| {
+                Error::integrity(
+                    format!(
+                        "snapshot {} does not record its transaction snapshot",
+                        found.base
+                    ),
+                    None,
+                )
+            })?;
+        let replayed =
+            crate::capture::postgres::replay(conn, storage, plan, schema, position, what).await?;
+        lap(&format!(
+            "replaying {} captured transactions",
+            replayed.transactions
+        ));
+        stats.replayed = Some(replayed);
+    }
+    // Dropping the schema removed it from capture's publications: add the
+    // new one back in this transaction, so no later change is missed.
+    for publication in &publications {
+        crate::capture::postgres::ensure_publication(conn, publication, schema)
+            .await
+            .map_err(|e| sql_failed(what, "the capture publication", e))?;
     }
     // Materialized views were created WITH NO DATA; creation order is
     // dependency order, so refresh in that order.

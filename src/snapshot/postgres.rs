@@ -175,10 +175,17 @@ pub async fn take(
     out: &mut SnapshotWriter<'_>,
 ) -> Result<EngineInfo> {
     let what = format!("PostgreSQL of service {service}");
+    // Read before the snapshot: every transaction the snapshot does not
+    // hold commits after this position (replay of captured changes starts here).
+    let lsn_before: String = sqlx::query("SELECT pg_current_wal_insert_lsn()::text")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| classify(&what, e))?
+        .get(0);
     exec(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await
         .map_err(|e| classify(&what, e))?;
-    let result = take_in_transaction(conn, url, service, schema, out).await;
+    let result = take_in_transaction(conn, url, service, schema, out, &lsn_before).await;
     let _ = exec(conn, "ROLLBACK").await;
     result
 }
@@ -189,6 +196,7 @@ async fn take_in_transaction(
     service: &str,
     schema: &str,
     out: &mut SnapshotWriter<'_>,
+    lsn_before: &str,
 ) -> Result<EngineInfo> {
     let what = format!("PostgreSQL of service {service}");
     let row = sqlx::query(
@@ -222,6 +230,7 @@ async fn take_in_transaction(
             position: serde_json::json!({
                 "transaction_snapshot": txid_snapshot,
                 "wal_lsn": lsn,
+                "wal_lsn_before": lsn_before,
                 "isolation": "repeatable read",
                 "schema_exists": false,
             }),
@@ -344,6 +353,7 @@ async fn take_in_transaction(
         position: serde_json::json!({
             "transaction_snapshot": txid_snapshot,
             "wal_lsn": lsn,
+            "wal_lsn_before": lsn_before,
             "isolation": "repeatable read",
             "requires": requirements,
         }),

@@ -1,0 +1,749 @@
+//! PostgreSQL capture through logical decoding on a normal connection: a
+//! slot per service and environment with the `pgoutput` plugin, a
+//! publication `FOR TABLES IN SCHEMA <schema>`, changes read with
+//! `pg_logical_slot_peek_binary_changes` and the slot advanced with
+//! `pg_replication_slot_advance` only after the segment holding them is
+//! stored and read back. A crash between the two leaves a complete segment
+//! whose start is the slot's position; the next pass finds it and advances
+//! instead of capturing the changes twice.
+//!
+//! Replay (inside the restore's transaction) applies the captured row
+//! changes committed after the snapshot and at or before the target time,
+//! in commit order, skipping every transaction the snapshot already holds.
+
+use futures::TryStreamExt;
+use sqlx::postgres::PgConnection;
+use sqlx::Row;
+
+use super::pgoutput::{self, Message};
+use super::{
+    folder, format_lsn, parse_lsn, position_name, Listing, Progress, ReplayPlan, Segment, Stream,
+    CHANGES, FORMAT_VERSION, SEGMENT_MANIFEST,
+};
+use crate::engine::postgres::{classify, exec, quote_ident};
+use crate::error::{Error, Result};
+use crate::snapshot::SnapshotWriter;
+use crate::storage::Storage;
+
+/// Changes per pass; a pass always ends at a transaction boundary.
+const PASS_CHANGES: i32 = 100_000;
+/// Prefix of the logical decoding message a restore writes into its own
+/// transaction, so capture and replay can tell restores from changes.
+pub const RESTORE_MESSAGE_PREFIX: &str = "valero-db";
+/// Prefix of capture's own flush ticks; transactions holding only a tick
+/// are not stored.
+const TICK_PREFIX: &str = "valero-db-capture";
+
+/// The slot and publication name of a service's schema in an environment:
+/// slots are per cluster, where several environments or projects may meet,
+/// so the environment and a hash of the schema are part of it.
+pub fn slot_name(env: &str, service: &str, schema: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let h = hex::encode(&Sha256::digest(schema.as_bytes())[..4]);
+    let raw = format!("valero_{env}_{service}").to_ascii_lowercase();
+    let clean: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(50)
+        .collect();
+    format!("{clean}_{h}")
+}
+
+/// What one capture pass did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PassReport {
+    pub transactions: u64,
+    pub changes: u64,
+    pub segment: Option<String>,
+    pub position: String,
+    pub more: bool,
+}
+
+pub struct Capture<'a> {
+    pub conn: &'a mut PgConnection,
+    pub storage: &'a dyn Storage,
+    pub env: &'a str,
+    pub service: &'a str,
+    pub schema: &'a str,
+}
+
+impl Capture<'_> {
+    fn what(&self) -> String {
+        format!("PostgreSQL of service {}", self.service)
+    }
+
+    fn slot(&self) -> String {
+        slot_name(self.env, self.service, self.schema)
+    }
+
+    fn folder(&self) -> String {
+        folder(self.env, self.service, "postgres")
+    }
+
+    /// Checks wal_level, then creates the publication and the slot if they
+    /// are missing (recording the start of a new capture stream).
+    pub async fn ensure(&mut self) -> Result<()> {
+        let what = self.what();
+        let level: String = sqlx::query("SELECT current_setting('wal_level')")
+            .fetch_one(&mut *self.conn)
+            .await
+            .map_err(|e| classify(&what, e))?
+            .get(0);
+        if level != "logical" {
+            return Err(Error::usage_hint(
+                format!("{what}: capture needs wal_level = logical, the server has wal_level = {level}"),
+                "set wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL",
+            ));
+        }
+        let slot = self.slot();
+        let schema_exists: bool =
+            sqlx::query("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(self.schema)
+                .fetch_one(&mut *self.conn)
+                .await
+                .map_err(|e| classify(&what, e))?
+                .get(0);
+        if !schema_exists {
+            return Err(Error::usage_hint(
+                format!(
+                    "{what}: schema {} does not exist yet; there is nothing to capture",
+                    self.schema
+                ),
+                "run `valero-db migrate` first",
+            ));
+        }
+        ensure_publication(self.conn, &slot, self.schema)
+            .await
+            .map_err(|e| classify(&what, e))?;
+        let exists: bool =
+            sqlx::query("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)")
+                .bind(&slot)
+                .fetch_one(&mut *self.conn)
+                .await
+                .map_err(|e| classify(&what, e))?
+                .get(0);
+        let listing = super::list(self.storage, self.env, self.service, "postgres").await?;
+        if !exists || listing.streams.is_empty() {
+            let start: String = if exists {
+                self.confirmed().await?
+            } else {
+                sqlx::query(
+                    "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                )
+                .bind(&slot)
+                .fetch_one(&mut *self.conn)
+                .await
+                .map_err(|e| classify(&what, e))?
+                .get(0)
+            };
+            let stream = Stream {
+                format: FORMAT_VERSION,
+                engine: "postgres".into(),
+                slot: slot.clone(),
+                start: start.clone(),
+                started_at: chrono::Utc::now(),
+            };
+            let key = format!(
+                "{}/streams/{}.json",
+                self.folder(),
+                position_name(parse_lsn(&start)?)
+            );
+            self.storage
+                .put_bytes(&key, &serde_json::to_vec_pretty(&stream).map_err(json_err)?)
+                .await?;
+            tracing::info!(
+                "{}: capture stream started at {start} (slot {slot})",
+                self.service
+            );
+        }
+        Ok(())
+    }
+
+    async fn confirmed(&mut self) -> Result<String> {
+        let what = self.what();
+        let row = sqlx::query(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(self.slot())
+        .fetch_optional(&mut *self.conn)
+        .await
+        .map_err(|e| classify(&what, e))?;
+        match row {
+            Some(r) => Ok(r.get(0)),
+            None => Err(Error::usage_hint(
+                format!("{what}: replication slot {} is gone", self.slot()),
+                "run `valero-db capture` again to start a new capture stream; restores to times before it need the old segments, after it a new snapshot",
+            )),
+        }
+    }
+
+    async fn advance(&mut self, to: &str) -> Result<()> {
+        let what = self.what();
+        sqlx::query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)")
+            .bind(self.slot())
+            .bind(to)
+            .execute(&mut *self.conn)
+            .await
+            .map_err(|e| classify(&what, e))?;
+        Ok(())
+    }
+
+    /// Ships the changes committed since the slot's position (up to
+    /// PASS_CHANGES of them) as one segment, then advances the slot.
+    pub async fn pass(&mut self) -> Result<PassReport> {
+        let what = self.what();
+        let slot = self.slot();
+        let confirmed = parse_lsn(&self.confirmed().await?)?;
+        // The chain continues where the last stored segment of the current
+        // stream ended (tick-only stretches in between hold no changes).
+        let listing = super::list(self.storage, self.env, self.service, "postgres").await?;
+        let stream_start = match listing.streams.last() {
+            Some(s) => parse_lsn(&s.start)?,
+            None => confirmed,
+        };
+        let mut chain_end = stream_start;
+        for (_, seg) in &listing.segments {
+            if parse_lsn(&seg.start)? == chain_end {
+                chain_end = parse_lsn(&seg.end)?;
+            }
+        }
+        if confirmed < chain_end {
+            // A run stored this segment, then died before advancing the slot.
+            tracing::info!(
+                "{}: the last segment was stored by an interrupted run; advancing the slot to {}",
+                self.service,
+                format_lsn(chain_end)
+            );
+            self.advance(&format_lsn(chain_end)).await?;
+        }
+        let start = format_lsn(chain_end);
+        let covered_until: chrono::DateTime<chrono::Utc> =
+            sqlx::query("SELECT clock_timestamp() - interval '1 second'")
+                .fetch_one(&mut *self.conn)
+                .await
+                .map_err(|e| classify(&what, e))?
+                .get(0);
+        // Decoding reads only flushed WAL. A synchronous commit of our own
+        // that wrote WAL (a tick message) flushes every commit record
+        // written before it, including those of asynchronous commits.
+        exec(
+            self.conn,
+            &format!("SET synchronous_commit = on; SELECT pg_logical_emit_message(true, '{TICK_PREFIX}', 'flush')"),
+        )
+        .await
+        .map_err(|e| classify(&what, e))?;
+        let name = position_name(parse_lsn(&start)?);
+        let base = format!("{}/{name}", self.folder());
+        let mut writer = SnapshotWriter::new(self.storage, base.clone());
+        let mut sink = writer.object(CHANGES, "postgres/changes", None).await?;
+        let mut report = PassReport {
+            position: start.clone(),
+            ..Default::default()
+        };
+        let mut first_commit = None;
+        let mut last_commit = None;
+        let mut end: Option<u64> = None;
+        let mut rows = 0i64;
+        let mut in_txn_data = false;
+        let mut txn_commit = None;
+        {
+            let query = format!(
+                "SELECT lsn::text, xid::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, {PASS_CHANGES}, \
+                 'proto_version', '1', 'publication_names', $2, 'messages', 'true')"
+            );
+            let mut stream = sqlx::query(&query)
+                .bind(&slot)
+                .bind(&slot)
+                .fetch(&mut *self.conn);
+            while let Some(row) = stream.try_next().await.map_err(|e| classify(&what, e))? {
+                let lsn: String = row.get(0);
+                let xid: String = row.get(1);
+                let data: Vec<u8> = row.get(2);
+                rows += 1;
+                match pgoutput::decode(&data)? {
+                    Message::Begin { commit_time, .. } => {
+                        in_txn_data = false;
+                        txn_commit = Some(commit_time);
+                    }
+                    Message::Commit { end_lsn, .. } => {
+                        end = Some(end_lsn);
+                        if in_txn_data {
+                            report.transactions += 1;
+                            if first_commit.is_none() {
+                                first_commit = txn_commit;
+                            }
+                            last_commit = txn_commit;
+                        }
+                    }
+                    Message::Insert { .. }
+                    | Message::Update { .. }
+                    | Message::Delete { .. }
+                    | Message::Truncate { .. } => {
+                        report.changes += 1;
+                        in_txn_data = true;
+                    }
+                    Message::Logical { prefix, .. } if prefix != TICK_PREFIX => {
+                        in_txn_data = true;
+                    }
+                    _ => {}
+                }
+                let mut record = Vec::with_capacity(16 + data.len());
+                record.extend(parse_lsn(&lsn)?.to_be_bytes());
+                record.extend(xid.parse::<u32>().unwrap_or(0).to_be_bytes());
+                record.extend((data.len() as u32).to_be_bytes());
+                record.extend(&data);
+                if let Err(e) = sink.write(&record).await {
+                    drop(stream);
+                    sink.abort().await;
+                    return Err(e);
+                }
+            }
+        }
+        report.more = rows >= PASS_CHANGES as i64;
+        let Some(end) = end else {
+            sink.abort().await;
+            self.write_progress(&start, covered_until).await?;
+            return Ok(report);
+        };
+        if report.transactions == 0 {
+            // Only ticks: nothing to keep, but the slot may move on.
+            sink.abort().await;
+            let end = format_lsn(end);
+            self.advance(&end).await?;
+            // Progress names the chain's position: the next segment starts there.
+            self.write_progress(&start, covered_until).await?;
+            report.position = end;
+            return Ok(report);
+        }
+        let entry = sink.finish().await?;
+        writer.add(entry.clone());
+        let segment = Segment {
+            format: FORMAT_VERSION,
+            engine: "postgres".into(),
+            environment: self.env.to_string(),
+            service: self.service.to_string(),
+            slot: slot.clone(),
+            start: start.clone(),
+            end: format_lsn(end),
+            first_commit,
+            last_commit,
+            covered_until: if report.more {
+                last_commit.unwrap_or(covered_until)
+            } else {
+                covered_until
+            },
+            transactions: report.transactions,
+            changes: report.changes,
+            created_at: chrono::Utc::now(),
+            object: entry.clone(),
+        };
+        let stored = async {
+            crate::snapshot::verify_object(self.storage, &base, &entry).await?;
+            self.storage
+                .put_bytes(
+                    &format!("{base}/{SEGMENT_MANIFEST}"),
+                    &serde_json::to_vec_pretty(&segment).map_err(json_err)?,
+                )
+                .await
+        }
+        .await;
+        if let Err(e) = stored {
+            writer.discard().await;
+            return Err(e);
+        }
+        // Durable and verified: only now may the slot forget these changes.
+        self.advance(&segment.end).await?;
+        self.write_progress(&segment.end, segment.covered_until)
+            .await?;
+        report.segment = Some(base);
+        report.position = segment.end;
+        Ok(report)
+    }
+
+    async fn write_progress(
+        &mut self,
+        position: &str,
+        covered_until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        let progress = Progress {
+            format: FORMAT_VERSION,
+            slot: self.slot(),
+            position: position.to_string(),
+            covered_until,
+            updated_at: chrono::Utc::now(),
+        };
+        self.storage
+            .put_bytes(
+                &format!("{}/progress.json", self.folder()),
+                &serde_json::to_vec_pretty(&progress).map_err(json_err)?,
+            )
+            .await
+    }
+
+    /// Removes the slot and the publication (`capture --drop`). Stored
+    /// segments stay: they are history.
+    pub async fn drop_slot(&mut self) -> Result<bool> {
+        let what = self.what();
+        let slot = self.slot();
+        let dropped: bool = sqlx::query(
+            "SELECT count(pg_drop_replication_slot(slot_name)) > 0 FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(&slot)
+        .fetch_one(&mut *self.conn)
+        .await
+        .map_err(|e| classify(&what, e))?
+        .get(0);
+        exec(
+            self.conn,
+            &format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&slot)),
+        )
+        .await
+        .map_err(|e| classify(&what, e))?;
+        Ok(dropped)
+    }
+}
+
+fn json_err(e: serde_json::Error) -> Error {
+    Error::internal(format!("capture JSON: {e}"))
+}
+
+/// Creates the publication for the schema, or adds the schema back to it
+/// (a restore drops and recreates the schema, which removes it).
+pub async fn ensure_publication(
+    conn: &mut PgConnection,
+    name: &str,
+    schema: &str,
+) -> std::result::Result<(), sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT p.oid IS NOT NULL, EXISTS (SELECT 1 FROM pg_publication_namespace pn JOIN pg_namespace n ON n.oid = pn.pnnspid \
+         WHERE pn.pnpubid = p.oid AND n.nspname = $2) \
+         FROM (SELECT 1) one LEFT JOIN pg_publication p ON p.pubname = $1",
+    )
+    .bind(name)
+    .bind(schema)
+    .fetch_one(&mut *conn)
+    .await?;
+    let (exists, member): (bool, bool) =
+        (row.get(0), row.get::<Option<bool>, _>(1).unwrap_or(false));
+    if !exists {
+        exec(
+            conn,
+            &format!(
+                "CREATE PUBLICATION {} FOR TABLES IN SCHEMA {}",
+                quote_ident(name),
+                quote_ident(schema)
+            ),
+        )
+        .await?;
+    } else if !member {
+        exec(
+            conn,
+            &format!(
+                "ALTER PUBLICATION {} ADD TABLES IN SCHEMA {}",
+                quote_ident(name),
+                quote_ident(schema)
+            ),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The capture state of a service as `status` and metrics show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Lag {
+    pub slot: String,
+    /// Seconds since the newest time every change is captured up to.
+    pub lag_seconds: Option<i64>,
+    /// WAL the slot keeps on the server's disk.
+    pub retained_wal_bytes: Option<i64>,
+}
+
+pub async fn lag(
+    conn: &mut PgConnection,
+    storage: &dyn Storage,
+    env: &str,
+    service: &str,
+    schema: &str,
+) -> Result<Option<Lag>> {
+    let slot = slot_name(env, service, schema);
+    let retained: Option<i64> = sqlx::query(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(&slot)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| classify(&format!("PostgreSQL of service {service}"), e))?
+    .and_then(|r| r.get(0));
+    let listing = super::list(storage, env, service, "postgres").await?;
+    if retained.is_none() && listing.streams.is_empty() {
+        return Ok(None);
+    }
+    let covered = listing
+        .progress
+        .map(|p| p.covered_until)
+        .or_else(|| listing.segments.last().map(|(_, s)| s.covered_until));
+    Ok(Some(Lag {
+        slot,
+        lag_seconds: covered.map(|c| (chrono::Utc::now() - c).num_seconds()),
+        retained_wal_bytes: retained,
+    }))
+}
+
+/// A snapshot's transaction snapshot, `xmin:xmax:xip,...` (64-bit ids).
+struct Visibility {
+    xmin: u64,
+    xmax: u64,
+    xip: Vec<u64>,
+}
+
+impl Visibility {
+    fn parse(text: &str) -> Result<Visibility> {
+        let bad = || {
+            Error::integrity(
+                format!("snapshot position '{text}' is not a transaction snapshot"),
+                None,
+            )
+        };
+        let mut parts = text.split(':');
+        let xmin = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let xmax = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let xip = parts
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().map_err(|_| bad()))
+            .collect::<Result<Vec<u64>>>()?;
+        Ok(Visibility { xmin, xmax, xip })
+    }
+
+    /// Whether the snapshot already holds the effects of transaction `xid`
+    /// (32-bit, compared modulo 2^32 against the 64-bit bounds).
+    fn holds(&self, xid: u32) -> bool {
+        let precedes = |a: u32, b: u64| (a.wrapping_sub(b as u32) as i32) < 0;
+        if precedes(xid, self.xmin) {
+            return true;
+        }
+        precedes(xid, self.xmax) && !self.xip.iter().any(|x| *x as u32 == xid)
+    }
+}
+
+/// What a replay applied.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ReplayStats {
+    pub transactions: u64,
+    pub changes: u64,
+    /// Commit time of the last transaction applied: the exact point reached.
+    pub reached: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Applies the planned changes inside the caller's open transaction.
+pub async fn replay(
+    conn: &mut PgConnection,
+    storage: &dyn Storage,
+    plan: &ReplayPlan,
+    schema: &str,
+    transaction_snapshot: &str,
+    what: &str,
+) -> Result<ReplayStats> {
+    let visible = Visibility::parse(transaction_snapshot)?;
+    let mut stats = ReplayStats::default();
+    let mut replayer = pgoutput::Replayer::default();
+    let mut checked = std::collections::HashSet::new();
+    // Triggers and foreign-key checks already ran when the changes were made.
+    exec(conn, "SET LOCAL session_replication_role = replica")
+        .await
+        .map_err(|e| classify(what, e))?;
+    let mut applying = false;
+    'segments: for (base, seg) in &plan.segments {
+        let mut stream = crate::restore::ObjectStream::open(storage, base, &seg.object).await?;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut done = false;
+        while !done {
+            match stream.next().await? {
+                Some(part) => buf.extend_from_slice(&part),
+                None => done = true,
+            }
+            let mut at = 0;
+            while buf.len() - at >= 16 {
+                let len = u32::from_be_bytes(buf[at + 12..at + 16].try_into().unwrap_or_default())
+                    as usize;
+                if buf.len() - at - 16 < len {
+                    break;
+                }
+                let data = &buf[at + 16..at + 16 + len];
+                at += 16 + len;
+                match pgoutput::decode(data)? {
+                    Message::Begin {
+                        commit_time, xid, ..
+                    } => {
+                        if commit_time > plan.at {
+                            break 'segments;
+                        }
+                        applying = !visible.holds(xid);
+                        if applying {
+                            stats.transactions += 1;
+                            stats.reached = Some(commit_time);
+                        }
+                    }
+                    Message::Commit { .. } => applying = false,
+                    Message::Relation(rel) => {
+                        if !checked.contains(&rel.id) {
+                            check_relation(conn, schema, &rel, what).await?;
+                            checked.insert(rel.id);
+                        }
+                        replayer.learn(rel);
+                    }
+                    Message::Logical { prefix, .. }
+                        if applying && prefix == RESTORE_MESSAGE_PREFIX =>
+                    {
+                        return Err(Error::integrity(
+                            format!(
+                                "{what}: a restore ran at {} between the snapshot and the requested time; changes across it cannot be replayed",
+                                stats.reached.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default()
+                            ),
+                            Some("restore a time before that restore, or a snapshot taken after it".into()),
+                        ));
+                    }
+                    msg if applying => {
+                        if let Some(sql) = replayer.sql(schema, &msg)? {
+                            let table = match &msg {
+                                Message::Insert { relation, .. }
+                                | Message::Update { relation, .. }
+                                | Message::Delete { relation, .. } => replayer
+                                    .relation(*relation)
+                                    .map(|r| r.name.clone())
+                                    .unwrap_or_default(),
+                                _ => "several tables".into(),
+                            };
+                            exec(conn, &sql).await.map_err(|e| {
+                                Error::integrity(
+                                    format!(
+                                        "{what}: replaying a change to table {table} committed at {} failed: {}",
+                                        stats.reached.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                                        crate::redact::redact(&e.to_string())
+                                    ),
+                                    Some("the table was changed outside valero-db; restore with --snapshot-only or an earlier time".into()),
+                                )
+                            })?;
+                            stats.changes += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            buf.drain(..at);
+        }
+        if !buf.is_empty() {
+            return Err(Error::integrity(
+                format!("captured segment {base} ends inside a change"),
+                None,
+            ));
+        }
+    }
+    exec(conn, "SET LOCAL session_replication_role = origin")
+        .await
+        .map_err(|e| classify(what, e))?;
+    bump_sequences(conn, schema, what).await?;
+    Ok(stats)
+}
+
+/// Captured changes carry the table's columns; the restored table must
+/// have the same ones, or the table was changed outside valero-db.
+async fn check_relation(
+    conn: &mut PgConnection,
+    schema: &str,
+    rel: &pgoutput::Relation,
+    what: &str,
+) -> Result<()> {
+    let cols: Vec<String> = sqlx::query(
+        "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
+    )
+    .bind(schema)
+    .bind(&rel.name)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| classify(what, e))?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    let captured: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
+    if cols != captured {
+        return Err(Error::integrity(
+            format!(
+                "{what}: table {} was changed outside valero-db migrations: captured changes have columns ({}), the restored table {}",
+                rel.name,
+                captured.join(", "),
+                if cols.is_empty() {
+                    "does not exist".to_string()
+                } else {
+                    format!("has ({})", cols.join(", "))
+                }
+            ),
+            Some("replay stopped; restore with --snapshot-only, or to a time before the change".into()),
+        ));
+    }
+    Ok(())
+}
+
+/// Sequences are not part of logical decoding: move every sequence owned
+/// by a column up to that column's largest value, so new rows after the
+/// restore do not collide with replayed ones.
+async fn bump_sequences(conn: &mut PgConnection, schema: &str, what: &str) -> Result<()> {
+    let owned: Vec<(String, String, String)> = sqlx::query(
+        "SELECT s.oid::regclass::text, t.oid::regclass::text, quote_ident(a.attname) \
+         FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace \
+         JOIN pg_depend d ON d.objid = s.oid AND d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') \
+         JOIN pg_class t ON t.oid = d.refobjid JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid \
+         WHERE s.relkind = 'S' AND n.nspname = $1",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| classify(what, e))?
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect();
+    for (seq, table, column) in owned {
+        exec(
+            conn,
+            &format!(
+                "SELECT setval('{seq}', m) FROM (SELECT max({column})::bigint AS m FROM {table}) x \
+                 WHERE m IS NOT NULL AND m > (SELECT last_value FROM {seq})"
+            ),
+        )
+        .await
+        .map_err(|e| classify(what, e))?;
+    }
+    Ok(())
+}
+
+/// Whether a listing holds any capture at all.
+pub fn any(listing: &Listing) -> bool {
+    !listing.streams.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_are_safe_and_bounded() {
+        assert!(slot_name("prod", "fibu", "fibu").starts_with("valero_prod_fibu_"));
+        assert!(slot_name("Dev-1", "crm", "crm").starts_with("valero_dev_1_crm_"));
+        assert_ne!(slot_name("dev", "svc", "a"), slot_name("dev", "svc", "b"));
+        let long = slot_name(&"e".repeat(40), &"s".repeat(40), "x");
+        assert!(long.len() <= 63);
+    }
+
+    #[test]
+    fn visibility_follows_the_transaction_snapshot() {
+        let v = Visibility::parse("100:105:101,103").unwrap();
+        assert!(v.holds(99));
+        assert!(v.holds(100) && v.holds(102) && v.holds(104));
+        assert!(!v.holds(101) && !v.holds(103));
+        assert!(!v.holds(105) && !v.holds(200));
+    }
+}
