@@ -81,6 +81,15 @@ pub async fn render(ctx: &Context) -> Result<String> {
         "When the last deployment started.",
     );
 
+    let mut capture_lag = Family::new(
+        "valero_db_capture_lag_seconds",
+        "Seconds since the newest time up to which every change is captured.",
+    );
+    let mut capture_wal = Family::new(
+        "valero_db_capture_retained_wal_bytes",
+        "WAL the service's replication slot keeps on the PostgreSQL server.",
+    );
+
     let storage = crate::storage::open(&ctx.env).await?;
     let root = ctx.config.migrations_dir()?;
     for service in ctx.services()? {
@@ -103,6 +112,17 @@ pub async fn render(ctx: &Context) -> Result<String> {
                     &[("env", env), ("service", s)],
                     pre.manifest.created_at.timestamp() as f64,
                 );
+            }
+        }
+        if let Some(lag) =
+            crate::capture::postgres::service_lag(storage.as_ref(), env, &service).await
+        {
+            let labels = [("env", env), ("service", s)];
+            if let Some(l) = lag.lag_seconds {
+                capture_lag.add(&labels, l as f64);
+            }
+            if let Some(b) = lag.retained_wal_bytes {
+                capture_wal.add(&labels, b as f64);
             }
         }
         match service_status(&root, &service).await {
@@ -144,6 +164,8 @@ pub async fn render(ctx: &Context) -> Result<String> {
         up,
         deploy_result,
         deploy_time,
+        capture_lag,
+        capture_wal,
     ] {
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
         let _ = writeln!(out, "# TYPE {} gauge", f.name);

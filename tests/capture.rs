@@ -167,7 +167,41 @@ fn restore_to_a_time_replays_captured_changes_exactly_and_capture_goes_on() {
     p.run(&["restore", "--timestamp", &t3, "--yes"]).ok();
     assert_eq!(state(&p), at_t3);
     assert_ne!(after, at_t3);
+    // status and metrics show the lag and the WAL the slot keeps.
+    capture(&p);
+    let metrics = p.path().join("m.prom");
+    let status = p
+        .run(&[
+            "status",
+            "--output",
+            "json",
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+        ])
+        .json();
+    let lag = &status["services"][0]["capture"];
+    assert!(
+        lag["lag_seconds"]
+            .as_i64()
+            .is_some_and(|s| (0..60).contains(&s)),
+        "{status}"
+    );
+    assert!(lag["retained_wal_bytes"].as_i64().is_some(), "{status}");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.contains("valero_db_capture_lag_seconds{env=\"dev\",service=\"svc\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("valero_db_capture_retained_wal_bytes"),
+        "{text}"
+    );
     drop_capture(&p);
+    let status = p.run(&["status", "--output", "json"]).json();
+    assert!(
+        status["services"][0]["capture"]["retained_wal_bytes"].is_null(),
+        "{status}"
+    );
 }
 
 #[test]
@@ -258,5 +292,46 @@ fn a_schema_change_outside_valero_db_stops_the_replay_naming_the_table() {
         .stderr_has("accounts")
         .stderr_has("outside valero-db");
     assert_eq!(state(&p), before);
+    drop_capture(&p);
+}
+
+#[test]
+fn prune_removes_only_segments_older_than_every_kept_snapshot() {
+    let p = project("cap_prune");
+    let (_, _) = history(&p);
+    let before = segments(&p).len();
+    // A newer snapshot, then changes after it.
+    p.run(&["snapshot"]).ok();
+    sql(
+        &p,
+        "UPDATE $S.accounts SET name = 'after the last snapshot' WHERE id = 7",
+    );
+    capture(&p);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = now(&p);
+    let at_t = state(&p);
+    std::thread::sleep(Duration::from_millis(1200));
+    sql(&p, "DELETE FROM $S.accounts WHERE id = 7");
+    capture(&p);
+    let pruned = p
+        .run(&[
+            "snapshots",
+            "prune",
+            "--keep-last",
+            "1",
+            "--yes",
+            "--output",
+            "json",
+        ])
+        .json();
+    let removed = pruned["capture_segments_removed"].as_array().unwrap().len();
+    assert!(removed >= before, "{pruned}");
+    assert_eq!(
+        segments(&p).len(),
+        2,
+        "the segments after the kept snapshot stay"
+    );
+    p.run(&["restore", "--timestamp", &t, "--yes"]).ok();
+    assert_eq!(state(&p), at_t);
     drop_capture(&p);
 }

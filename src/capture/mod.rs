@@ -210,6 +210,10 @@ pub fn plan(
         if end <= position || start < position {
             continue; // an older stream, or already passed
         }
+        if start > position && start <= from {
+            // Pruned segments before the snapshot: not needed.
+            position = start;
+        }
         if start > position {
             if covered >= at {
                 break;

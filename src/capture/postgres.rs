@@ -490,6 +490,45 @@ pub async fn lag(
     }))
 }
 
+/// Above this much WAL kept for a slot, `status` and metrics warn: an
+/// abandoned slot keeps WAL until the server's disk is full.
+pub const RETAINED_WAL_WARN: i64 = 1 << 30;
+
+/// The capture state of a service's PostgreSQL database, or None when it
+/// is not captured (or cannot be reached; logged).
+pub async fn service_lag(
+    storage: &dyn Storage,
+    env: &str,
+    service: &crate::config::Service,
+) -> Option<Lag> {
+    let pg = service.postgres.as_ref()?;
+    let result = async {
+        let mut engine =
+            crate::engine::postgres::PostgresEngine::connect(&service.name, pg).await?;
+        lag(engine.connection(), storage, env, &service.name, &pg.schema).await
+    }
+    .await;
+    match result {
+        Ok(Some(l)) => {
+            if l.retained_wal_bytes.is_some_and(|b| b > RETAINED_WAL_WARN) {
+                tracing::warn!(
+                    "{}: replication slot {} keeps {} of WAL on the server; run `valero-db capture`, or remove the slot with `valero-db capture --drop -s {}`",
+                    service.name,
+                    l.slot,
+                    crate::snapshot::take::human_bytes(l.retained_wal_bytes.unwrap_or(0) as u64),
+                    service.name
+                );
+            }
+            Some(l)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!("{}: capture state: {e}", service.name);
+            None
+        }
+    }
+}
+
 /// A snapshot's transaction snapshot, `xmin:xmax:xip,...` (64-bit ids).
 struct Visibility {
     xmin: u64,

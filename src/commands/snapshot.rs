@@ -228,6 +228,7 @@ pub async fn prune(
         let mut removed = Vec::new();
         let mut kept = Vec::new();
         let mut leftovers = Vec::new();
+        let mut segments = Vec::new();
         for service in ctx.services()? {
             let mut locked =
                 LockedService::open(&service, Vec::new(), ctx.global.lock_timeout).await?;
@@ -235,6 +236,17 @@ pub async fn prune(
                 let (found, incomplete) =
                     snapshot::list_service(storage.as_ref(), &ctx.env.name, &service.name).await?;
                 let keep = retention(&found, keep_last, keep_within, chrono::Utc::now());
+                segments.extend(
+                    prune_segments(
+                        storage.as_ref(),
+                        &ctx.env.name,
+                        &service.name,
+                        &found,
+                        &keep,
+                        dry_run,
+                    )
+                    .await?,
+                );
                 for (f, k) in found.iter().zip(keep) {
                     if k {
                         kept.push(f.manifest.id.clone());
@@ -259,11 +271,11 @@ pub async fn prune(
             locked.release().await;
             r?;
         }
-        Ok::<_, Error>((removed, kept, leftovers))
+        Ok::<_, Error>((removed, kept, leftovers, segments))
     }
     .await;
     match result {
-        Ok((removed, kept, leftovers)) => {
+        Ok((removed, kept, leftovers, segments)) => {
             let verb = if dry_run { "would remove" } else { "removed" };
             let mut human = String::new();
             for id in &removed {
@@ -272,14 +284,74 @@ pub async fn prune(
             for base in &leftovers {
                 human.push_str(&format!("{verb} incomplete leftover {base}\n"));
             }
+            if !segments.is_empty() {
+                human.push_str(&format!(
+                    "{verb} {} capture segment(s) older than every kept snapshot\n",
+                    segments.len()
+                ));
+            }
             human.push_str(&format!("kept {} snapshot(s)\n", kept.len()));
             Outcome::ok(
-                json!({"command": "snapshots prune", "dry_run": dry_run, "removed": removed, "kept": kept, "leftovers_removed": leftovers}),
+                json!({"command": "snapshots prune", "dry_run": dry_run, "removed": removed, "kept": kept, "leftovers_removed": leftovers, "capture_segments_removed": segments}),
                 human,
             )
         }
         Err(e) => Outcome::failed(e),
     }
+}
+
+/// Captured changes are needed only from the oldest kept snapshot on:
+/// segments that end before its position can never be replayed. Every
+/// segment a restore to any time in the retention window needs stays.
+async fn prune_segments(
+    storage: &dyn Storage,
+    env: &str,
+    service: &str,
+    found: &[Found],
+    keep: &[bool],
+    dry_run: bool,
+) -> Result<Vec<String>> {
+    let from = |f: &Found| {
+        let info = f.manifest.engines.iter().find(|e| e.engine == "postgres")?;
+        let lsn = info
+            .position
+            .get("wal_lsn_before")
+            .or_else(|| info.position.get("wal_lsn"))?
+            .as_str()?;
+        crate::capture::parse_lsn(lsn).ok()
+    };
+    let kept: Vec<&Found> = found
+        .iter()
+        .zip(keep)
+        .filter(|(_, k)| **k)
+        .map(|(f, _)| f)
+        .collect();
+    // Every kept snapshot must say where it stands, else keep everything.
+    let Some(oldest) = kept
+        .iter()
+        .map(|f| from(f))
+        .collect::<Option<Vec<u64>>>()
+        .and_then(|v| v.into_iter().min())
+    else {
+        return Ok(Vec::new());
+    };
+    let listing = crate::capture::list(storage, env, service, "postgres").await?;
+    let mut removed = Vec::new();
+    for (base, seg) in &listing.segments {
+        if crate::capture::parse_lsn(&seg.end)? > oldest {
+            continue;
+        }
+        removed.push(base.clone());
+        if !dry_run {
+            storage
+                .delete(&format!("{base}/{}", crate::capture::SEGMENT_MANIFEST))
+                .await?;
+            for o in storage.list(&format!("{base}/")).await? {
+                storage.delete(&o.key).await?;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Deletes the manifest first, so a half-deleted snapshot is never complete.

@@ -25,6 +25,9 @@ pub struct EngineStatus {
     pub lock_holder: Option<String>,
     /// The service's newest complete snapshot in this environment.
     pub newest_snapshot: Option<serde_json::Value>,
+    /// Continuous capture (PostgreSQL): lag and WAL kept by the slot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture: Option<crate::capture::postgres::Lag>,
     pub ready: bool,
     pub error: Option<serde_json::Value>,
 }
@@ -63,6 +66,7 @@ pub async fn run(ctx: &Context, check: bool) -> Outcome {
                         missing_files: vec![],
                         lock_holder: None,
                         newest_snapshot: None,
+                        capture: None,
                         ready: false,
                         error: Some(error_json(&e)),
                     });
@@ -87,8 +91,14 @@ pub async fn run(ctx: &Context, check: bool) -> Outcome {
                         None
                     }
                 };
+                let lag =
+                    crate::capture::postgres::service_lag(storage.as_ref(), &ctx.env.name, service)
+                        .await;
                 for r in rows.iter_mut().filter(|r| r.service == service.name) {
                     r.newest_snapshot = newest.clone();
+                    if r.engine == EngineKind::Postgres {
+                        r.capture = lag.clone();
+                    }
                 }
             }
         }
@@ -157,6 +167,7 @@ pub async fn service_status(
             missing_files: analysis.missing_files.clone(),
             lock_holder,
             newest_snapshot: None,
+            capture: None,
             error: None,
         });
     }
@@ -200,6 +211,13 @@ fn render(rows: &[EngineStatus]) -> String {
                     .as_ref()
                     .and_then(|s| s["id"].as_str().map(str::to_string))
                     .unwrap_or_else(|| "-".into()),
+                r.capture
+                    .as_ref()
+                    .map(|c| match c.lag_seconds {
+                        Some(s) => format!("{s}s behind"),
+                        None => "slot, nothing shipped".into(),
+                    })
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -212,6 +230,7 @@ fn render(rows: &[EngineStatus]) -> String {
             "STATE",
             "LOCK",
             "NEWEST SNAPSHOT",
+            "CAPTURE",
         ],
         &cells,
     );
