@@ -335,3 +335,36 @@ fn prune_removes_only_segments_older_than_every_kept_snapshot() {
     assert_eq!(state(&p), at_t);
     drop_capture(&p);
 }
+
+#[test]
+fn capture_runs_until_sigterm_shipping_every_interval_and_exits_0() {
+    let p = project("cap_loop");
+    let child = p
+        .std_cmd()
+        .args(["capture", "--interval", "500ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    sql(
+        &p,
+        "INSERT INTO $S.accounts (name) VALUES ('while running')",
+    );
+    let started = std::time::Instant::now();
+    while segments(&p).is_empty() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        segments(&p).len(),
+        1,
+        "the change was not shipped within the interval"
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 transactions"));
+    drop_capture(&p);
+}

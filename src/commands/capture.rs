@@ -15,6 +15,39 @@ use crate::engine::postgres::{classify, PostgresEngine};
 use crate::error::{Error, Result};
 use crate::output::Outcome;
 
+/// SIGINT and SIGTERM, registered up front.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 struct Source {
     service: String,
     schema: String,
@@ -105,7 +138,8 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
             c.ensure().await?;
             totals.push(PassReport::default());
         }
-        let mut stop = std::pin::pin!(crate::termination());
+        // Registered now, so a signal during a pass waits for its end.
+        let mut signals = Signals::new()?;
         loop {
             for (s, total) in sources.iter_mut().zip(totals.iter_mut()) {
                 let mut c = Capture {
@@ -141,7 +175,7 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
             }
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
-                _ = &mut stop => break,
+                _ = signals.next() => break,
             }
         }
         let report: Vec<_> = sources
