@@ -114,10 +114,14 @@ pub async fn render(ctx: &Context) -> Result<String> {
                 );
             }
         }
-        if let Some(lag) =
-            crate::capture::postgres::service_lag(storage.as_ref(), env, &service).await
-        {
-            let labels = [("env", env), ("service", s)];
+        let pg_lag = crate::capture::postgres::service_lag(storage.as_ref(), env, &service).await;
+        let mongo_lag = match service.mongodb {
+            Some(_) => crate::capture::mongodb::lag(storage.as_ref(), env, s).await,
+            None => None,
+        };
+        for (engine, lag) in [("postgres", pg_lag), ("mongodb", mongo_lag)] {
+            let Some(lag) = lag else { continue };
+            let labels = [("env", env), ("service", s), ("engine", engine)];
             if let Some(l) = lag.lag_seconds {
                 capture_lag.add(&labels, l as f64);
             }

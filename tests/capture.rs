@@ -189,7 +189,9 @@ fn restore_to_a_time_replays_captured_changes_exactly_and_capture_goes_on() {
     assert!(lag["retained_wal_bytes"].as_i64().is_some(), "{status}");
     let text = std::fs::read_to_string(&metrics).unwrap();
     assert!(
-        text.contains("valero_db_capture_lag_seconds{env=\"dev\",service=\"svc\"}"),
+        text.contains(
+            "valero_db_capture_lag_seconds{env=\"dev\",service=\"svc\",engine=\"postgres\"}"
+        ),
         "{text}"
     );
     assert!(

@@ -16,6 +16,7 @@
 //! consecutive segments chain (`end` of one is `start` of the next), so a
 //! missing segment is a visible gap.
 
+pub mod mongodb;
 pub mod pgoutput;
 pub mod postgres;
 
@@ -68,6 +69,9 @@ pub struct Segment {
     pub changes: u64,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub object: ObjectEntry,
+    /// MongoDB: the change stream's resume token after the last event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_token: Option<serde_json::Value>,
 }
 
 /// How far capture has looked, updated after every pass (also without

@@ -336,6 +336,7 @@ impl Capture<'_> {
             changes: report.changes,
             created_at: chrono::Utc::now(),
             object: entry.clone(),
+            resume_token: None,
         };
         let stored = async {
             crate::snapshot::verify_object(self.storage, &base, &entry).await?;

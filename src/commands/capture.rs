@@ -1,16 +1,18 @@
 //! `capture [--once | --interval D]` and `capture --drop`: ships every
 //! committed change of the selected services to the snapshot storage, so
 //! `restore --timestamp` can replay up to any second (docs/capture.md).
-//! PostgreSQL only so far; MongoDB services are reported as not captured.
+//! PostgreSQL through logical decoding, MongoDB through a change stream.
 
 use std::time::Duration;
 
 use serde_json::json;
 use sqlx::Row;
 
-use crate::capture::postgres::{slot_name, Capture, PassReport};
+use crate::capture::mongodb::Capture as MongoCapture;
+use crate::capture::postgres::{slot_name, Capture};
 use crate::commands::snapshot::open_storage;
 use crate::commands::{confirm, Context};
+use crate::engine::mongodb::MongoEngine;
 use crate::engine::postgres::{classify, PostgresEngine};
 use crate::error::{Error, Result};
 use crate::output::Outcome;
@@ -48,22 +50,30 @@ impl Signals {
     }
 }
 
-struct Source {
+struct PgSource {
     service: String,
     schema: String,
     engine: PostgresEngine,
 }
 
-/// Connects and takes the per-service capture lock: two captures of one
-/// service would store the same changes twice.
-async fn open(ctx: &Context) -> Result<Vec<Source>> {
-    let mut out = Vec::new();
+struct MongoSource {
+    service: String,
+    engine: MongoEngine,
+}
+
+/// Connects every selected database. PostgreSQL sources take the
+/// per-service capture lock: two captures would store changes twice.
+async fn open(ctx: &Context) -> Result<(Vec<PgSource>, Vec<MongoSource>)> {
+    let mut pg_sources = Vec::new();
+    let mut mongo_sources = Vec::new();
     for service in ctx.services()? {
+        if let Some(m) = &service.mongodb {
+            mongo_sources.push(MongoSource {
+                service: service.name.clone(),
+                engine: MongoEngine::connect(&service.name, m).await?,
+            });
+        }
         let Some(pg) = &service.postgres else {
-            tracing::warn!(
-                "{}: MongoDB capture is not implemented yet; this service is not captured",
-                service.name
-            );
             continue;
         };
         let mut engine = PostgresEngine::connect(&service.name, pg).await?;
@@ -92,28 +102,35 @@ async fn open(ctx: &Context) -> Result<Vec<Source>> {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        out.push(Source {
+        pg_sources.push(PgSource {
             service: service.name.clone(),
             schema: pg.schema.clone(),
             engine,
         });
     }
-    if out.is_empty() {
-        return Err(Error::usage(
-            "none of the selected services has a PostgreSQL database to capture",
-        ));
-    }
-    Ok(out)
+    Ok((pg_sources, mongo_sources))
+}
+
+/// Totals per service and engine over the whole run.
+#[derive(Default)]
+struct Total {
+    transactions: u64,
+    changes: u64,
+    position: String,
+    segment: Option<String>,
 }
 
 pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes: bool) -> Outcome {
     let result = async {
         let storage = open_storage(ctx).await?;
-        let mut sources = open(ctx).await?;
+        let (mut pg_sources, mut mongo_sources) = open(ctx).await?;
         if drop {
+            if pg_sources.is_empty() {
+                return Err(Error::usage("--drop removes PostgreSQL replication slots; none of the selected services has PostgreSQL"));
+            }
             confirm(ctx, "dropping the capture slots (restores to later times need a new snapshot)", yes)?;
             let mut dropped = Vec::new();
-            for s in &mut sources {
+            for s in &mut pg_sources {
                 let mut c = Capture {
                     conn: s.engine.connection(),
                     storage: storage.as_ref(),
@@ -122,26 +139,44 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
                     schema: &s.schema,
                 };
                 let was = c.drop_slot().await?;
-                dropped.push(json!({"service": s.service, "slot": slot_name(&ctx.env.name, &s.service, &s.schema), "dropped": was}));
+                dropped.push((s.service.clone(), slot_name(&ctx.env.name, &s.service, &s.schema), was));
             }
-            return Ok((json!({"command": "capture", "dropped": dropped}), dropped.iter().map(|d| format!("{}: slot {} {}\n", d["service"].as_str().unwrap_or(""), d["slot"].as_str().unwrap_or(""), if d["dropped"] == true { "dropped" } else { "did not exist" })).collect::<String>()));
+            let human = dropped
+                .iter()
+                .map(|(s, slot, was)| format!("{s}: slot {slot} {}\n", if *was { "dropped" } else { "did not exist" }))
+                .collect::<String>();
+            let report: Vec<_> = dropped.iter().map(|(s, slot, was)| json!({"service": s, "slot": slot, "dropped": was})).collect();
+            return Ok((json!({"command": "capture", "dropped": report}), human));
         }
-        let mut totals: Vec<PassReport> = Vec::new();
-        for s in &mut sources {
-            let mut c = Capture {
+        let mut pg_totals: Vec<Total> = Vec::new();
+        for s in &mut pg_sources {
+            Capture {
                 conn: s.engine.connection(),
                 storage: storage.as_ref(),
                 env: &ctx.env.name,
                 service: &s.service,
                 schema: &s.schema,
-            };
-            c.ensure().await?;
-            totals.push(PassReport::default());
+            }
+            .ensure()
+            .await?;
+            pg_totals.push(Total::default());
+        }
+        let mut mongo_totals: Vec<Total> = Vec::new();
+        for s in &mut mongo_sources {
+            MongoCapture {
+                db: s.engine.database(),
+                storage: storage.as_ref(),
+                env: &ctx.env.name,
+                service: &s.service,
+            }
+            .ensure()
+            .await?;
+            mongo_totals.push(Total::default());
         }
         // Registered now, so a signal during a pass waits for its end.
         let mut signals = Signals::new()?;
         loop {
-            for (s, total) in sources.iter_mut().zip(totals.iter_mut()) {
+            for (s, total) in pg_sources.iter_mut().zip(pg_totals.iter_mut()) {
                 let mut c = Capture {
                     conn: s.engine.connection(),
                     storage: storage.as_ref(),
@@ -151,20 +186,30 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
                 };
                 loop {
                     let r = c.pass().await?;
-                    if let Some(seg) = &r.segment {
-                        tracing::info!(
-                            "{}: {} transactions, {} changes shipped to {seg}",
-                            s.service,
-                            r.transactions,
-                            r.changes
-                        );
-                    }
+                    shipped(&s.service, "postgres", r.transactions, r.changes, &r.segment);
                     total.transactions += r.transactions;
                     total.changes += r.changes;
                     total.position = r.position.clone();
-                    if let Some(seg) = r.segment {
-                        total.segment = Some(seg);
+                    total.segment = r.segment.or(total.segment.take());
+                    if !r.more {
+                        break;
                     }
+                }
+            }
+            for (s, total) in mongo_sources.iter_mut().zip(mongo_totals.iter_mut()) {
+                let mut c = MongoCapture {
+                    db: s.engine.database(),
+                    storage: storage.as_ref(),
+                    env: &ctx.env.name,
+                    service: &s.service,
+                };
+                loop {
+                    let r = c.pass().await?;
+                    shipped(&s.service, "mongodb", r.events, r.events, &r.segment);
+                    total.transactions += r.events;
+                    total.changes += r.events;
+                    total.position = r.position.clone();
+                    total.segment = r.segment.or(total.segment.take());
                     if !r.more {
                         break;
                     }
@@ -178,15 +223,19 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
                 _ = signals.next() => break,
             }
         }
-        let report: Vec<_> = sources
+        let rows: Vec<(&str, &str, &Total)> = pg_sources
             .iter()
-            .zip(&totals)
-            .map(|(s, t)| json!({"service": s.service, "slot": slot_name(&ctx.env.name, &s.service, &s.schema), "transactions": t.transactions, "changes": t.changes, "position": t.position, "last_segment": t.segment}))
+            .zip(&pg_totals)
+            .map(|(s, t)| (s.service.as_str(), "postgres", t))
+            .chain(mongo_sources.iter().zip(&mongo_totals).map(|(s, t)| (s.service.as_str(), "mongodb", t)))
             .collect();
-        let human = sources
+        let report: Vec<_> = rows
             .iter()
-            .zip(&totals)
-            .map(|(s, t)| format!("{}: {} transactions, {} changes captured; slot at {}\n", s.service, t.transactions, t.changes, t.position))
+            .map(|(s, e, t)| json!({"service": s, "engine": e, "transactions": t.transactions, "changes": t.changes, "position": t.position, "last_segment": t.segment}))
+            .collect();
+        let human = rows
+            .iter()
+            .map(|(s, e, t)| format!("{s} ({e}): {} transactions, {} changes captured; at {}\n", t.transactions, t.changes, t.position))
             .collect::<String>();
         Ok((json!({"command": "capture", "environment": ctx.env.name, "services": report}), human))
     }
@@ -194,5 +243,13 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
     match result {
         Ok((report, human)) => Outcome::ok(report, human),
         Err(e) => Outcome::failed(e),
+    }
+}
+
+fn shipped(service: &str, engine: &str, transactions: u64, changes: u64, segment: &Option<String>) {
+    if let Some(seg) = segment {
+        tracing::info!(
+            "{service} ({engine}): {transactions} transactions, {changes} changes shipped to {seg}"
+        );
     }
 }

@@ -35,6 +35,8 @@ struct Choice {
     note: String,
     /// Captured PostgreSQL changes to replay up to the requested time.
     replay: Option<crate::capture::ReplayPlan>,
+    /// Captured MongoDB change events to replay up to the requested time.
+    mongo_replay: Option<crate::capture::ReplayPlan>,
 }
 
 pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
@@ -95,6 +97,7 @@ async fn restore(
                 found,
                 note,
                 replay: None,
+                mongo_replay: None,
             }),
             None => missing.push(service.name.clone()),
         }
@@ -137,42 +140,42 @@ async fn restore(
     // here, before anything is touched.
     if let (Some(t), false) = (at, args.snapshot_only) {
         for c in &mut choices {
-            let Some(info) = c
-                .found
-                .manifest
-                .engines
+            let engines = &c.found.manifest.engines;
+            let pg_from = engines
                 .iter()
                 .find(|e| e.engine == "postgres")
-            else {
-                continue;
-            };
-            if c.service.postgres.is_none() {
-                continue;
+                .filter(|_| c.service.postgres.is_some())
+                .map(|info| {
+                    info.position
+                        .get("wal_lsn_before")
+                        .or_else(|| info.position.get("wal_lsn"))
+                        .and_then(|v| v.as_str())
+                        .map(crate::capture::parse_lsn)
+                        .transpose()
+                        .map(|v| v.unwrap_or(0))
+                })
+                .transpose()?;
+            let mongo_from = engines
+                .iter()
+                .find(|e| e.engine == "mongodb")
+                .filter(|_| c.service.mongodb.is_some())
+                .and_then(crate::capture::mongodb::snapshot_position);
+            for (engine, from) in [("postgres", pg_from), ("mongodb", mongo_from)] {
+                let Some(from) = from else { continue };
+                let listing = crate::capture::list(
+                    source.as_ref(),
+                    &source_env.name,
+                    &c.service.name,
+                    engine,
+                )
+                .await?;
+                let plan = crate::capture::plan(&listing, from, &c.found.manifest.id, t)
+                    .map_err(|e| in_service(e, &c.service.name, engine))?;
+                match engine {
+                    "postgres" => c.replay = plan,
+                    _ => c.mongo_replay = plan,
+                }
             }
-            let from = info
-                .position
-                .get("wal_lsn_before")
-                .or_else(|| info.position.get("wal_lsn"))
-                .and_then(|v| v.as_str())
-                .map(crate::capture::parse_lsn)
-                .transpose()?
-                .unwrap_or(0);
-            let listing = crate::capture::list(
-                source.as_ref(),
-                &source_env.name,
-                &c.service.name,
-                "postgres",
-            )
-            .await?;
-            c.replay = crate::capture::plan(&listing, from, &c.found.manifest.id, t).map_err(
-                |e| match e {
-                    Error::Integrity { message, hint } => Error::Integrity {
-                        message: format!("service {}: {message}", c.service.name),
-                        hint,
-                    },
-                    other => other,
-                },
-            )?;
         }
     }
 
@@ -184,7 +187,12 @@ async fn restore(
     let verifying = std::time::Instant::now();
     for c in &choices {
         snapshot::verify(source.as_ref(), &c.found).await?;
-        for (base, seg) in c.replay.iter().flat_map(|p| &p.segments) {
+        for (base, seg) in c
+            .replay
+            .iter()
+            .chain(&c.mongo_replay)
+            .flat_map(|p| &p.segments)
+        {
             snapshot::verify_object(source.as_ref(), base, &seg.object).await?;
         }
         tracing::debug!(
@@ -225,9 +233,10 @@ async fn restore(
             human_bytes(m.total_size()),
             targets(&c.service),
         ));
-        if let Some(plan) = &c.replay {
+        for (engine, plan) in [("PostgreSQL", &c.replay), ("MongoDB", &c.mongo_replay)] {
+            let Some(plan) = plan else { continue };
             human.push_str(&format!(
-                "{}: then replays captured changes up to {} ({} segment{})\n",
+                "{} ({engine}): then replays captured changes up to {} ({} segment{})\n",
                 c.service.name,
                 plan.at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
                 plan.segments.len(),
@@ -302,6 +311,17 @@ async fn restore(
     Ok(())
 }
 
+/// Names the service and engine in an integrity error about captured changes.
+fn in_service(e: Error, service: &str, engine: &str) -> Error {
+    match e {
+        Error::Integrity { message, hint } => Error::Integrity {
+            message: format!("service {service} ({engine}): {message}"),
+            hint,
+        },
+        other => other,
+    }
+}
+
 fn targets(s: &Service) -> String {
     let mut out = Vec::new();
     if let Some(pg) = &s.postgres {
@@ -339,9 +359,13 @@ async fn restore_service(
     let pre = take_service(target, &c.service.name, &mut locked.slots, &req).await?;
     let mut stats = Vec::new();
     for i in 0..locked.slots.len() {
+        let plan = match locked.slots[i].engine.kind() {
+            crate::engine::EngineKind::Postgres => c.replay.as_ref(),
+            crate::engine::EngineKind::Mongodb => c.mongo_replay.as_ref(),
+        };
         match locked.slots[i]
             .engine
-            .restore_prepare(source, &c.found, c.replay.as_ref())
+            .restore_prepare(source, &c.found, plan)
             .await
         {
             Ok(s) => stats.push(s),

@@ -94,11 +94,15 @@ pub async fn run(ctx: &Context, check: bool) -> Outcome {
                 let lag =
                     crate::capture::postgres::service_lag(storage.as_ref(), &ctx.env.name, service)
                         .await;
+                let mongo_lag =
+                    crate::capture::mongodb::lag(storage.as_ref(), &ctx.env.name, &service.name)
+                        .await;
                 for r in rows.iter_mut().filter(|r| r.service == service.name) {
                     r.newest_snapshot = newest.clone();
-                    if r.engine == EngineKind::Postgres {
-                        r.capture = lag.clone();
-                    }
+                    r.capture = match r.engine {
+                        EngineKind::Postgres => lag.clone(),
+                        EngineKind::Mongodb => mongo_lag.clone(),
+                    };
                 }
             }
         }

@@ -499,7 +499,7 @@ impl Engine for MongoEngine {
         &mut self,
         storage: &dyn crate::storage::Storage,
         found: &crate::snapshot::Found,
-        _replay: Option<&crate::capture::ReplayPlan>,
+        replay: Option<&crate::capture::ReplayPlan>,
     ) -> Result<crate::restore::RestoreStats> {
         if !found.manifest.engines.iter().any(|e| e.engine == "mongodb") {
             return Err(Error::usage(format!(
@@ -508,7 +508,8 @@ impl Engine for MongoEngine {
             )));
         }
         let (_, stats) =
-            crate::restore::mongodb::prepare(&self.db, storage, found, &self.service).await?;
+            crate::restore::mongodb::prepare(&self.db, storage, found, &self.service, replay)
+                .await?;
         Ok(stats)
     }
 

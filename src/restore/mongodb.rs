@@ -237,6 +237,7 @@ pub async fn prepare(
     storage: &dyn Storage,
     found: &Found,
     service: &str,
+    replay: Option<&crate::capture::ReplayPlan>,
 ) -> Result<(String, RestoreStats)> {
     let what = format!("MongoDB of service {service}");
     recover(db, service).await?;
@@ -281,6 +282,38 @@ pub async fn prepare(
                 &what,
             )
             .await?;
+        }
+        if let Some(plan) = replay {
+            let from = found
+                .manifest
+                .engines
+                .iter()
+                .find(|e| e.engine == "mongodb")
+                .and_then(crate::capture::mongodb::snapshot_position)
+                .ok_or_else(|| {
+                    Error::integrity(
+                        format!("snapshot {} does not record its cluster time", found.base),
+                        None,
+                    )
+                })?;
+            let mut targets = crate::capture::mongodb::Targets {
+                db,
+                journal: JOURNAL,
+                token: &token,
+                map: planned
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.kind != "view")
+                    .map(|(i, p)| (p.name.clone(), format!("{TMP_PREFIX}{token}_{i}")))
+                    .collect(),
+                created: 0,
+            };
+            let skip =
+                |c: &str| c == LOCKS || c.starts_with(TMP_PREFIX) || c.starts_with("system.");
+            stats.replayed = Some(
+                crate::capture::mongodb::replay(&mut targets, storage, plan, from, &skip, &what)
+                    .await?,
+            );
         }
         Ok(())
     }
