@@ -214,7 +214,8 @@ pub enum Command {
         shell: Shell,
     },
     /// Ship every committed change of the selected services to the snapshot
-    /// storage, for restores to any second (PostgreSQL: logical decoding)
+    /// storage, for restores to any second (PostgreSQL: logical decoding;
+    /// MongoDB: change streams)
     Capture {
         /// Ship everything committed up to now, then exit (cron, tests)
         #[arg(long)]
@@ -222,7 +223,7 @@ pub enum Command {
         /// Without --once: ship at least this often, until stopped
         #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
         interval: Duration,
-        /// Remove the replication slot and publication of the selected services
+        /// Remove the PostgreSQL replication slot and publication of the selected services
         #[arg(long = "drop", conflicts_with = "once")]
         drop_slot: bool,
         /// Confirm --drop without a prompt

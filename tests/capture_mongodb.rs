@@ -119,6 +119,15 @@ async fn mongodb_restore_to_a_time_replays_change_events_exactly() {
         at_t,
         "the restored state differs from the state at T"
     );
+    // A restore inside the replay window cannot be replayed across.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    capture(&p);
+    let t2 = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    capture(&p);
+    p.run(&["restore", "--timestamp", &t2, "--yes"])
+        .expect_code(5)
+        .stderr_has("a restore ran");
     let status = p.run(&["status", "--output", "json"]).json();
     assert!(
         status["services"][0]["capture"]["lag_seconds"]

@@ -311,7 +311,7 @@ async fn prune_segments(
     keep: &[bool],
     dry_run: bool,
 ) -> Result<Vec<String>> {
-    let from = |f: &Found| {
+    let pg_from = |f: &Found| {
         let info = f.manifest.engines.iter().find(|e| e.engine == "postgres")?;
         let lsn = info
             .position
@@ -320,34 +320,43 @@ async fn prune_segments(
             .as_str()?;
         crate::capture::parse_lsn(lsn).ok()
     };
+    let mongo_from = |f: &Found| {
+        let info = f.manifest.engines.iter().find(|e| e.engine == "mongodb")?;
+        crate::capture::mongodb::snapshot_position(info)
+    };
     let kept: Vec<&Found> = found
         .iter()
         .zip(keep)
         .filter(|(_, k)| **k)
         .map(|(f, _)| f)
         .collect();
-    // Every kept snapshot must say where it stands, else keep everything.
-    let Some(oldest) = kept
-        .iter()
-        .map(|f| from(f))
-        .collect::<Option<Vec<u64>>>()
-        .and_then(|v| v.into_iter().min())
-    else {
-        return Ok(Vec::new());
-    };
-    let listing = crate::capture::list(storage, env, service, "postgres").await?;
     let mut removed = Vec::new();
-    for (base, seg) in &listing.segments {
-        if crate::capture::parse_lsn(&seg.end)? > oldest {
+    for (engine, from) in [
+        ("postgres", &pg_from as &dyn Fn(&Found) -> Option<u64>),
+        ("mongodb", &mongo_from),
+    ] {
+        // Every kept snapshot must say where it stands, else keep everything.
+        let Some(oldest) = kept
+            .iter()
+            .map(|f| from(f))
+            .collect::<Option<Vec<u64>>>()
+            .and_then(|v| v.into_iter().min())
+        else {
             continue;
-        }
-        removed.push(base.clone());
-        if !dry_run {
-            storage
-                .delete(&format!("{base}/{}", crate::capture::SEGMENT_MANIFEST))
-                .await?;
-            for o in storage.list(&format!("{base}/")).await? {
-                storage.delete(&o.key).await?;
+        };
+        let listing = crate::capture::list(storage, env, service, engine).await?;
+        for (base, seg) in &listing.segments {
+            if crate::capture::parse_lsn(&seg.end)? > oldest {
+                continue;
+            }
+            removed.push(base.clone());
+            if !dry_run {
+                storage
+                    .delete(&format!("{base}/{}", crate::capture::SEGMENT_MANIFEST))
+                    .await?;
+                for o in storage.list(&format!("{base}/")).await? {
+                    storage.delete(&o.key).await?;
+                }
             }
         }
     }
