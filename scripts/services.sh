@@ -3,8 +3,9 @@
 #   PostgreSQL 15 (Debian's postgresql-15, initdb + pg_ctl, wal_level=logical),
 #   SecantusDB (a MongoDB wire-protocol server, from PyPI, in a venv),
 #   s3s-fs (an S3 server over a folder, from crates.io),
-#   plus, for the TLS and server-restart tests: a second PostgreSQL cluster
-#   that accepts TLS connections only, and a TLS front (scripts/tls_proxy.py)
+#   plus, for the TLS, server-restart and wal_level tests: a second
+#   PostgreSQL cluster that accepts TLS connections only and runs with
+#   wal_level=replica, and a TLS front (scripts/tls_proxy.py)
 #   for SecantusDB, both with a throwaway self-signed certificate.
 # Installs whatever is missing. Used by the README and by .ci/run.
 #
@@ -138,7 +139,7 @@ start_pg_tls() {
   [[ $EUID -eq 0 ]] && chown postgres: "$dir/data/server.crt" "$dir/data/server.key"
   printf 'local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\nhostnossl all all 0.0.0.0/0 reject\n' > "$dir/data/pg_hba.conf"
   [[ $EUID -eq 0 ]] && chown postgres: "$dir/data/pg_hba.conf"
-  echo "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c wal_level=logical -c max_connections=50 -c fsync=off -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key" > "$dir/options"
+  echo "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c wal_level=replica -c max_connections=50 -c fsync=off -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key" > "$dir/options"
   as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o "$(cat "$dir/options")" \
     >"$STATE/pgtls-start.log" 2>&1 || { cat "$dir/server.log" >&2; return 1; }
   as_pg "$PG_BIN/createdb" -h "$dir" -p "$port" -U valero valero

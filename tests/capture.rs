@@ -370,3 +370,54 @@ fn capture_runs_until_sigterm_shipping_every_interval_and_exits_0() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 transactions"));
     drop_capture(&p);
 }
+
+#[test]
+fn a_migration_after_the_snapshot_is_covered_by_the_post_migrate_snapshot() {
+    let p = project("cap_migr");
+    capture(&p);
+    p.run(&["snapshot"]).ok();
+    sql(&p, "UPDATE $S.accounts SET balance = 1 WHERE id = 1");
+    p.migration(
+        "postgres",
+        "0002_currency.up.sql",
+        "ALTER TABLE accounts ADD COLUMN currency text NOT NULL DEFAULT 'EUR';\nUPDATE accounts SET balance = balance * 2;\n",
+    );
+    let run = p.run(&["migrate"]);
+    run.ok();
+    let list = p.run(&["snapshots", "list", "--output", "json"]).json();
+    let reasons: Vec<&str> = list["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["reason"].as_str())
+        .collect();
+    assert!(reasons.contains(&"post-migrate"), "{list}");
+    sql(
+        &p,
+        "INSERT INTO $S.accounts (name, currency) VALUES ('usd', 'USD')",
+    );
+    capture(&p);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = now(&p);
+    let at_t = state(&p);
+    std::thread::sleep(Duration::from_millis(1200));
+    sql(&p, "DELETE FROM $S.accounts WHERE currency = 'USD'");
+    capture(&p);
+    p.run(&["restore", "--timestamp", &t, "--yes"]).ok();
+    assert_eq!(state(&p), at_t);
+    drop_capture(&p);
+}
+
+#[test]
+fn capture_says_clearly_when_wal_level_is_not_logical() {
+    // The TLS-only cluster of scripts/services.sh runs with wal_level=replica.
+    let p = Project::new("cap_wal");
+    p.write_raw_config(&format!(
+        "[environments.dev]\nstorage = \"file://backups\"\n\n[services.svc]\npostgres = {{ url = \"${{VALERO_PG_TLS_URL}}\", schema = \"{}\" }}\n",
+        p.schema
+    ));
+    p.run(&["capture", "--once"])
+        .expect_code(2)
+        .stderr_has("wal_level = logical")
+        .stderr_has("restart PostgreSQL");
+}

@@ -629,10 +629,9 @@ pub async fn replay(
                     }
                     Message::Commit { .. } => applying = false,
                     Message::Relation(rel) => {
-                        if !checked.contains(&rel.id) {
-                            check_relation(conn, schema, &rel, what).await?;
-                            checked.insert(rel.id);
-                        }
+                        // Checked when a change to it is applied: changes the
+                        // snapshot already holds may predate a migration.
+                        checked.remove(&rel.id);
                         replayer.learn(rel);
                     }
                     Message::Logical { prefix, .. }
@@ -647,6 +646,18 @@ pub async fn replay(
                         ));
                     }
                     msg if applying => {
+                        let used: Vec<u32> = match &msg {
+                            Message::Insert { relation, .. }
+                            | Message::Update { relation, .. }
+                            | Message::Delete { relation, .. } => vec![*relation],
+                            Message::Truncate { relations, .. } => relations.clone(),
+                            _ => vec![],
+                        };
+                        for id in used {
+                            if checked.insert(id) {
+                                check_relation(conn, schema, replayer.relation(id)?, what).await?;
+                            }
+                        }
                         if let Some(sql) = replayer.sql(schema, &msg)? {
                             let table = match &msg {
                                 Message::Insert { relation, .. }

@@ -322,7 +322,45 @@ async fn migrate_locked(
             return Err(e);
         }
     }
+    if let Some(storage) = pre.storage {
+        post_migrate_snapshot(storage, pre.environment, &name, locked, args).await;
+    }
     Ok(())
+}
+
+/// Captured changes cannot be replayed across a schema change: with capture
+/// running for the service, a snapshot right after the migration is where
+/// restores to later times start. A failure here does not undo the
+/// migration; it is reported, and restores to times before the next
+/// snapshot are refused until one is taken.
+async fn post_migrate_snapshot(
+    storage: &dyn Storage,
+    environment: &str,
+    name: &str,
+    locked: &mut LockedService,
+    args: &MigrateArgs,
+) {
+    let mut captured = false;
+    for engine in ["postgres", "mongodb"] {
+        if let Ok(l) = crate::capture::list(storage, environment, name, engine).await {
+            captured |= !l.streams.is_empty();
+        }
+    }
+    if !captured {
+        return;
+    }
+    let req = Request {
+        environment,
+        reason: "post-migrate",
+        release: args.release.clone(),
+        label: None,
+    };
+    if let Err(e) = take_service(storage, name, &mut locked.slots, &req).await {
+        tracing::warn!(
+            "{name}: the migration is applied, but the post-migrate snapshot failed: {e}; \
+             restores to later times need a snapshot taken after the migration (`valero-db snapshot -s {name}`)"
+        );
+    }
 }
 
 /// Where a rollback goes: one version for every engine, or per service and
