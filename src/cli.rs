@@ -213,9 +213,7 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
-    /// Ship every committed change of the selected services to the snapshot
-    /// storage, for restores to any second (PostgreSQL: logical decoding;
-    /// MongoDB: change streams)
+    /// Ship committed changes to the storage, for restores to any second
     Capture {
         /// Ship everything committed up to now, then exit (cron, tests)
         #[arg(long)]
