@@ -421,3 +421,50 @@ fn capture_says_clearly_when_wal_level_is_not_logical() {
         .stderr_has("wal_level = logical")
         .stderr_has("restart PostgreSQL");
 }
+
+#[test]
+fn a_restore_of_another_service_in_the_same_database_does_not_block_replay() {
+    let p = project("cap_two");
+    let other = format!("{}_other", p.schema);
+    let config = std::fs::read_to_string(p.config_path()).unwrap();
+    p.write_raw_config(&format!(
+        "{config}\n[services.other]\npostgres = {{ url = \"${{VALERO_PG_URL}}\", schema = \"{other}\" }}\n"
+    ));
+    p.migration_for(
+        "other",
+        "postgres",
+        "0001_t.up.sql",
+        "CREATE TABLE t (id int PRIMARY KEY);\n",
+    );
+    p.run(&["-s", "other", "migrate", "--no-snapshot", "--yes"])
+        .ok();
+    p.run(&["-s", "other", "snapshot"]).ok();
+    capture(&p);
+    p.run(&["-s", "svc", "snapshot"]).ok();
+    sql(
+        &p,
+        "UPDATE $S.accounts SET name = 'before the other restore' WHERE id = 1",
+    );
+    let snap = p
+        .run(&["-s", "other", "snapshots", "list", "--output", "json"])
+        .json();
+    let id = snap["snapshots"][0]["id"].as_str().unwrap().to_string();
+    p.run(&["-s", "other", "restore", "--snapshot", &id, "--yes"])
+        .ok();
+    sql(
+        &p,
+        "UPDATE $S.accounts SET name = 'after the other restore' WHERE id = 2",
+    );
+    capture(&p);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = now(&p);
+    let at_t = state(&p);
+    std::thread::sleep(Duration::from_millis(1200));
+    sql(&p, "DELETE FROM $S.accounts");
+    capture(&p);
+    p.run(&["-s", "svc", "restore", "--timestamp", &t, "--yes"])
+        .ok();
+    assert_eq!(state(&p), at_t);
+    psql(&format!("DROP SCHEMA IF EXISTS \"{other}\" CASCADE"));
+    drop_capture(&p);
+}

@@ -30,6 +30,22 @@ const PASS_CHANGES: i32 = 100_000;
 /// Prefix of the logical decoding message a restore writes into its own
 /// transaction, so capture and replay can tell restores from changes.
 pub const RESTORE_MESSAGE_PREFIX: &str = "valero-db";
+/// The content of a restore's message: logical messages reach every slot
+/// of the database, so it names the schema it restored.
+pub fn restore_message(snapshot_id: &str, schema: &str) -> String {
+    format!("restore {snapshot_id} {schema}")
+}
+
+/// Whether a logical message is a restore of `schema`.
+fn restores(prefix: &str, content: &[u8], schema: &str) -> bool {
+    prefix == RESTORE_MESSAGE_PREFIX
+        && std::str::from_utf8(content)
+            .ok()
+            .and_then(|c| c.strip_prefix("restore "))
+            .and_then(|c| c.split_once(' '))
+            .is_some_and(|(_, s)| s == schema)
+}
+
 /// Prefix of capture's own flush ticks; transactions holding only a tick
 /// are not stored.
 const TICK_PREFIX: &str = "valero-db-capture";
@@ -282,7 +298,9 @@ impl Capture<'_> {
                         report.changes += 1;
                         in_txn_data = true;
                     }
-                    Message::Logical { prefix, .. } if prefix != TICK_PREFIX => {
+                    Message::Logical {
+                        prefix, content, ..
+                    } if restores(&prefix, &content, self.schema) => {
                         in_txn_data = true;
                     }
                     _ => {}
@@ -634,9 +652,9 @@ pub async fn replay(
                         checked.remove(&rel.id);
                         replayer.learn(rel);
                     }
-                    Message::Logical { prefix, .. }
-                        if applying && prefix == RESTORE_MESSAGE_PREFIX =>
-                    {
+                    Message::Logical {
+                        prefix, content, ..
+                    } if applying && restores(&prefix, &content, schema) => {
                         return Err(Error::integrity(
                             format!(
                                 "{what}: a restore ran at {} between the snapshot and the requested time; changes across it cannot be replayed",
@@ -787,6 +805,14 @@ mod tests {
         assert_ne!(slot_name("dev", "svc", "a"), slot_name("dev", "svc", "b"));
         let long = slot_name(&"e".repeat(40), &"s".repeat(40), "x");
         assert!(long.len() <= 63);
+    }
+
+    #[test]
+    fn restore_messages_name_their_schema() {
+        let m = restore_message("20250101T000000.000Z-abcdef", "fibu");
+        assert!(restores(RESTORE_MESSAGE_PREFIX, m.as_bytes(), "fibu"));
+        assert!(!restores(RESTORE_MESSAGE_PREFIX, m.as_bytes(), "crm"));
+        assert!(!restores(TICK_PREFIX, m.as_bytes(), "fibu"));
     }
 
     #[test]

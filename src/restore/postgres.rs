@@ -197,9 +197,12 @@ async fn load(
         exec(
             conn,
             &format!(
-                "SELECT pg_logical_emit_message(true, '{}', 'restore {}')",
+                "SELECT pg_logical_emit_message(true, '{}', {})",
                 crate::capture::postgres::RESTORE_MESSAGE_PREFIX,
-                found.manifest.id
+                crate::engine::postgres::quote_literal(&crate::capture::postgres::restore_message(
+                    &found.manifest.id,
+                    schema
+                ))
             ),
         )
         .await
