@@ -215,3 +215,33 @@ async fn kill_9_of_mongodb_capture_mid_segment_loses_and_duplicates_nothing() {
     );
     assert_eq!(state(&db).await, at_t);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_and_recreated_database_replays_to_what_existed_at_t() {
+    let p = project("capm_dropdb");
+    let db = mongo(&p.mongo_db).await;
+    capture(&p);
+    p.run(&["snapshot"]).ok();
+    db.collection::<Document>("people")
+        .insert_one(doc! {"_id": 10})
+        .await
+        .unwrap();
+    db.drop().await.unwrap();
+    db.collection::<Document>("fresh")
+        .insert_one(doc! {"_id": 1, "v": "after the drop"})
+        .await
+        .unwrap();
+    capture(&p);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_t = state(&db).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    db.collection::<Document>("fresh")
+        .insert_one(doc! {"_id": 2})
+        .await
+        .unwrap();
+    capture(&p);
+    p.run(&["restore", "--timestamp", &t, "--yes"]).ok();
+    assert_eq!(state(&db).await, at_t);
+}

@@ -150,8 +150,9 @@ impl Capture<'_> {
             .db
             .watch()
             .max_await_time(std::time::Duration::from_millis(300));
+        // startAfter also continues after an invalidate (a dropped database).
         let watch = match token {
-            Some(t) => watch.resume_after(t),
+            Some(t) => watch.start_after(t),
             None => watch.start_at_operation_time(bson::Timestamp {
                 time: (chain_end >> 32) as u32,
                 increment: chain_end as u32,
@@ -580,11 +581,18 @@ async fn apply(
             targets.dropped_entry_only(&coll, what).await?;
             targets.adopt(&to, tmp, what).await?;
         }
-        "dropDatabase" | "invalidate" => {
-            return Err(Error::integrity(
-                format!("{what}: the database was dropped after the snapshot ({op}); replay cannot continue past it"),
-                Some("restore an earlier time, or with --snapshot-only".into()),
-            ));
+        "dropDatabase" => {
+            // Everything goes; what is created afterwards comes back.
+            let names: Vec<String> = targets.map.keys().cloned().collect();
+            for name in names {
+                targets.dropped(&name, what).await?;
+            }
+            targets
+                .db
+                .collection::<Document>(targets.journal)
+                .update_one(doc! {"_id": "restore"}, doc! {"$set": {"keep": []}})
+                .await
+                .map_err(err)?;
         }
         _ => {}
     }
