@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{psql, Project};
+use common::{psql, tmp_files, Project};
 
 /// A PostgreSQL-only project (capture of MongoDB is not implemented yet).
 fn project(tag: &str) -> Project {
@@ -227,18 +227,6 @@ fn a_missing_segment_is_exit_5_naming_the_gap_and_snapshot_only_still_works() {
         .expect_code(5)
         .stderr_has("captured only up to");
     drop_capture(&p);
-}
-
-fn tmp_files(dir: &Path) -> usize {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            n += tmp_files(&e.path());
-        } else if e.file_name().to_string_lossy().contains(".tmp-") {
-            n += 1;
-        }
-    }
-    n
 }
 
 #[test]

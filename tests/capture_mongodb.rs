@@ -10,7 +10,7 @@ use std::time::Duration;
 use bson::{doc, Document, RawDocumentBuf};
 use futures::TryStreamExt;
 
-use common::{mongo, Project};
+use common::{mongo, tmp_files, Project};
 
 fn project(tag: &str) -> Project {
     let p = Project::new(tag);
@@ -150,18 +150,6 @@ async fn mongodb_restore_to_a_time_replays_change_events_exactly() {
         .expect_code(5)
         .stderr_has("gap");
     assert_eq!(state(&db).await, before);
-}
-
-fn tmp_files(dir: &std::path::Path) -> usize {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            n += tmp_files(&e.path());
-        } else if e.file_name().to_string_lossy().contains(".tmp-") {
-            n += 1;
-        }
-    }
-    n
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
-use common::Project;
+use common::{files, Project};
 use serde_json::Value;
 
 const KEY: &str = "3b1f6a0c9d8e7f60514233241506f7e8d9cabbac0d1e2f3041526374859607a8";
@@ -44,18 +42,6 @@ fn with_key(p: &Project, key: Option<&str>, args: &[&str]) -> common::Run {
         cmd.env("VALERO_TEST_SNAPSHOT_KEY", k);
     }
     common::Run::from(cmd.args(args).output().unwrap())
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            out.extend(files(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 fn count(p: &Project) -> String {

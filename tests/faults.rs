@@ -47,18 +47,6 @@ fn start_s3(port: u16, dir: &std::path::Path) -> std::process::Child {
     child
 }
 
-fn files_in(dir: &std::path::Path) -> usize {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            n += files_in(&e.path());
-        } else {
-            n += 1;
-        }
-    }
-    n
-}
-
 #[test]
 fn the_s3_server_dying_mid_snapshot_is_exit_3_no_migration_and_no_snapshot_listed() {
     let p = Project::new("f_s3dies");
@@ -91,9 +79,10 @@ fn the_s3_server_dying_mid_snapshot_is_exit_3_no_migration_and_no_snapshot_liste
         .spawn()
         .unwrap();
     // Kill the S3 server as soon as the snapshot has stored its first object.
-    let before = files_in(data.path());
+    let before = common::files(data.path()).len();
     let started = std::time::Instant::now();
-    while files_in(data.path()) == before && started.elapsed() < std::time::Duration::from_secs(30)
+    while common::files(data.path()).len() == before
+        && started.elapsed() < std::time::Duration::from_secs(30)
     {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -241,18 +230,6 @@ impl Drop for SmallDisk {
     }
 }
 
-fn paths_in(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            out.extend(paths_in(&e.path()));
-        } else {
-            out.push(e.path().display().to_string());
-        }
-    }
-    out
-}
-
 #[test]
 fn a_full_local_storage_is_exit_3_with_no_manifest_and_no_migration() {
     let p = Project::new("f_full");
@@ -285,10 +262,10 @@ fn a_full_local_storage_is_exit_3_with_no_manifest_and_no_migration() {
         assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
         assert!(stderr.contains("is full"), "{stderr}");
         assert!(stderr.contains("snapshots prune"), "{stderr}");
-        let left = paths_in(disk.dir.path());
+        let left = common::files(disk.dir.path());
         assert!(
             left.iter()
-                .all(|f| !f.ends_with("manifest.json") && !f.contains(".tmp-")),
+                .all(|f| !f.ends_with("manifest.json") && !f.to_string_lossy().contains(".tmp-")),
             "{left:?}"
         );
     }
@@ -453,7 +430,9 @@ fn postgres_restarting_mid_snapshot_is_a_clear_error_and_a_rerun_succeeds() {
             .spawn()
             .unwrap();
         let started = std::time::Instant::now();
-        while !paths_in(&folder).iter().any(|f| f.contains(point))
+        while !common::files(&folder)
+            .iter()
+            .any(|f| f.to_string_lossy().contains(point))
             && started.elapsed() < std::time::Duration::from_secs(30)
         {
             std::thread::sleep(std::time::Duration::from_millis(2));

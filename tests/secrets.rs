@@ -9,24 +9,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{closed_port, env_or_fail, pg_password, Project};
+use common::{closed_port, env_or_fail, files, pg_password, Project};
 
 const SNAPSHOT_KEY: &str = "5ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7";
 const WRONG_PG: &str = "Pg-Leak-Wrong-77";
 const MONGO_PW: &str = "Mongo-Leak-Pw-4242";
 const WRONG_S3: &str = "Wrong-S3-Secret-5150";
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            out.extend(files(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
-}
 
 /// A file's bytes, decompressed when it is a plain zstd object.
 fn readable(path: &Path) -> Vec<u8> {

@@ -86,6 +86,57 @@ pub struct Progress {
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
+fn json_err(e: serde_json::Error) -> Error {
+    Error::internal(format!("capture JSON: {e}"))
+}
+
+/// Reads a segment's object back, then writes its manifest (last). On
+/// failure everything written for it is removed.
+pub async fn store_segment(
+    storage: &dyn Storage,
+    writer: &mut crate::snapshot::SnapshotWriter<'_>,
+    base: &str,
+    segment: &Segment,
+) -> Result<()> {
+    let stored = async {
+        crate::snapshot::verify_object(storage, base, &segment.object).await?;
+        storage
+            .put_bytes(
+                &format!("{base}/{SEGMENT_MANIFEST}"),
+                &serde_json::to_vec_pretty(segment).map_err(json_err)?,
+            )
+            .await
+    }
+    .await;
+    if stored.is_err() {
+        writer.discard().await;
+    }
+    stored
+}
+
+/// Records how far capture has looked (overwritten every pass).
+pub async fn write_progress(
+    storage: &dyn Storage,
+    folder: &str,
+    slot: &str,
+    position: &str,
+    covered_until: chrono::DateTime<chrono::Utc>,
+) -> Result<()> {
+    let progress = Progress {
+        format: FORMAT_VERSION,
+        slot: slot.to_string(),
+        position: position.to_string(),
+        covered_until,
+        updated_at: chrono::Utc::now(),
+    };
+    storage
+        .put_bytes(
+            &format!("{folder}/progress.json"),
+            &serde_json::to_vec_pretty(&progress).map_err(json_err)?,
+        )
+        .await
+}
+
 /// A PostgreSQL LSN `X/Y` as a number.
 pub fn parse_lsn(text: &str) -> Result<u64> {
     let (hi, lo) = text

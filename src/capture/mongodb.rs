@@ -20,8 +20,8 @@ use mongodb::change_stream::event::ResumeToken;
 use mongodb::Database;
 
 use super::{
-    folder, format_lsn, parse_lsn, position_name, Progress, ReplayPlan, Segment, Stream, CHANGES,
-    FORMAT_VERSION, SEGMENT_MANIFEST,
+    folder, format_lsn, parse_lsn, position_name, ReplayPlan, Segment, Stream, CHANGES,
+    FORMAT_VERSION,
 };
 use crate::engine::mongodb::classify;
 use crate::error::{Error, Result};
@@ -229,20 +229,7 @@ impl Capture<'_> {
             object: entry.clone(),
             resume_token: token,
         };
-        let stored = async {
-            crate::snapshot::verify_object(self.storage, &base, &entry).await?;
-            self.storage
-                .put_bytes(
-                    &format!("{base}/{SEGMENT_MANIFEST}"),
-                    &serde_json::to_vec_pretty(&segment).map_err(json_err)?,
-                )
-                .await
-        }
-        .await;
-        if let Err(e) = stored {
-            writer.discard().await;
-            return Err(e);
-        }
+        super::store_segment(self.storage, &mut writer, &base, &segment).await?;
         self.write_progress(&segment.end, segment.covered_until)
             .await?;
         report.segment = Some(base);
@@ -255,19 +242,8 @@ impl Capture<'_> {
         position: &str,
         covered_until: chrono::DateTime<chrono::Utc>,
     ) -> Result<()> {
-        let progress = Progress {
-            format: FORMAT_VERSION,
-            slot: format!("change stream on {}", self.db.name()),
-            position: position.to_string(),
-            covered_until,
-            updated_at: chrono::Utc::now(),
-        };
-        self.storage
-            .put_bytes(
-                &format!("{}/progress.json", self.folder()),
-                &serde_json::to_vec_pretty(&progress).map_err(json_err)?,
-            )
-            .await
+        let slot = &format!("change stream on {}", self.db.name());
+        super::write_progress(self.storage, &self.folder(), slot, position, covered_until).await
     }
 }
 
@@ -317,23 +293,17 @@ impl Targets<'_> {
         Ok(tmp)
     }
 
+    /// The collection was dropped: its temporary goes, and the journal no
+    /// longer renames or keeps it.
     async fn dropped(&mut self, name: &str, what: &str) -> Result<()> {
-        if let Some(tmp) = self.map.remove(name) {
+        if let Some(tmp) = self.map.get(name) {
             self.db
-                .collection::<Document>(&tmp)
+                .collection::<Document>(tmp)
                 .drop()
                 .await
                 .map_err(|e| classify(what, e))?;
         }
-        self.db
-            .collection::<Document>(self.journal)
-            .update_one(
-                doc! {"_id": "restore"},
-                doc! {"$pull": {"renames": {"name": name}, "keep": name}},
-            )
-            .await
-            .map_err(|e| classify(what, e))?;
-        Ok(())
+        self.dropped_entry_only(name, what).await
     }
 }
 

@@ -17,8 +17,8 @@ use sqlx::Row;
 
 use super::pgoutput::{self, Message};
 use super::{
-    folder, format_lsn, parse_lsn, position_name, Listing, Progress, ReplayPlan, Segment, Stream,
-    CHANGES, FORMAT_VERSION, SEGMENT_MANIFEST,
+    folder, format_lsn, parse_lsn, position_name, Listing, ReplayPlan, Segment, Stream, CHANGES,
+    FORMAT_VERSION,
 };
 use crate::engine::postgres::{classify, exec, quote_ident};
 use crate::error::{Error, Result};
@@ -356,20 +356,7 @@ impl Capture<'_> {
             object: entry.clone(),
             resume_token: None,
         };
-        let stored = async {
-            crate::snapshot::verify_object(self.storage, &base, &entry).await?;
-            self.storage
-                .put_bytes(
-                    &format!("{base}/{SEGMENT_MANIFEST}"),
-                    &serde_json::to_vec_pretty(&segment).map_err(json_err)?,
-                )
-                .await
-        }
-        .await;
-        if let Err(e) = stored {
-            writer.discard().await;
-            return Err(e);
-        }
+        super::store_segment(self.storage, &mut writer, &base, &segment).await?;
         // Durable and verified: only now may the slot forget these changes.
         self.advance(&segment.end).await?;
         self.write_progress(&segment.end, segment.covered_until)
@@ -384,19 +371,8 @@ impl Capture<'_> {
         position: &str,
         covered_until: chrono::DateTime<chrono::Utc>,
     ) -> Result<()> {
-        let progress = Progress {
-            format: FORMAT_VERSION,
-            slot: self.slot(),
-            position: position.to_string(),
-            covered_until,
-            updated_at: chrono::Utc::now(),
-        };
-        self.storage
-            .put_bytes(
-                &format!("{}/progress.json", self.folder()),
-                &serde_json::to_vec_pretty(&progress).map_err(json_err)?,
-            )
-            .await
+        let slot = &self.slot();
+        super::write_progress(self.storage, &self.folder(), slot, position, covered_until).await
     }
 
     /// Removes the slot and the publication (`capture --drop`). Stored

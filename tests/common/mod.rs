@@ -176,6 +176,27 @@ impl Drop for Project {
     }
 }
 
+/// Every file below `dir`, recursively (none if it does not exist).
+pub fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(files(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// Temporary files of objects being written below `dir`.
+pub fn tmp_files(dir: &Path) -> usize {
+    files(dir)
+        .iter()
+        .filter(|f| f.to_string_lossy().contains(".tmp-"))
+        .count()
+}
+
 /// Runs SQL with psql and returns the unaligned output.
 pub fn psql(sql: &str) -> String {
     psql_at(&pg_url(), sql)
