@@ -397,23 +397,51 @@ fn kill_9_in_the_middle_of_a_snapshot_leaves_nothing_listed() {
         "CREATE TABLE big (id int, blob text);\n\
          INSERT INTO big SELECT g, repeat(md5(g::text), 40) FROM generate_series(1, 150000) g;\n",
     );
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
-    let mut child = p.spawn(&["snapshot"]);
-    // Wait until the snapshot has started writing, then kill it hard.
-    let root = p.path().join("backups/dev");
-    let started = std::time::Instant::now();
-    while walk(&root).is_empty() && started.elapsed() < std::time::Duration::from_secs(20) {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    unsafe_kill_9(&mut child);
-    let list = p.run(&["snapshots", "list", "--output", "json"]);
-    list.ok();
-    assert_eq!(
-        list.json()["snapshots"].as_array().unwrap().len(),
-        0,
-        "{}",
-        list.stdout
+    let docs: Vec<String> = (0..3_000)
+        .map(|i| format!(r#"{{"_id": {i}, "pad": "{}"}}"#, "m".repeat(3000)))
+        .collect();
+    p.migration(
+        "mongodb",
+        "0001_bulk.up.json",
+        &format!(
+            r#"[{{"create": "bulk"}}, {{"insert": "bulk", "documents": [{}]}}]"#,
+            docs.join(",")
+        ),
     );
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    let root = p.path().join("backups/dev");
+    // Killed hard at several points: as the first object (PostgreSQL DDL)
+    // appears, while table rows stream, while a MongoDB collection streams.
+    for point in ["", "postgres/data/", "mongodb/"] {
+        // A short MongoDB lease: the killed run's lease expires quickly.
+        let mut child = p
+            .std_cmd()
+            .env("VALERO_DB_MONGO_LEASE_TTL", "2")
+            .arg("snapshot")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while !walk(&root).iter().any(|f| f.contains(point))
+            && started.elapsed() < std::time::Duration::from_secs(60)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        unsafe_kill_9(&mut child);
+        assert!(
+            child.try_wait().unwrap().is_some_and(|s| !s.success()),
+            "the snapshot had finished before the kill at '{point}'"
+        );
+        let list = p.run(&["snapshots", "list", "--output", "json"]);
+        list.ok();
+        assert_eq!(
+            list.json()["snapshots"].as_array().unwrap().len(),
+            0,
+            "killed at '{point}': {}",
+            list.stdout
+        );
+    }
     // A later snapshot works, and prune cleans the leftovers.
     p.run(&["snapshot"]).ok();
     p.run(&["snapshots", "prune", "--keep-last", "1", "--yes"])

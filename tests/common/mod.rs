@@ -167,6 +167,16 @@ mongodb = {{ url = "${{VALERO_MONGO_URL}}", database = "{db}" }}
             "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
             self.schema
         ));
+        // A capture slot left behind would keep WAL on the shared server.
+        let slot = valero_db::capture::postgres::slot_name("dev", &self.service, &self.schema);
+        let _ = std::process::Command::new("psql")
+            .arg(pg_url())
+            .args(["-X", "-q", "-c"])
+            .arg(format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}' AND NOT active; \
+                 DROP PUBLICATION IF EXISTS \"{slot}\""
+            ))
+            .output();
     }
 }
 
