@@ -146,9 +146,11 @@ impl Capture<'_> {
         let (_, now) = self.server_time().await?;
         let covered_until = now - chrono::Duration::seconds(1);
         let start = format_lsn(chain_end);
+        // Lease renewals are writes too; they are not the service's data.
         let watch = self
             .db
             .watch()
+            .pipeline([doc! {"$match": {"ns.coll": {"$nin": [crate::engine::mongodb::LOCKS]}}}])
             .max_await_time(std::time::Duration::from_millis(300));
         // startAfter also continues after an invalidate (a dropped database).
         let watch = match token {
