@@ -76,15 +76,7 @@ fn capture(p: &Project) {
 }
 
 fn segments(p: &Project) -> Vec<PathBuf> {
-    let dir = p.path().join("backups/dev/.capture/svc/postgres");
-    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("segment.json").exists())
-        .collect();
-    out.sort();
-    out
+    p.capture_segments("postgres")
 }
 
 fn drop_capture(p: &Project) {

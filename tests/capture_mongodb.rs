@@ -136,14 +136,7 @@ async fn mongodb_restore_to_a_time_replays_change_events_exactly() {
         "{status}"
     );
     // A missing segment is a gap (exit 5), nothing changed.
-    let dir = p.path().join("backups/dev/.capture/svc/mongodb");
-    let mut segs: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("segment.json").exists())
-        .collect();
-    segs.sort();
+    let segs = p.capture_segments("mongodb");
     std::fs::remove_dir_all(&segs[1]).unwrap();
     let before = state(&db).await;
     p.run(&["restore", "--timestamp", &t, "--yes"])
@@ -173,13 +166,9 @@ async fn kill_9_of_mongodb_capture_mid_segment_loses_and_duplicates_nothing() {
     }
     child.kill().unwrap();
     let _ = child.wait();
-    let complete = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().join("segment.json").exists())
-        .count();
     assert_eq!(
-        complete, 0,
+        p.capture_segments("mongodb").len(),
+        0,
         "the capture was not killed while writing its segment"
     );
     capture(&p);

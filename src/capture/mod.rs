@@ -172,6 +172,22 @@ pub struct Listing {
     pub progress: Option<Progress>,
 }
 
+impl Listing {
+    /// Where the chain of stored segments that begins at `start` ends, and
+    /// its last segment (None: no segment continues from `start`).
+    pub fn chain_end(&self, start: u64) -> Result<(u64, Option<&Segment>)> {
+        let mut end = start;
+        let mut last = None;
+        for (_, seg) in &self.segments {
+            if parse_lsn(&seg.start)? == end {
+                end = parse_lsn(&seg.end)?;
+                last = Some(seg);
+            }
+        }
+        Ok((end, last))
+    }
+}
+
 pub async fn list(
     storage: &dyn Storage,
     env: &str,

@@ -124,25 +124,17 @@ impl Capture<'_> {
             Some(s) => parse_lsn(&s.start)?,
             None => return Err(Error::internal("capture stream not started")),
         };
-        let mut chain_end = stream_start;
-        let mut token: Option<ResumeToken> = None;
-        for (_, seg) in &listing.segments {
-            if parse_lsn(&seg.start)? == chain_end {
-                chain_end = parse_lsn(&seg.end)?;
-                token = seg
-                    .resume_token
-                    .as_ref()
-                    .map(|t| {
-                        let b = Bson::try_from(t.clone()).map_err(|e| {
-                            Error::integrity(format!("a stored resume token is invalid: {e}"), None)
-                        })?;
-                        bson::from_bson::<ResumeToken>(b).map_err(|e| {
-                            Error::integrity(format!("a stored resume token is invalid: {e}"), None)
-                        })
-                    })
-                    .transpose()?;
-            }
-        }
+        let (chain_end, last) = listing.chain_end(stream_start)?;
+        let token: Option<ResumeToken> = last
+            .and_then(|seg| seg.resume_token.as_ref())
+            .map(|t| {
+                let invalid = |e: String| {
+                    Error::integrity(format!("a stored resume token is invalid: {e}"), None)
+                };
+                let b = Bson::try_from(t.clone()).map_err(|e| invalid(e.to_string()))?;
+                bson::from_bson::<ResumeToken>(b).map_err(|e| invalid(e.to_string()))
+            })
+            .transpose()?;
         let (_, now) = self.server_time().await?;
         let covered_until = now - chrono::Duration::seconds(1);
         let start = format_lsn(chain_end);
@@ -283,15 +275,7 @@ impl Targets<'_> {
             .run_command(doc! {"create": &tmp})
             .await
             .map_err(|e| classify(what, e))?;
-        self.db
-            .collection::<Document>(self.journal)
-            .update_one(
-                doc! {"_id": "restore"},
-                doc! {"$push": {"renames": {"tmp": &tmp, "name": name, "validation": {}}, "keep": name}},
-            )
-            .await
-            .map_err(|e| classify(what, e))?;
-        self.map.insert(name.to_string(), tmp.clone());
+        self.adopt(name, tmp.clone(), what).await?;
         Ok(tmp)
     }
 
@@ -306,6 +290,38 @@ impl Targets<'_> {
                 .map_err(|e| classify(what, e))?;
         }
         self.dropped_entry_only(name, what).await
+    }
+
+    /// The journal no longer renames or keeps `name`.
+    async fn dropped_entry_only(&mut self, name: &str, what: &str) -> Result<()> {
+        self.map.remove(name);
+        self.db
+            .collection::<Document>(self.journal)
+            .update_one(
+                doc! {"_id": "restore"},
+                doc! {"$pull": {"renames": {"name": name}, "keep": name}},
+            )
+            .await
+            .map_err(|e| classify(what, e))?;
+        Ok(())
+    }
+
+    /// `tmp` becomes the temporary of `name`, replacing any it had.
+    async fn adopt(&mut self, name: &str, tmp: String, what: &str) -> Result<()> {
+        if let Some(old) = self.map.remove(name) {
+            let _ = self.db.collection::<Document>(&old).drop().await;
+            self.dropped_entry_only(name, what).await?;
+        }
+        self.db
+            .collection::<Document>(self.journal)
+            .update_one(
+                doc! {"_id": "restore"},
+                doc! {"$push": {"renames": {"tmp": &tmp, "name": name, "validation": {}}, "keep": name}},
+            )
+            .await
+            .map_err(|e| classify(what, e))?;
+        self.map.insert(name.to_string(), tmp);
+        Ok(())
     }
 }
 
@@ -571,38 +587,6 @@ async fn apply(
     Ok(())
 }
 
-impl Targets<'_> {
-    async fn dropped_entry_only(&mut self, name: &str, what: &str) -> Result<()> {
-        self.map.remove(name);
-        self.db
-            .collection::<Document>(self.journal)
-            .update_one(
-                doc! {"_id": "restore"},
-                doc! {"$pull": {"renames": {"name": name}, "keep": name}},
-            )
-            .await
-            .map_err(|e| classify(what, e))?;
-        Ok(())
-    }
-
-    async fn adopt(&mut self, name: &str, tmp: String, what: &str) -> Result<()> {
-        if let Some(old) = self.map.remove(name) {
-            let _ = self.db.collection::<Document>(&old).drop().await;
-            self.dropped_entry_only(name, what).await?;
-        }
-        self.db
-            .collection::<Document>(self.journal)
-            .update_one(
-                doc! {"_id": "restore"},
-                doc! {"$push": {"renames": {"tmp": &tmp, "name": name, "validation": {}}, "keep": name}},
-            )
-            .await
-            .map_err(|e| classify(what, e))?;
-        self.map.insert(name.to_string(), tmp);
-        Ok(())
-    }
-}
-
 /// The capture lag of a service's MongoDB database, if it is captured.
 pub async fn lag(storage: &dyn Storage, env: &str, service: &str) -> Option<super::postgres::Lag> {
     let listing = match super::list(storage, env, service, "mongodb").await {
@@ -624,11 +608,6 @@ pub async fn lag(storage: &dyn Storage, env: &str, service: &str) -> Option<supe
     })
 }
 
-/// Cluster time of a position, for messages.
-pub fn describe(position: u64) -> String {
-    format!("{}.{}", position >> 32, position & 0xffff_ffff)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -645,6 +624,5 @@ mod tests {
         });
         assert!(a < b);
         assert_eq!(parse_lsn(&format_lsn(a)).unwrap(), a);
-        assert_eq!(describe(a), "10.5");
     }
 }

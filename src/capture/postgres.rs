@@ -17,7 +17,7 @@ use sqlx::Row;
 
 use super::pgoutput::{self, Message};
 use super::{
-    folder, format_lsn, parse_lsn, position_name, Listing, ReplayPlan, Segment, Stream, CHANGES,
+    folder, format_lsn, parse_lsn, position_name, ReplayPlan, Segment, Stream, CHANGES,
     FORMAT_VERSION,
 };
 use crate::engine::postgres::{classify, exec, quote_ident};
@@ -217,12 +217,7 @@ impl Capture<'_> {
             Some(s) => parse_lsn(&s.start)?,
             None => confirmed,
         };
-        let mut chain_end = stream_start;
-        for (_, seg) in &listing.segments {
-            if parse_lsn(&seg.start)? == chain_end {
-                chain_end = parse_lsn(&seg.end)?;
-            }
-        }
+        let (chain_end, _) = listing.chain_end(stream_start)?;
         if confirmed < chain_end {
             // A run stored this segment, then died before advancing the slot.
             tracing::info!(
@@ -563,6 +558,19 @@ impl Visibility {
     }
 }
 
+/// Where replay of captured changes starts for a snapshot: the WAL
+/// position read before its transaction snapshot (older snapshots: the one
+/// read with it). None when the snapshot records neither; an error when the
+/// recorded one is not an LSN.
+pub fn snapshot_position(info: &crate::snapshot::manifest::EngineInfo) -> Result<Option<u64>> {
+    info.position
+        .get("wal_lsn_before")
+        .or_else(|| info.position.get("wal_lsn"))
+        .and_then(|v| v.as_str())
+        .map(parse_lsn)
+        .transpose()
+}
+
 /// What a replay applied.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ReplayStats {
@@ -763,11 +771,6 @@ async fn bump_sequences(conn: &mut PgConnection, schema: &str, what: &str) -> Re
         .map_err(|e| classify(what, e))?;
     }
     Ok(())
-}
-
-/// Whether a listing holds any capture at all.
-pub fn any(listing: &Listing) -> bool {
-    !listing.streams.is_empty()
 }
 
 #[cfg(test)]

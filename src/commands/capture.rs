@@ -120,6 +120,29 @@ struct Total {
     segment: Option<String>,
 }
 
+impl Total {
+    /// Adds one pass, logging where a segment went.
+    fn add(
+        &mut self,
+        service: &str,
+        engine: &str,
+        transactions: u64,
+        changes: u64,
+        position: String,
+        segment: Option<String>,
+    ) {
+        if let Some(seg) = &segment {
+            tracing::info!(
+                "{service} ({engine}): {transactions} transactions, {changes} changes shipped to {seg}"
+            );
+            self.segment = segment;
+        }
+        self.transactions += transactions;
+        self.changes += changes;
+        self.position = position;
+    }
+}
+
 pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes: bool) -> Outcome {
     let result = async {
         let storage = open_storage(ctx).await?;
@@ -186,11 +209,7 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
                 };
                 loop {
                     let r = c.pass().await?;
-                    shipped(&s.service, "postgres", r.transactions, r.changes, &r.segment);
-                    total.transactions += r.transactions;
-                    total.changes += r.changes;
-                    total.position = r.position.clone();
-                    total.segment = r.segment.or(total.segment.take());
+                    total.add(&s.service, "postgres", r.transactions, r.changes, r.position, r.segment);
                     if !r.more {
                         break;
                     }
@@ -205,11 +224,7 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
                 };
                 loop {
                     let r = c.pass().await?;
-                    shipped(&s.service, "mongodb", r.events, r.events, &r.segment);
-                    total.transactions += r.events;
-                    total.changes += r.events;
-                    total.position = r.position.clone();
-                    total.segment = r.segment.or(total.segment.take());
+                    total.add(&s.service, "mongodb", r.events, r.events, r.position, r.segment);
                     if !r.more {
                         break;
                     }
@@ -243,13 +258,5 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
     match result {
         Ok((report, human)) => Outcome::ok(report, human),
         Err(e) => Outcome::failed(e),
-    }
-}
-
-fn shipped(service: &str, engine: &str, transactions: u64, changes: u64, segment: &Option<String>) {
-    if let Some(seg) = segment {
-        tracing::info!(
-            "{service} ({engine}): {transactions} transactions, {changes} changes shipped to {seg}"
-        );
     }
 }

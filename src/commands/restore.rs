@@ -146,13 +146,7 @@ async fn restore(
                 .find(|e| e.engine == "postgres")
                 .filter(|_| c.service.postgres.is_some())
                 .map(|info| {
-                    info.position
-                        .get("wal_lsn_before")
-                        .or_else(|| info.position.get("wal_lsn"))
-                        .and_then(|v| v.as_str())
-                        .map(crate::capture::parse_lsn)
-                        .transpose()
-                        .map(|v| v.unwrap_or(0))
+                    crate::capture::postgres::snapshot_position(info).map(|v| v.unwrap_or(0))
                 })
                 .transpose()?;
             let mongo_from = engines

@@ -313,12 +313,9 @@ async fn prune_segments(
 ) -> Result<Vec<String>> {
     let pg_from = |f: &Found| {
         let info = f.manifest.engines.iter().find(|e| e.engine == "postgres")?;
-        let lsn = info
-            .position
-            .get("wal_lsn_before")
-            .or_else(|| info.position.get("wal_lsn"))?
-            .as_str()?;
-        crate::capture::parse_lsn(lsn).ok()
+        crate::capture::postgres::snapshot_position(info)
+            .ok()
+            .flatten()
     };
     let mongo_from = |f: &Found| {
         let info = f.manifest.engines.iter().find(|e| e.engine == "mongodb")?;

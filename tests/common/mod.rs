@@ -207,6 +207,27 @@ pub fn tmp_files(dir: &Path) -> usize {
         .count()
 }
 
+impl Project {
+    /// The complete capture segments (their manifest exists) of service
+    /// `svc` in environment `dev`, oldest first.
+    pub fn capture_segments(&self, engine: &str) -> Vec<PathBuf> {
+        let dir = self
+            .path()
+            .join("backups/dev/.capture")
+            .join(&self.service)
+            .join(engine);
+        let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("segment.json").exists())
+            .collect();
+        out.sort();
+        out
+    }
+}
+
 /// Runs SQL with psql and returns the unaligned output.
 pub fn psql(sql: &str) -> String {
     psql_at(&pg_url(), sql)
