@@ -3,6 +3,7 @@
 //! engine-specific atomic loads (`postgres`: one transaction; `mongodb`:
 //! temporary collections, a journal, and renames).
 
+pub mod copy_binary;
 pub mod mongodb;
 pub mod postgres;
 

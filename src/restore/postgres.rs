@@ -7,11 +7,14 @@
 use sqlx::postgres::PgConnection;
 use sqlx::Row;
 
+use std::collections::HashMap;
+
+use super::copy_binary::{Converter, Kind, Unconvertible};
 use super::{ObjectStream, RestoreStats};
 use crate::engine::postgres::{classify, exec, quote_ident};
 use crate::error::{Error, Result};
 use crate::snapshot::manifest::EngineInfo;
-use crate::snapshot::Found;
+use crate::snapshot::{Found, ObjectEntry};
 use crate::storage::Storage;
 
 /// Objects outside the schema that depend on it would be dropped by the
@@ -265,6 +268,9 @@ async fn load(
         .map_err(|e| sql_failed(what, "pre-data DDL", e))?;
     lap("pre-data DDL");
 
+    let kinds = column_kinds(conn, schema)
+        .await
+        .map_err(|e| classify(what, e))?;
     for entry in found
         .manifest
         .objects
@@ -280,42 +286,27 @@ async fn load(
                 None,
             )
         })?;
-        let mut stream = ObjectStream::open(storage, &found.base, entry)
-            .await?
-            .with_progress(&progress);
-        let statement = format!(
-            "COPY {}.{} FROM STDIN",
-            quote_ident(schema),
-            quote_ident(table)
-        );
-        let mut copy = conn
-            .copy_in_raw(&statement)
-            .await
-            .map_err(|e| sql_failed(what, table, e))?;
-        let sent: Result<()> = async {
-            while let Some(buf) = stream.next().await? {
-                stats.rows += buf.iter().filter(|b| **b == b'\n').count() as u64;
-                stats.bytes += buf.len() as u64;
-                copy.send(buf)
-                    .await
-                    .map_err(|e| sql_failed(what, table, e))?;
-            }
-            Ok(())
-        }
-        .await;
-        match sent {
-            Ok(()) => {
-                copy.finish()
-                    .await
-                    .map_err(|e| sql_failed(what, table, e))?;
-            }
-            Err(e) => {
-                let _ = copy.abort("valero-db: restore failed").await;
-                return Err(e);
-            }
-        }
+        let target = Table {
+            storage,
+            base: &found.base,
+            entry,
+            name: table,
+            qualified: format!("{}.{}", quote_ident(schema), quote_ident(table)),
+            what,
+            progress: &progress,
+        };
+        let loaded = match kinds.get(table) {
+            Some(kinds) => target.load_binary(conn, kinds.clone()).await?,
+            None => None,
+        };
+        let (format, (rows, bytes)) = match loaded {
+            Some(done) => ("binary", done),
+            None => ("text", target.load_text(conn).await?),
+        };
+        stats.rows += rows;
+        stats.bytes += bytes;
         stats.objects += 1;
-        lap(&format!("COPY {table}"));
+        lap(&format!("COPY {table} (as {format})"));
     }
 
     if let Some(seq) = object("postgres/sequences") {
@@ -395,6 +386,185 @@ async fn load(
             .map_err(|e| sql_failed(what, &v, e))?;
     }
     Ok(stats)
+}
+
+/// Per table, the kinds of its COPY columns when every one converts to
+/// binary (see `copy_binary`); other tables are absent.
+async fn column_kinds(
+    conn: &mut PgConnection,
+    schema: &str,
+) -> std::result::Result<HashMap<String, Vec<Kind>>, sqlx::Error> {
+    // COPY without a column list: every live, non-generated column in order.
+    let rows = sqlx::query(
+        "SELECT c.relname::text, array_agg(a.atttypid::int8 ORDER BY a.attnum) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+         WHERE n.nspname = $1 AND c.relkind = 'r' GROUP BY c.relname",
+    )
+    .bind(schema)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let oids: Vec<i64> = r.get(1);
+            let kinds: Option<Vec<Kind>> = oids
+                .iter()
+                .map(|o| u32::try_from(*o).ok().and_then(Kind::from_oid))
+                .collect();
+            Some((r.get::<String, _>(0), kinds?))
+        })
+        .collect())
+}
+
+/// One table's rows on their way from the snapshot into the new schema.
+struct Table<'a> {
+    storage: &'a dyn Storage,
+    base: &'a str,
+    entry: &'a ObjectEntry,
+    name: &'a str,
+    qualified: String,
+    what: &'a str,
+    progress: &'a std::sync::Arc<crate::progress::Progress>,
+}
+
+impl Table<'_> {
+    async fn open(&self) -> Result<ObjectStream> {
+        Ok(ObjectStream::open(self.storage, self.base, self.entry)
+            .await?
+            .with_progress(self.progress))
+    }
+
+    /// The stored text as it is: answers (rows, bytes).
+    async fn load_text(&self, conn: &mut PgConnection) -> Result<(u64, u64)> {
+        let mut stream = self.open().await?;
+        let mut copy = conn
+            .copy_in_raw(&format!("COPY {} FROM STDIN", self.qualified))
+            .await
+            .map_err(|e| sql_failed(self.what, self.name, e))?;
+        let (mut rows, mut bytes) = (0, 0);
+        let sent: Result<()> = async {
+            while let Some(buf) = stream.next().await? {
+                rows += newlines(&buf);
+                bytes += buf.len() as u64;
+                copy.send(buf)
+                    .await
+                    .map_err(|e| sql_failed(self.what, self.name, e))?;
+            }
+            Ok(())
+        }
+        .await;
+        match sent {
+            Ok(()) => {
+                copy.finish()
+                    .await
+                    .map_err(|e| sql_failed(self.what, self.name, e))?;
+                Ok((rows, bytes))
+            }
+            Err(e) => {
+                let _ = copy.abort("valero-db: restore failed").await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Converted to COPY binary on a blocking thread while the server
+    /// loads. Answers None, with the table back as it was (a savepoint),
+    /// when a value does not convert: the caller then loads the text.
+    async fn load_binary(
+        &self,
+        conn: &mut PgConnection,
+        kinds: Vec<Kind>,
+    ) -> Result<Option<(u64, u64)>> {
+        let savepoint = |verb: &str| format!("{verb} valero_binary_copy");
+        exec(conn, &savepoint("SAVEPOINT"))
+            .await
+            .map_err(|e| sql_failed(self.what, self.name, e))?;
+        let mut stream = self.open().await?;
+        let mut copy = conn
+            .copy_in_raw(&format!(
+                "COPY {} FROM STDIN (FORMAT binary)",
+                self.qualified
+            ))
+            .await
+            .map_err(|e| sql_failed(self.what, self.name, e))?;
+        let (text_tx, mut text_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let (binary_tx, mut binary_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let converter = tokio::task::spawn_blocking(move || {
+            let mut converter = Converter::new(kinds);
+            while let Some(text) = text_rx.blocking_recv() {
+                let mut out = Vec::with_capacity(text.len() + text.len() / 2);
+                converter.push(&text, &mut out)?;
+                if binary_tx.blocking_send(out).is_err() {
+                    return Ok(());
+                }
+            }
+            let mut out = Vec::new();
+            converter.finish(&mut out)?;
+            let _ = binary_tx.blocking_send(out);
+            Ok::<(), Unconvertible>(())
+        });
+        let (mut rows, mut bytes) = (0, 0);
+        let read = async {
+            while let Some(buf) = stream.next().await? {
+                rows += newlines(&buf);
+                bytes += buf.len() as u64;
+                if text_tx.send(buf).await.is_err() {
+                    break;
+                }
+            }
+            drop(text_tx);
+            Ok::<(), Error>(())
+        };
+        let send = async {
+            while let Some(buf) = binary_rx.recv().await {
+                copy.send(buf)
+                    .await
+                    .map_err(|e| sql_failed(self.what, self.name, e))?;
+            }
+            Ok::<(), Error>(())
+        };
+        let (read, sent) = tokio::join!(read, send);
+        let converted = converter
+            .await
+            .map_err(|e| Error::internal(format!("the COPY converter stopped: {e}")))?;
+        let outcome = match (read, sent, converted) {
+            (Err(e), _, _) | (_, Err(e), _) => Err(e),
+            (Ok(()), Ok(()), Err(unconvertible)) => Ok(Some(unconvertible)),
+            (Ok(()), Ok(()), Ok(())) => Ok(None),
+        };
+        match outcome {
+            Ok(None) => {
+                copy.finish()
+                    .await
+                    .map_err(|e| sql_failed(self.what, self.name, e))?;
+                exec(conn, &savepoint("RELEASE SAVEPOINT"))
+                    .await
+                    .map_err(|e| sql_failed(self.what, self.name, e))?;
+                Ok(Some((rows, bytes)))
+            }
+            Ok(Some(why)) => {
+                let _ = copy.abort("valero-db: loading as text instead").await;
+                tracing::debug!(
+                    "{}: table {} loads as COPY text: {why}",
+                    self.what,
+                    self.name
+                );
+                exec(conn, &savepoint("ROLLBACK TO SAVEPOINT"))
+                    .await
+                    .map_err(|e| sql_failed(self.what, self.name, e))?;
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = copy.abort("valero-db: restore failed").await;
+                Err(e)
+            }
+        }
+    }
+}
+
+fn newlines(buf: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', buf).count() as u64
 }
 
 #[cfg(test)]
