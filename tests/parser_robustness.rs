@@ -1,5 +1,5 @@
 //! The fuzz targets of `fuzz/` in miniature, run on every build: the
-//! manifest and migration-file parsers get the seed corpus plus thousands of
+//! manifest, migration-file and COPY text parsers get the seed corpus plus thousands of
 //! deterministic mutations of it, and must accept or refuse each input
 //! without panicking. (cargo-fuzz itself needs nightly; see fuzz/README.md.)
 
@@ -7,6 +7,7 @@ use std::path::Path;
 
 use valero_db::engine::EngineKind;
 use valero_db::migrate::files::parse_migration;
+use valero_db::restore::copy_binary::{Converter, Kind};
 use valero_db::snapshot::Manifest;
 
 const ROUNDS: usize = 100_000;
@@ -158,4 +159,54 @@ fn the_migration_file_parser_refuses_mutated_files_without_panicking() {
             assert!(version > 0);
         }
     }
+}
+
+/// The `copy_text` fuzz input: a column count (1 to 8), that many kind picks, then
+/// COPY text. Converted whole and in two pieces split at `cut`; both must
+/// give the same answer.
+fn copy_text(data: &[u8], cut: usize) -> Option<Vec<u8>> {
+    let (&n, rest) = data.split_first()?;
+    let n = n as usize % 9;
+    let picks = rest.get(..n).filter(|p| !p.is_empty())?;
+    let text = &rest[n..];
+    let kinds: Vec<Kind> = picks
+        .iter()
+        .map(|p| Kind::ALL[*p as usize % Kind::ALL.len()])
+        .collect();
+    let convert = |pieces: &[&[u8]]| {
+        let mut c = Converter::new(kinds.clone());
+        let mut out = Vec::new();
+        for piece in pieces {
+            c.push(piece, &mut out)?;
+        }
+        c.finish(&mut out).map(|()| out)
+    };
+    let cut = cut.min(text.len());
+    let whole = convert(&[text]);
+    let split = convert(&[&text[..cut], &text[cut..]]);
+    assert_eq!(whole, split, "pieces changed the conversion of {text:?}");
+    whole.ok()
+}
+
+#[test]
+fn the_copy_text_converter_refuses_mutated_rows_without_panicking() {
+    let seeds = corpus("copy_text");
+    for seed in &seeds {
+        assert!(
+            copy_text(seed, seed.len() / 2).is_some(),
+            "seed {:?} does not convert",
+            String::from_utf8_lossy(seed)
+        );
+    }
+    let mut rng = Rng(0x5eed_0003);
+    let mut converted = 0;
+    for _ in 0..ROUNDS {
+        let pick = rng.below(seeds.len());
+        let data = mutate(&mut rng, &seeds[pick]);
+        let cut = rng.below(data.len() + 1);
+        if copy_text(&data, cut).is_some() {
+            converted += 1;
+        }
+    }
+    assert!(converted > 0, "no mutation converted");
 }

@@ -35,6 +35,23 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 14] = [
+        Kind::Bool,
+        Kind::Int2,
+        Kind::Int4,
+        Kind::Int8,
+        Kind::Float4,
+        Kind::Float8,
+        Kind::Numeric,
+        Kind::Text,
+        Kind::Jsonb,
+        Kind::Bytea,
+        Kind::Uuid,
+        Kind::Date,
+        Kind::Timestamp,
+        Kind::Timestamptz,
+    ];
+
     /// Built-in type OIDs are fixed across PostgreSQL versions; domains,
     /// enums, arrays and composites have other OIDs and stay text.
     pub fn from_oid(oid: u32) -> Option<Kind> {
