@@ -323,43 +323,55 @@ async fn migrate_locked(
         }
     }
     if let Some(storage) = pre.storage {
-        post_migrate_snapshot(storage, pre.environment, &name, locked, args).await;
+        let after = After {
+            storage,
+            environment: pre.environment,
+            reason: "post-migrate",
+            release: args.release.clone(),
+        };
+        after.snapshot(&name, locked).await;
     }
     Ok(())
 }
 
-/// Captured changes cannot be replayed across a schema change: with capture
-/// running for the service, a snapshot right after the migration is where
-/// restores to later times start. A failure here does not undo the
-/// migration; it is reported, and restores to times before the next
-/// snapshot are refused until one is taken.
-async fn post_migrate_snapshot(
-    storage: &dyn Storage,
-    environment: &str,
-    name: &str,
-    locked: &mut LockedService,
-    args: &MigrateArgs,
-) {
-    let mut captured = false;
-    for engine in ["postgres", "mongodb"] {
-        if let Ok(l) = crate::capture::list(storage, environment, name, engine).await {
-            captured |= !l.streams.is_empty();
+/// The snapshot after a schema change (a migration or a rollback).
+struct After<'a> {
+    storage: &'a dyn Storage,
+    environment: &'a str,
+    reason: &'static str,
+    release: Option<String>,
+}
+
+impl After<'_> {
+    /// Captured changes cannot be replayed across a schema change: with
+    /// capture running for the service, a snapshot right after the change is
+    /// where restores to later times start. A failure here does not undo the
+    /// change; it is reported, and restores to times after the change are
+    /// refused until a snapshot is taken.
+    async fn snapshot(&self, name: &str, locked: &mut LockedService) {
+        let (storage, environment) = (self.storage, self.environment);
+        let mut captured = false;
+        for engine in ["postgres", "mongodb"] {
+            if let Ok(l) = crate::capture::list(storage, environment, name, engine).await {
+                captured |= !l.streams.is_empty();
+            }
         }
-    }
-    if !captured {
-        return;
-    }
-    let req = Request {
-        environment,
-        reason: "post-migrate",
-        release: args.release.clone(),
-        label: None,
-    };
-    if let Err(e) = take_service(storage, name, &mut locked.slots, &req).await {
-        tracing::warn!(
-            "{name}: the migration is applied, but the post-migrate snapshot failed: {e}; \
-             restores to later times need a snapshot taken after the migration (`valero-db snapshot -s {name}`)"
+        if !captured {
+            return;
+        }
+        let req = Request {
+            environment,
+            reason: self.reason,
+            release: self.release.clone(),
+            label: None,
+        };
+        if let Err(e) = take_service(storage, name, &mut locked.slots, &req).await {
+            tracing::warn!(
+            "{name}: the schema change is applied, but the {} snapshot failed: {e}; \
+             restores to later times need a snapshot taken after it (`valero-db snapshot -s {name}`)",
+            self.reason
         );
+        }
     }
 }
 
@@ -410,17 +422,37 @@ pub async fn run_rollback(
     targets: &Targets,
     dry_run: bool,
 ) -> (Vec<EngineRun>, Option<Error>) {
-    let (planned, error) = rollback_pass(ctx, targets, true).await;
+    let (planned, error) = rollback_pass(ctx, targets, None).await;
     if dry_run || error.is_some() {
         return (planned, error);
     }
-    rollback_pass(ctx, targets, false).await
+    // For the post-rollback snapshot of captured services; a rollback is
+    // an emergency tool and does not wait for storage.
+    let storage = match super::snapshot::open_storage(ctx).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(
+                "storage is not usable ({e}); captured services get no post-rollback snapshot, \
+                 take one after the rollback (`valero-db snapshot`)"
+            );
+            None
+        }
+    };
+    let after = storage.as_deref().map(|storage| After {
+        storage,
+        environment: &ctx.env.name,
+        reason: "post-rollback",
+        release: None,
+    });
+    rollback_pass(ctx, targets, Some(after)).await
 }
 
+/// A dry run when `apply` is None; otherwise applies, with the snapshot
+/// to take afterwards, if storage is usable.
 async fn rollback_pass(
     ctx: &Context,
     targets: &Targets,
-    dry_run: bool,
+    apply: Option<Option<After<'_>>>,
 ) -> (Vec<EngineRun>, Option<Error>) {
     let discovered = match discover_all(ctx) {
         Ok(d) => d,
@@ -430,7 +462,7 @@ async fn rollback_pass(
     for (service, local) in discovered {
         let result = async {
             let mut locked = LockedService::open(&service, local, ctx.global.lock_timeout).await?;
-            let r = rollback_locked(&mut locked, targets, dry_run, &mut runs).await;
+            let r = rollback_locked(&mut locked, targets, apply.as_ref(), &mut runs).await;
             locked.release().await;
             r
         }
@@ -445,7 +477,7 @@ async fn rollback_pass(
 async fn rollback_locked(
     locked: &mut LockedService,
     targets: &Targets,
-    dry_run: bool,
+    apply: Option<&Option<After<'_>>>,
     runs: &mut Vec<EngineRun>,
 ) -> Result<()> {
     let name = locked.service.name.clone();
@@ -482,9 +514,9 @@ async fn rollback_locked(
         });
         plans.push(plan);
     }
-    if dry_run {
+    let Some(after) = apply else {
         return Ok(());
-    }
+    };
     let first_run = runs.len() - plans.len();
     for (i, (slot, plan)) in locked.slots.iter_mut().zip(plans.iter()).enumerate() {
         if plan.is_empty() {
@@ -503,6 +535,11 @@ async fn rollback_locked(
         run.steps = steps;
         if let Some(e) = error {
             return Err(e);
+        }
+    }
+    if let Some(after) = after {
+        if plans.iter().any(|p| !p.is_empty()) {
+            after.snapshot(&name, locked).await;
         }
     }
     Ok(())
