@@ -154,6 +154,7 @@ fn restore_to_a_time_replays_captured_changes_exactly_and_capture_goes_on() {
     let t3 = now(&p);
     let at_t3 = state(&p);
     std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(1200));
     sql(&p, "DELETE FROM $S.accounts");
     capture(&p);
     p.run(&["restore", "--timestamp", &t3, "--yes"]).ok();
@@ -389,6 +390,113 @@ fn a_migration_after_the_snapshot_is_covered_by_the_post_migrate_snapshot() {
 }
 
 #[test]
+fn a_rollback_after_the_snapshot_is_covered_by_the_post_rollback_snapshot() {
+    let p = project("cap_rollb");
+    p.migration(
+        "postgres",
+        "0002_currency.up.sql",
+        "ALTER TABLE accounts ADD COLUMN currency text NOT NULL DEFAULT 'EUR';\n",
+    );
+    p.migration(
+        "postgres",
+        "0002_currency.down.sql",
+        "ALTER TABLE accounts DROP COLUMN currency;\n",
+    );
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    capture(&p);
+    p.run(&["snapshot"]).ok();
+    sql(&p, "UPDATE $S.accounts SET balance = 1 WHERE id = 1");
+    p.run(&["rollback", "--to", "1", "--yes"]).ok();
+    let list = p.run(&["snapshots", "list", "--output", "json"]).json();
+    let reasons: Vec<&str> = list["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["reason"].as_str())
+        .collect();
+    assert!(reasons.contains(&"post-rollback"), "{list}");
+    sql(
+        &p,
+        "INSERT INTO $S.accounts (name) VALUES ('after the rollback')",
+    );
+    capture(&p);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = now(&p);
+    let at_t = state(&p);
+    std::thread::sleep(Duration::from_millis(1200));
+    sql(
+        &p,
+        "DELETE FROM $S.accounts WHERE name = 'after the rollback'",
+    );
+    capture(&p);
+    p.run(&["restore", "--timestamp", &t, "--yes"]).ok();
+    assert_eq!(state(&p), at_t);
+    drop_capture(&p);
+}
+
+#[test]
+fn capture_in_a_loop_reconnects_when_the_database_goes_away_and_comes_back() {
+    let p = project("cap_blip");
+    capture(&p);
+    p.run(&["snapshot"]).ok();
+    let pg = url::Url::parse(&common::pg_url()).unwrap();
+    let blip = common::Blip::start(pg.port().unwrap());
+    let mut through = pg.clone();
+    through.set_port(Some(blip.port())).unwrap();
+    let log = p.path().join("capture.log");
+    let child = p
+        .std_cmd()
+        .env("VALERO_PG_URL", through.as_str())
+        .args(["capture", "--interval", "500ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let shipped = |n: usize| {
+        let started = std::time::Instant::now();
+        while segments(&p).len() < n && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(segments(&p).len(), n, "no new segment within 30 s");
+    };
+    sql(
+        &p,
+        "INSERT INTO $S.accounts (name) VALUES ('before the blip')",
+    );
+    shipped(1);
+    blip.cut();
+    sql(
+        &p,
+        "INSERT INTO $S.accounts (name) VALUES ('during the blip')",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(segments(&p).len(), 1);
+    blip.restore();
+    shipped(2);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = now(&p);
+    let at_t = state(&p);
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("reconnecting in"), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 transactions"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    sql(&p, "DELETE FROM $S.accounts");
+    capture(&p);
+    p.run(&["restore", "--timestamp", &t, "--yes"]).ok();
+    assert_eq!(state(&p), at_t);
+    drop_capture(&p);
+}
+
+#[test]
 fn capture_says_clearly_when_wal_level_is_not_logical() {
     // The TLS-only cluster of scripts/services.sh runs with wal_level=replica.
     let p = Project::new("cap_wal");
@@ -439,6 +547,7 @@ fn a_restore_of_another_service_in_the_same_database_does_not_block_replay() {
     std::thread::sleep(Duration::from_millis(300));
     let t = now(&p);
     let at_t = state(&p);
+    std::thread::sleep(Duration::from_millis(1200));
     std::thread::sleep(Duration::from_millis(1200));
     sql(&p, "DELETE FROM $S.accounts");
     capture(&p);

@@ -143,6 +143,47 @@ impl Total {
     }
 }
 
+/// Creates what capture needs (slots, publications, stream positions) for
+/// every source; safe to repeat.
+async fn ensure(
+    ctx: &Context,
+    storage: &dyn crate::storage::Storage,
+    pg_sources: &mut [PgSource],
+    mongo_sources: &mut [MongoSource],
+) -> Result<()> {
+    for s in pg_sources {
+        Capture {
+            conn: s.engine.connection(),
+            storage,
+            env: &ctx.env.name,
+            service: &s.service,
+            schema: &s.schema,
+        }
+        .ensure()
+        .await?;
+    }
+    for s in mongo_sources {
+        MongoCapture {
+            db: s.engine.database(),
+            storage,
+            env: &ctx.env.name,
+            service: &s.service,
+        }
+        .ensure()
+        .await?;
+    }
+    Ok(())
+}
+
+/// After the n-th failed pass in a row: a second, doubling up to the
+/// interval, and never more than five minutes.
+fn retry_wait(interval: Duration, failures: u32) -> Duration {
+    let doubled = Duration::from_secs(1).saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    doubled
+        .min(interval.max(Duration::from_secs(1)))
+        .min(Duration::from_secs(300))
+}
+
 pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes: bool) -> Outcome {
     let result = async {
         let storage = open_storage(ctx).await?;
@@ -171,64 +212,79 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
             let report: Vec<_> = dropped.iter().map(|(s, slot, was)| json!({"service": s, "slot": slot, "dropped": was})).collect();
             return Ok((json!({"command": "capture", "dropped": report}), human));
         }
-        let mut pg_totals: Vec<Total> = Vec::new();
-        for s in &mut pg_sources {
-            Capture {
-                conn: s.engine.connection(),
-                storage: storage.as_ref(),
-                env: &ctx.env.name,
-                service: &s.service,
-                schema: &s.schema,
-            }
-            .ensure()
-            .await?;
-            pg_totals.push(Total::default());
-        }
-        let mut mongo_totals: Vec<Total> = Vec::new();
-        for s in &mut mongo_sources {
-            MongoCapture {
-                db: s.engine.database(),
-                storage: storage.as_ref(),
-                env: &ctx.env.name,
-                service: &s.service,
-            }
-            .ensure()
-            .await?;
-            mongo_totals.push(Total::default());
-        }
+        ensure(ctx, storage.as_ref(), &mut pg_sources, &mut mongo_sources).await?;
+        let mut pg_totals: Vec<Total> = pg_sources.iter().map(|_| Total::default()).collect();
+        let mut mongo_totals: Vec<Total> = mongo_sources.iter().map(|_| Total::default()).collect();
         // Registered now, so a signal during a pass waits for its end.
         let mut signals = Signals::new()?;
+        let pg_names: Vec<String> = pg_sources.iter().map(|s| s.service.clone()).collect();
+        let mongo_names: Vec<String> = mongo_sources.iter().map(|s| s.service.clone()).collect();
+        let mut failures = 0u32;
+        let mut connected = true;
         loop {
-            for (s, total) in pg_sources.iter_mut().zip(pg_totals.iter_mut()) {
-                let mut c = Capture {
-                    conn: s.engine.connection(),
-                    storage: storage.as_ref(),
-                    env: &ctx.env.name,
-                    service: &s.service,
-                    schema: &s.schema,
-                };
-                loop {
-                    let r = c.pass().await?;
-                    total.add(&s.service, "postgres", r.transactions, r.changes, r.position, r.segment);
-                    if !r.more {
-                        break;
+            let passed = async {
+                if !connected {
+                    // Fresh sessions (and locks): the old ones may be dead.
+                    let (mut pg, mut mongo) = open(ctx).await?;
+                    ensure(ctx, storage.as_ref(), &mut pg, &mut mongo).await?;
+                    (pg_sources, mongo_sources, connected) = (pg, mongo, true);
+                }
+                for (s, total) in pg_sources.iter_mut().zip(pg_totals.iter_mut()) {
+                    let mut c = Capture {
+                        conn: s.engine.connection(),
+                        storage: storage.as_ref(),
+                        env: &ctx.env.name,
+                        service: &s.service,
+                        schema: &s.schema,
+                    };
+                    loop {
+                        let r = c.pass().await?;
+                        total.add(&s.service, "postgres", r.transactions, r.changes, r.position, r.segment);
+                        if !r.more {
+                            break;
+                        }
                     }
                 }
+                for (s, total) in mongo_sources.iter_mut().zip(mongo_totals.iter_mut()) {
+                    let mut c = MongoCapture {
+                        db: s.engine.database(),
+                        storage: storage.as_ref(),
+                        env: &ctx.env.name,
+                        service: &s.service,
+                    };
+                    loop {
+                        let r = c.pass().await?;
+                        total.add(&s.service, "mongodb", r.events, r.events, r.position, r.segment);
+                        if !r.more {
+                            break;
+                        }
+                    }
+                }
+                Ok::<(), Error>(())
             }
-            for (s, total) in mongo_sources.iter_mut().zip(mongo_totals.iter_mut()) {
-                let mut c = MongoCapture {
-                    db: s.engine.database(),
-                    storage: storage.as_ref(),
-                    env: &ctx.env.name,
-                    service: &s.service,
-                };
-                loop {
-                    let r = c.pass().await?;
-                    total.add(&s.service, "mongodb", r.events, r.events, r.position, r.segment);
-                    if !r.more {
-                        break;
+            .await;
+            match passed {
+                Ok(()) => failures = 0,
+                // A database or the storage away for a while: the loop
+                // keeps going (a pass is safe to repeat, see docs/capture.md);
+                // anything else ends it.
+                Err(e) if !once && e.exit_code() == 3 => {
+                    failures += 1;
+                    let wait = retry_wait(interval, failures);
+                    tracing::warn!(
+                        "capture pass failed ({e}); reconnecting in {} (failure {failures} in a row)",
+                        crate::duration::format_duration(wait)
+                    );
+                    pg_sources.clear();
+                    mongo_sources.clear();
+                    connected = false;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = signals.next() => break,
                     }
+                    continue;
                 }
+                Err(e) => return Err(e),
             }
             if once {
                 break;
@@ -238,11 +294,11 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
                 _ = signals.next() => break,
             }
         }
-        let rows: Vec<(&str, &str, &Total)> = pg_sources
+        let rows: Vec<(&str, &str, &Total)> = pg_names
             .iter()
             .zip(&pg_totals)
-            .map(|(s, t)| (s.service.as_str(), "postgres", t))
-            .chain(mongo_sources.iter().zip(&mongo_totals).map(|(s, t)| (s.service.as_str(), "mongodb", t)))
+            .map(|(s, t)| (s.as_str(), "postgres", t))
+            .chain(mongo_names.iter().zip(&mongo_totals).map(|(s, t)| (s.as_str(), "mongodb", t)))
             .collect();
         let report: Vec<_> = rows
             .iter()
@@ -258,5 +314,21 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
     match result {
         Ok((report, human)) => Outcome::ok(report, human),
         Err(e) => Outcome::failed(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_double_from_a_second_up_to_the_interval_and_five_minutes() {
+        let secs = |interval: u64, n: u32| retry_wait(Duration::from_secs(interval), n).as_secs();
+        assert_eq!(
+            (1..=5).map(|n| secs(10, n)).collect::<Vec<_>>(),
+            [1, 2, 4, 8, 10]
+        );
+        assert_eq!(secs(3600, 40), 300);
+        assert_eq!(secs(0, 3), 1);
     }
 }

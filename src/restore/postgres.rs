@@ -488,8 +488,8 @@ impl Table<'_> {
             ))
             .await
             .map_err(|e| sql_failed(self.what, self.name, e))?;
-        let (text_tx, mut text_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
-        let (binary_tx, mut binary_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let (text_tx, mut text_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+        let (binary_tx, mut binary_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
         let converter = tokio::task::spawn_blocking(move || {
             let mut converter = Converter::new(kinds);
             while let Some(text) = text_rx.blocking_recv() {
