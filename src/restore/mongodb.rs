@@ -103,6 +103,7 @@ async fn load_collection(
     db.run_command(create)
         .await
         .map_err(|e| classify(what, e))?;
+    let started = std::time::Instant::now();
     if let Some(entry) = &p.data {
         let coll = db.collection::<RawDocumentBuf>(tmp);
         let progress = std::sync::Arc::new(crate::progress::Progress::bytes(format!(
@@ -184,10 +185,17 @@ async fn load_collection(
             Bson::Document(i)
         })
         .collect();
+    tracing::debug!("{what}: loading {} took {:.2?}", p.name, started.elapsed());
     if !indexes.is_empty() {
+        let started = std::time::Instant::now();
         db.run_command(doc! {"createIndexes": tmp, "indexes": indexes})
             .await
             .map_err(|e| classify(what, e))?;
+        tracing::debug!(
+            "{what}: indexes of {} took {:.2?}",
+            p.name,
+            started.elapsed()
+        );
     }
     Ok(())
 }
