@@ -47,6 +47,20 @@ fn start_s3(port: u16, dir: &std::path::Path) -> std::process::Child {
     child
 }
 
+/// Migration 0001: a table `big` of `rows` rows, each with `row_bytes`
+/// (a multiple of 32) of incompressible text.
+fn big_table(p: &Project, rows: u32, row_bytes: u32) {
+    p.migration(
+        "postgres",
+        "0001_big.up.sql",
+        &format!(
+            "CREATE TABLE big (id int, blob text);\n\
+             INSERT INTO big SELECT g, (SELECT string_agg(md5(random()::text || g || i), '') FROM generate_series(1, {}) i) FROM generate_series(1, {rows}) g;\n",
+            row_bytes / 32
+        ),
+    );
+}
+
 #[test]
 fn the_s3_server_dying_mid_snapshot_is_exit_3_no_migration_and_no_snapshot_listed() {
     let p = Project::new("f_s3dies");
@@ -56,12 +70,7 @@ fn the_s3_server_dying_mid_snapshot_is_exit_3_no_migration_and_no_snapshot_liste
     p.write_config(&format!(
         "[environments.fragile]\nstorage = \"s3://fault-bucket/x\"\ns3 = {{ endpoint = \"http://127.0.0.1:{port}\", force_path_style = true, region = \"us-east-1\", part_size = \"5MiB\" }}\n"
     ));
-    p.migration(
-        "postgres",
-        "0001_big.up.sql",
-        "CREATE TABLE big (id int, blob text);\n\
-         INSERT INTO big SELECT g, (SELECT string_agg(md5(random()::text || g || i), '') FROM generate_series(1, 40) i) FROM generate_series(1, 40000) g;\n",
-    );
+    big_table(&p, 40000, 1280);
     p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     p.migration(
         "postgres",
@@ -238,12 +247,7 @@ fn a_full_local_storage_is_exit_3_with_no_manifest_and_no_migration() {
         "[environments.small]\nstorage = \"file://{}\"\n",
         disk.dir.path().display()
     ));
-    p.migration(
-        "postgres",
-        "0001_big.up.sql",
-        "CREATE TABLE big (id int, blob text);\n\
-         INSERT INTO big SELECT g, (SELECT string_agg(md5(random()::text || g || i), '') FROM generate_series(1, 10) i) FROM generate_series(1, 5000) g;\n",
-    );
+    big_table(&p, 5000, 320);
     p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     p.migration(
         "postgres",
@@ -412,12 +416,7 @@ fn psql_restartable(sql: &str) -> String {
 fn postgres_restarting_mid_snapshot_is_a_clear_error_and_a_rerun_succeeds() {
     let _turn = RESTARTS.lock().unwrap_or_else(|e| e.into_inner());
     let p = restartable_project("f_pgrestart_snap");
-    p.migration(
-        "postgres",
-        "0001_big.up.sql",
-        "CREATE TABLE big (id int, blob text);\n\
-         INSERT INTO big SELECT g, (SELECT string_agg(md5(random()::text || g || i), '') FROM generate_series(1, 40) i) FROM generate_series(1, 40000) g;\n",
-    );
+    big_table(&p, 40000, 1280);
     p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
     let folder = p.path().join("backups/dev/svc");
     // Restart while pg_dump reads the DDL, then while COPY streams rows.
