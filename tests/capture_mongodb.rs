@@ -159,7 +159,15 @@ async fn kill_9_of_mongodb_capture_mid_segment_loses_and_duplicates_nothing() {
         .await
         .unwrap();
     let dir = p.path().join("backups/dev/.capture/svc/mongodb");
-    let mut child = p.spawn(&["capture", "--once"]);
+    // A killed capture's lease blocks the next one until it expires.
+    let mut child = p
+        .std_cmd()
+        .env("VALERO_DB_MONGO_LEASE_TTL", "2")
+        .args(["capture", "--once"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let started = std::time::Instant::now();
     while tmp_files(&dir) == 0 && started.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -216,6 +224,153 @@ async fn a_dropped_and_recreated_database_replays_to_what_existed_at_t() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     db.collection::<Document>("fresh")
         .insert_one(doc! {"_id": 2})
+        .await
+        .unwrap();
+    capture(&p);
+    p.run(&["restore", "--timestamp", &t, "--yes"]).ok();
+    assert_eq!(state(&db).await, at_t);
+}
+
+/// Waits until a capture holds the service's lease.
+async fn lease_taken(db: &mongodb::Database) {
+    let locks = db.collection::<Document>("valero_schema_lock");
+    let started = std::time::Instant::now();
+    while locks
+        .find_one(doc! {"_id": "capture"})
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no capture lease after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_mongodb_capture_at_a_time_and_an_abandoned_lease_expires() {
+    let p = project("capm_lease");
+    let db = mongo(&p.mongo_db).await;
+    capture(&p);
+    let running = p
+        .std_cmd()
+        .args(["capture", "--interval", "500ms"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    lease_taken(&db).await;
+    p.run(&["--lock-timeout", "1s", "capture", "--once"])
+        .expect_code(4)
+        .stderr_has("another `valero-db capture`");
+    // Changes made meanwhile are the running capture's to ship.
+    db.collection::<Document>("people")
+        .insert_one(doc! {"_id": 4, "name": "d"})
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    while p.capture_segments("mongodb").is_empty() && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(p.capture_segments("mongodb").len(), 1);
+    unsafe {
+        libc::kill(running.id() as i32, libc::SIGTERM);
+    }
+    let out = running.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        db.collection::<Document>("valero_schema_lock")
+            .find_one(doc! {"_id": "capture"})
+            .await
+            .unwrap()
+            .is_none(),
+        "the lease was not released"
+    );
+    capture(&p);
+
+    // Killed: its lease (1 s + two intervals) expires, the next capture
+    // takes over.
+    let mut abandoned = p
+        .std_cmd()
+        .env("VALERO_DB_MONGO_LEASE_TTL", "1")
+        .args(["capture", "--interval", "500ms"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    lease_taken(&db).await;
+    abandoned.kill().unwrap();
+    let _ = abandoned.wait();
+    let started = std::time::Instant::now();
+    p.run(&["--lock-timeout", "30s", "capture", "--once"]).ok();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "waited {:?} for an abandoned 2 s lease",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_mongodb_capture_whose_lease_was_taken_over_stops_with_exit_4() {
+    let p = project("capm_stall");
+    let db = mongo(&p.mongo_db).await;
+    capture(&p);
+    p.run(&["snapshot"]).ok();
+    let spawn = |ttl: &str| {
+        p.std_cmd()
+            .env("VALERO_DB_MONGO_LEASE_TTL", ttl)
+            .args(["capture", "--interval", "500ms"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let stalled = spawn("1");
+    lease_taken(&db).await;
+    unsafe {
+        libc::kill(stalled.id() as i32, libc::SIGSTOP);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let successor = spawn("30");
+    let locks = db.collection::<Document>("valero_schema_lock");
+    let started = std::time::Instant::now();
+    loop {
+        let holder = locks.find_one(doc! {"_id": "capture"}).await.unwrap();
+        if holder.and_then(|d| d.get_i64("pid").ok()) == Some(successor.id() as i64) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the expired lease was not taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    unsafe {
+        libc::kill(stalled.id() as i32, libc::SIGCONT);
+    }
+    let out = stalled.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("another `valero-db capture`"), "{stderr}");
+    unsafe {
+        libc::kill(successor.id() as i32, libc::SIGTERM);
+    }
+    assert_eq!(successor.wait_with_output().unwrap().status.code(), Some(0));
+    // The chain the two left behind restores.
+    db.collection::<Document>("people")
+        .insert_one(doc! {"_id": 5, "name": "e"})
+        .await
+        .unwrap();
+    capture(&p);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_t = state(&db).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    db.collection::<Document>("people")
+        .delete_many(doc! {})
         .await
         .unwrap();
     capture(&p);

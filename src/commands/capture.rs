@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::Row;
 
-use crate::capture::mongodb::Capture as MongoCapture;
+use crate::capture::mongodb::{Capture as MongoCapture, Lease};
 use crate::capture::postgres::{slot_name, Capture};
 use crate::commands::snapshot::open_storage;
 use crate::commands::{confirm, Context};
@@ -59,18 +59,44 @@ struct PgSource {
 struct MongoSource {
     service: String,
     engine: MongoEngine,
+    lease: Lease,
 }
 
-/// Connects every selected database. PostgreSQL sources take the
-/// per-service capture lock: two captures would store changes twice.
-async fn open(ctx: &Context) -> Result<(Vec<PgSource>, Vec<MongoSource>)> {
+/// The capture leases of this process (one token for all, so a reconnect
+/// takes its own lease back), released however the run ends.
+struct Leases {
+    token: String,
+    ttl: Duration,
+    taken: Vec<Lease>,
+}
+
+/// Connects every selected database. Every source takes the per-service
+/// capture lock (PostgreSQL: an advisory lock; MongoDB: a lease): two
+/// captures would store changes twice.
+async fn open(ctx: &Context, leases: &mut Leases) -> Result<(Vec<PgSource>, Vec<MongoSource>)> {
     let mut pg_sources = Vec::new();
     let mut mongo_sources = Vec::new();
     for service in ctx.services()? {
         if let Some(m) = &service.mongodb {
+            let engine = MongoEngine::connect(&service.name, m).await?;
+            let lease = Lease::new(engine.database(), &service.name, &leases.token, leases.ttl);
+            let deadline = std::time::Instant::now() + ctx.global.lock_timeout;
+            while !lease.try_acquire().await? {
+                if std::time::Instant::now() >= deadline {
+                    return Err(Error::LockTimeout {
+                        service: service.name.clone(),
+                        engine: "mongodb".into(),
+                        timeout: crate::duration::format_duration(ctx.global.lock_timeout),
+                        holder: lease.holder().await?,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            leases.taken.push(lease.clone());
             mongo_sources.push(MongoSource {
                 service: service.name.clone(),
-                engine: MongoEngine::connect(&service.name, m).await?,
+                engine,
+                lease,
             });
         }
         let Some(pg) = &service.postgres else {
@@ -168,6 +194,7 @@ async fn ensure(
             storage,
             env: &ctx.env.name,
             service: &s.service,
+            lease: Some(&s.lease),
         }
         .ensure()
         .await?;
@@ -185,9 +212,15 @@ fn retry_wait(interval: Duration, failures: u32) -> Duration {
 }
 
 pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes: bool) -> Outcome {
+    let mut leases = Leases {
+        token: uuid::Uuid::new_v4().simple().to_string(),
+        // Passes renew it; it must outlive the wait between two of them.
+        ttl: crate::engine::mongodb::lease_ttl() + if once { Duration::ZERO } else { interval * 2 },
+        taken: Vec::new(),
+    };
     let result = async {
         let storage = open_storage(ctx).await?;
-        let (mut pg_sources, mut mongo_sources) = open(ctx).await?;
+        let (mut pg_sources, mut mongo_sources) = open(ctx, &mut leases).await?;
         if drop {
             if pg_sources.is_empty() {
                 return Err(Error::usage("--drop removes PostgreSQL replication slots; none of the selected services has PostgreSQL"));
@@ -225,7 +258,7 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
             let passed = async {
                 if !connected {
                     // Fresh sessions (and locks): the old ones may be dead.
-                    let (mut pg, mut mongo) = open(ctx).await?;
+                    let (mut pg, mut mongo) = open(ctx, &mut leases).await?;
                     ensure(ctx, storage.as_ref(), &mut pg, &mut mongo).await?;
                     (pg_sources, mongo_sources, connected) = (pg, mongo, true);
                 }
@@ -251,6 +284,7 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
                         storage: storage.as_ref(),
                         env: &ctx.env.name,
                         service: &s.service,
+                        lease: Some(&s.lease),
                     };
                     loop {
                         let r = c.pass().await?;
@@ -311,6 +345,9 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
         Ok((json!({"command": "capture", "environment": ctx.env.name, "services": report}), human))
     }
     .await;
+    for lease in &leases.taken {
+        lease.release().await;
+    }
     match result {
         Ok((report, human)) => Outcome::ok(report, human),
         Err(e) => Outcome::failed(e),

@@ -23,7 +23,7 @@ const LOCK_ID: &str = "migrate";
 
 /// How long a lease lives without renewal. A crashed holder blocks others
 /// for at most this long. `VALERO_DB_MONGO_LEASE_TTL` (seconds) overrides.
-fn lease_ttl() -> Duration {
+pub(crate) fn lease_ttl() -> Duration {
     std::env::var("VALERO_DB_MONGO_LEASE_TTL")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
@@ -64,7 +64,7 @@ fn command_error_message(e: &mongodb::error::Error) -> String {
     redact::redact(&text)
 }
 
-fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+pub(crate) fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     match e.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
         ErrorKind::Command(c) => c.code == 11000,
