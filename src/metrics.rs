@@ -114,34 +114,41 @@ pub async fn render(ctx: &Context) -> Result<String> {
                 );
             }
         }
-        let pg_lag = crate::capture::postgres::service_lag(storage.as_ref(), env, &service).await;
-        let mongo_lag = match service.mongodb {
-            Some(_) => crate::capture::mongodb::lag(storage.as_ref(), env, s).await,
-            None => None,
-        };
-        for (engine, lag) in [("postgres", pg_lag), ("mongodb", mongo_lag)] {
-            let Some(lag) = lag else { continue };
-            let labels = [("env", env), ("service", s), ("engine", engine)];
-            if let Some(l) = lag.lag_seconds {
-                capture_lag.add(&labels, l as f64);
-            }
-            if let Some(b) = lag.retained_wal_bytes {
-                capture_wal.add(&labels, b as f64);
-            }
-        }
-        match service_status(&root, &service).await {
+        match service_status(&root, &service, Some((storage.as_ref(), env))).await {
             Ok(rows) => {
                 up.add(&[("env", env), ("service", s)], 1.0);
                 for r in rows {
                     let engine = r.engine.to_string();
                     let labels = [("env", env), ("service", s), ("engine", engine.as_str())];
+                    if let Some(lag) = &r.capture {
+                        if let Some(l) = lag.lag_seconds {
+                            capture_lag.add(&labels, l as f64);
+                        }
+                        if let Some(b) = lag.retained_wal_bytes {
+                            capture_wal.add(&labels, b as f64);
+                        }
+                    }
                     version.add(&labels, r.current_version.unwrap_or(0) as f64);
                     pending.add(&labels, r.pending.len() as f64);
                     drift.add(&labels, if r.drift.is_empty() { 0.0 } else { 1.0 });
                     dirty.add(&labels, if r.dirty.is_some() { 1.0 } else { 0.0 });
                 }
             }
-            Err(_) => up.add(&[("env", env), ("service", s)], 0.0),
+            Err(_) => {
+                up.add(&[("env", env), ("service", s)], 0.0);
+                // MongoDB's capture state lives in the storage alone.
+                if service.mongodb.is_some() {
+                    if let Some(lag) = crate::capture::mongodb::lag(storage.as_ref(), env, s).await
+                    {
+                        if let Some(l) = lag.lag_seconds {
+                            capture_lag.add(
+                                &[("env", env), ("service", s), ("engine", "mongodb")],
+                                l as f64,
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
     if let Ok(records) = crate::deploy::list(storage.as_ref(), env).await {

@@ -484,36 +484,30 @@ pub async fn lag(
 /// abandoned slot keeps WAL until the server's disk is full.
 pub const RETAINED_WAL_WARN: i64 = 1 << 30;
 
-/// The capture state of a service's PostgreSQL database, or None when it
-/// is not captured (or cannot be reached; logged).
-pub async fn service_lag(
+/// The capture state of a service's PostgreSQL database through an open
+/// session, or None when it is not captured (or cannot be read; logged).
+/// Warns when the slot keeps more WAL than is healthy.
+pub async fn reported_lag(
+    conn: &mut PgConnection,
     storage: &dyn Storage,
     env: &str,
-    service: &crate::config::Service,
+    service: &str,
+    schema: &str,
 ) -> Option<Lag> {
-    let pg = service.postgres.as_ref()?;
-    let result = async {
-        let mut engine =
-            crate::engine::postgres::PostgresEngine::connect(&service.name, pg).await?;
-        lag(engine.connection(), storage, env, &service.name, &pg.schema).await
-    }
-    .await;
-    match result {
+    match lag(conn, storage, env, service, schema).await {
         Ok(Some(l)) => {
             if l.retained_wal_bytes.is_some_and(|b| b > RETAINED_WAL_WARN) {
                 tracing::warn!(
-                    "{}: replication slot {} keeps {} of WAL on the server; run `valero-db capture`, or remove the slot with `valero-db capture --drop -s {}`",
-                    service.name,
+                    "{service}: replication slot {} keeps {} of WAL on the server; run `valero-db capture`, or remove the slot with `valero-db capture --drop -s {service}`",
                     l.slot,
                     crate::snapshot::take::human_bytes(l.retained_wal_bytes.unwrap_or(0) as u64),
-                    service.name
                 );
             }
             Some(l)
         }
         Ok(None) => None,
         Err(e) => {
-            tracing::warn!("{}: capture state: {e}", service.name);
+            tracing::warn!("{service}: capture state: {e}");
             None
         }
     }

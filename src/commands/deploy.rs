@@ -202,7 +202,7 @@ async fn verify(ctx: &Context, rec: &mut DeploymentRecord, commands: &[String]) 
     let root = ctx.config.migrations_dir()?;
     let mut problems = Vec::new();
     for service in ctx.services()? {
-        match service_status(&root, &service).await {
+        match service_status(&root, &service, None).await {
             Ok(rows) => problems.extend(rows.iter().filter(|r| !r.ready).map(|r| {
                 format!(
                     "{} ({}) is not at the release's versions",
@@ -578,7 +578,7 @@ pub async fn check(ctx: &Context, max_age: Duration) -> Outcome {
     let mut all_ready = true;
     for service in &services {
         let mut problems = Vec::new();
-        match service_status(&root, service).await {
+        match service_status(&root, service, None).await {
             Ok(st) => {
                 for r in st.iter().filter(|r| !r.ready) {
                     let what = if r.dirty.is_some() {

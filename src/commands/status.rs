@@ -48,13 +48,26 @@ pub async fn run(ctx: &Context, check: bool) -> Outcome {
         Ok(r) => r,
         Err(e) => return Outcome::failed(e),
     };
+    // Storage trouble is reported, not fatal: status is about databases.
+    let storage = crate::storage::open(&ctx.env)
+        .await
+        .inspect_err(|e| tracing::warn!("snapshot storage: {e}"))
+        .ok();
+    let capture = storage.as_deref().map(|s| (s, ctx.env.name.as_str()));
     let mut rows = Vec::new();
     let mut first_error: Option<Error> = None;
     for service in &services {
-        match service_status(&root, service).await {
+        match service_status(&root, service, capture).await {
             Ok(mut r) => rows.append(&mut r),
             Err(e) => {
                 for kind in engines_of(service) {
+                    // MongoDB's capture state lives in the storage alone.
+                    let lag = match (kind, capture) {
+                        (EngineKind::Mongodb, Some((storage, env))) => {
+                            crate::capture::mongodb::lag(storage, env, &service.name).await
+                        }
+                        _ => None,
+                    };
                     rows.push(EngineStatus {
                         service: service.name.clone(),
                         engine: kind,
@@ -66,7 +79,7 @@ pub async fn run(ctx: &Context, check: bool) -> Outcome {
                         missing_files: vec![],
                         lock_holder: None,
                         newest_snapshot: None,
-                        capture: None,
+                        capture: lag,
                         ready: false,
                         error: Some(error_json(&e)),
                     });
@@ -78,35 +91,22 @@ pub async fn run(ctx: &Context, check: bool) -> Outcome {
             }
         }
     }
-    // Newest snapshot per service; storage trouble is reported, not fatal.
-    match crate::storage::open(&ctx.env).await {
-        Ok(storage) => {
-            for service in &services {
-                let newest = match crate::snapshot::list_service(storage.as_ref(), &ctx.env.name, &service.name).await {
-                    Ok((found, _)) => found.last().map(|f| {
-                        json!({"id": f.manifest.id, "consistent_at": f.manifest.consistent_at, "reason": f.manifest.reason})
-                    }),
-                    Err(e) => {
-                        tracing::warn!("listing snapshots of {}: {e}", service.name);
-                        None
-                    }
-                };
-                let lag =
-                    crate::capture::postgres::service_lag(storage.as_ref(), &ctx.env.name, service)
-                        .await;
-                let mongo_lag =
-                    crate::capture::mongodb::lag(storage.as_ref(), &ctx.env.name, &service.name)
-                        .await;
-                for r in rows.iter_mut().filter(|r| r.service == service.name) {
-                    r.newest_snapshot = newest.clone();
-                    r.capture = match r.engine {
-                        EngineKind::Postgres => lag.clone(),
-                        EngineKind::Mongodb => mongo_lag.clone(),
-                    };
+    // Newest snapshot per service.
+    if let Some(storage) = &storage {
+        for service in &services {
+            let newest = match crate::snapshot::list_service(storage.as_ref(), &ctx.env.name, &service.name).await {
+                Ok((found, _)) => found.last().map(|f| {
+                    json!({"id": f.manifest.id, "consistent_at": f.manifest.consistent_at, "reason": f.manifest.reason})
+                }),
+                Err(e) => {
+                    tracing::warn!("listing snapshots of {}: {e}", service.name);
+                    None
                 }
+            };
+            for r in rows.iter_mut().filter(|r| r.service == service.name) {
+                r.newest_snapshot = newest.clone();
             }
         }
-        Err(e) => tracing::warn!("snapshot storage: {e}"),
     }
     let ready = rows.iter().all(|r| r.ready);
     if check && !ready && first_error.is_none() {
@@ -139,9 +139,13 @@ fn engines_of(service: &Service) -> Vec<EngineKind> {
     out
 }
 
+/// Every engine of a service: versions, pending, drift, dirty, lock; with
+/// `capture` (storage, environment) also capture lag, read through the same
+/// sessions.
 pub async fn service_status(
     root: &std::path::Path,
     service: &Service,
+    capture: Option<(&dyn crate::storage::Storage, &str)>,
 ) -> Result<Vec<EngineStatus>> {
     let mut local = discover_service(root, service)?;
     let mut engines = connect_service(service).await?;
@@ -155,6 +159,10 @@ pub async fn service_status(
         let applied = engine.history().await?;
         let analysis = analyze(&files, &applied);
         let lock_holder = engine.lock_holder().await?;
+        let lag = match capture {
+            Some((storage, env)) => engine.capture_lag(storage, env).await,
+            None => None,
+        };
         out.push(EngineStatus {
             service: service.name.clone(),
             engine: engine.kind(),
@@ -171,7 +179,7 @@ pub async fn service_status(
             missing_files: analysis.missing_files.clone(),
             lock_holder,
             newest_snapshot: None,
-            capture: None,
+            capture: lag,
             error: None,
         });
     }

@@ -131,6 +131,16 @@ pub trait Engine: Send {
         Ok(())
     }
 
+    /// Continuous capture's state here (lag, WAL kept), or None when the
+    /// service is not captured; read through this engine's own session.
+    async fn capture_lag(
+        &mut self,
+        _storage: &dyn Storage,
+        _env: &str,
+    ) -> Option<crate::capture::postgres::Lag> {
+        None
+    }
+
     /// Writes a consistent snapshot of everything the service owns here.
     async fn snapshot(&mut self, _out: &mut SnapshotWriter<'_>) -> Result<EngineInfo> {
         Err(Error::internal(format!(

@@ -195,6 +195,14 @@ pub async fn connect_client(what: &str, url: &str) -> Result<Client> {
 
 #[async_trait]
 impl Engine for MongoEngine {
+    async fn capture_lag(
+        &mut self,
+        storage: &dyn crate::storage::Storage,
+        env: &str,
+    ) -> Option<crate::capture::postgres::Lag> {
+        crate::capture::mongodb::lag(storage, env, &self.service).await
+    }
+
     fn kind(&self) -> EngineKind {
         EngineKind::Mongodb
     }

@@ -274,6 +274,21 @@ fn bind_all<'q>(
 
 #[async_trait]
 impl Engine for PostgresEngine {
+    async fn capture_lag(
+        &mut self,
+        storage: &dyn crate::storage::Storage,
+        env: &str,
+    ) -> Option<crate::capture::postgres::Lag> {
+        crate::capture::postgres::reported_lag(
+            &mut self.conn,
+            storage,
+            env,
+            &self.service,
+            &self.schema,
+        )
+        .await
+    }
+
     fn kind(&self) -> EngineKind {
         EngineKind::Postgres
     }
