@@ -16,6 +16,7 @@ use crate::engine::mongodb::MongoEngine;
 use crate::engine::postgres::{classify, PostgresEngine};
 use crate::error::{Error, Result};
 use crate::output::Outcome;
+use crate::storage::Storage;
 
 /// SIGINT and SIGTERM, registered up front.
 struct Signals {
@@ -56,10 +57,34 @@ struct PgSource {
     engine: PostgresEngine,
 }
 
+impl PgSource {
+    fn capture<'a>(&'a mut self, storage: &'a dyn Storage, env: &'a str) -> Capture<'a> {
+        Capture {
+            conn: self.engine.connection(),
+            storage,
+            env,
+            service: &self.service,
+            schema: &self.schema,
+        }
+    }
+}
+
 struct MongoSource {
     service: String,
     engine: MongoEngine,
     lease: Lease,
+}
+
+impl MongoSource {
+    fn capture<'a>(&'a self, storage: &'a dyn Storage, env: &'a str) -> MongoCapture<'a> {
+        MongoCapture {
+            db: self.engine.database(),
+            storage,
+            env,
+            service: &self.service,
+            lease: Some(&self.lease),
+        }
+    }
 }
 
 /// The capture leases of this process (one token for all, so a reconnect
@@ -173,31 +198,15 @@ impl Total {
 /// every source; safe to repeat.
 async fn ensure(
     ctx: &Context,
-    storage: &dyn crate::storage::Storage,
+    storage: &dyn Storage,
     pg_sources: &mut [PgSource],
     mongo_sources: &mut [MongoSource],
 ) -> Result<()> {
     for s in pg_sources {
-        Capture {
-            conn: s.engine.connection(),
-            storage,
-            env: &ctx.env.name,
-            service: &s.service,
-            schema: &s.schema,
-        }
-        .ensure()
-        .await?;
+        s.capture(storage, &ctx.env.name).ensure().await?;
     }
     for s in mongo_sources {
-        MongoCapture {
-            db: s.engine.database(),
-            storage,
-            env: &ctx.env.name,
-            service: &s.service,
-            lease: Some(&s.lease),
-        }
-        .ensure()
-        .await?;
+        s.capture(storage, &ctx.env.name).ensure().await?;
     }
     Ok(())
 }
@@ -228,14 +237,7 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
             confirm(ctx, "dropping the capture slots (restores to later times need a new snapshot)", yes)?;
             let mut dropped = Vec::new();
             for s in &mut pg_sources {
-                let mut c = Capture {
-                    conn: s.engine.connection(),
-                    storage: storage.as_ref(),
-                    env: &ctx.env.name,
-                    service: &s.service,
-                    schema: &s.schema,
-                };
-                let was = c.drop_slot().await?;
+                let was = s.capture(storage.as_ref(), &ctx.env.name).drop_slot().await?;
                 dropped.push((s.service.clone(), slot_name(&ctx.env.name, &s.service, &s.schema), was));
             }
             let human = dropped
@@ -263,32 +265,20 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
                     (pg_sources, mongo_sources, connected) = (pg, mongo, true);
                 }
                 for (s, total) in pg_sources.iter_mut().zip(pg_totals.iter_mut()) {
-                    let mut c = Capture {
-                        conn: s.engine.connection(),
-                        storage: storage.as_ref(),
-                        env: &ctx.env.name,
-                        service: &s.service,
-                        schema: &s.schema,
-                    };
+                    let mut c = s.capture(storage.as_ref(), &ctx.env.name);
                     loop {
                         let r = c.pass().await?;
-                        total.add(&s.service, "postgres", r.transactions, r.changes, r.position, r.segment);
+                        total.add(c.service, "postgres", r.transactions, r.changes, r.position, r.segment);
                         if !r.more {
                             break;
                         }
                     }
                 }
-                for (s, total) in mongo_sources.iter_mut().zip(mongo_totals.iter_mut()) {
-                    let mut c = MongoCapture {
-                        db: s.engine.database(),
-                        storage: storage.as_ref(),
-                        env: &ctx.env.name,
-                        service: &s.service,
-                        lease: Some(&s.lease),
-                    };
+                for (s, total) in mongo_sources.iter().zip(mongo_totals.iter_mut()) {
+                    let mut c = s.capture(storage.as_ref(), &ctx.env.name);
                     loop {
                         let r = c.pass().await?;
-                        total.add(&s.service, "mongodb", r.events, r.events, r.position, r.segment);
+                        total.add(c.service, "mongodb", r.events, r.events, r.position, r.segment);
                         if !r.more {
                             break;
                         }
