@@ -7,7 +7,7 @@ use std::path::Path;
 
 use valero_db::engine::EngineKind;
 use valero_db::migrate::files::parse_migration;
-use valero_db::restore::copy_binary::{Converter, Kind};
+use valero_db::restore::copy_binary::{fuzz_case, Converter};
 use valero_db::snapshot::Manifest;
 
 const ROUNDS: usize = 100_000;
@@ -161,29 +161,13 @@ fn the_migration_file_parser_refuses_mutated_files_without_panicking() {
     }
 }
 
-/// The `copy_text` fuzz input: a column count (1 to 8), that many kind picks, then
-/// COPY text. Converted whole and in two pieces split at `cut`; both must
-/// give the same answer.
+/// A `copy_text` fuzz input (see `copy_binary::fuzz_case`), converted
+/// whole and in two pieces split at `cut`; both must give the same answer.
 fn copy_text(data: &[u8], cut: usize) -> Option<Vec<u8>> {
-    let (&n, rest) = data.split_first()?;
-    let n = n as usize % 9;
-    let picks = rest.get(..n).filter(|p| !p.is_empty())?;
-    let text = &rest[n..];
-    let kinds: Vec<Kind> = picks
-        .iter()
-        .map(|p| Kind::ALL[*p as usize % Kind::ALL.len()])
-        .collect();
-    let convert = |pieces: &[&[u8]]| {
-        let mut c = Converter::new(kinds.clone());
-        let mut out = Vec::new();
-        for piece in pieces {
-            c.push(piece, &mut out)?;
-        }
-        c.finish(&mut out).map(|()| out)
-    };
+    let (kinds, text) = fuzz_case(data)?;
     let cut = cut.min(text.len());
-    let whole = convert(&[text]);
-    let split = convert(&[&text[..cut], &text[cut..]]);
+    let whole = Converter::convert(kinds.clone(), &[text]);
+    let split = Converter::convert(kinds, &[&text[..cut], &text[cut..]]);
     assert_eq!(whole, split, "pieces changed the conversion of {text:?}");
     whole.ok()
 }

@@ -5,29 +5,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use valero_db::restore::copy_binary::{Converter, Kind};
+use valero_db::restore::copy_binary::{fuzz_case, Converter};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&n, rest)) = data.split_first() else {
+    let Some((kinds, text)) = fuzz_case(data) else {
         return;
-    };
-    let n = n as usize % 9;
-    let Some(picks) = rest.get(..n).filter(|p| !p.is_empty()) else {
-        return;
-    };
-    let text = &rest[n..];
-    let kinds: Vec<Kind> = picks
-        .iter()
-        .map(|p| Kind::ALL[*p as usize % Kind::ALL.len()])
-        .collect();
-    let convert = |pieces: &[&[u8]]| {
-        let mut c = Converter::new(kinds.clone());
-        let mut out = Vec::new();
-        for piece in pieces {
-            c.push(piece, &mut out)?;
-        }
-        c.finish(&mut out).map(|()| out)
     };
     let cut = text.len() / 3;
-    assert_eq!(convert(&[text]), convert(&[&text[..cut], &text[cut..]]));
+    assert_eq!(
+        Converter::convert(kinds.clone(), &[text]),
+        Converter::convert(kinds, &[&text[..cut], &text[cut..]])
+    );
 });

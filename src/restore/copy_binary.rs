@@ -75,6 +75,21 @@ impl Kind {
     }
 }
 
+/// The input format of the `copy_text` fuzz target and its CI twin in
+/// `tests/parser_robustness.rs`: a column count (1 to 8), one byte per
+/// column picking its kind, then COPY text.
+#[doc(hidden)]
+pub fn fuzz_case(data: &[u8]) -> Option<(Vec<Kind>, &[u8])> {
+    let (&n, rest) = data.split_first()?;
+    let n = n as usize % 9;
+    let picks = rest.get(..n).filter(|p| !p.is_empty())?;
+    let kinds = picks
+        .iter()
+        .map(|p| Kind::ALL[*p as usize % Kind::ALL.len()])
+        .collect();
+    Some((kinds, &rest[n..]))
+}
+
 /// Why a row could not be converted; the table is then loaded as text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unconvertible(pub String);
@@ -118,6 +133,17 @@ impl Converter {
 
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// The whole binary stream for text that arrives in `pieces`.
+    pub fn convert(kinds: Vec<Kind>, pieces: &[&[u8]]) -> Conv<Vec<u8>> {
+        let mut c = Converter::new(kinds);
+        let mut out = Vec::new();
+        for piece in pieces {
+            c.push(piece, &mut out)?;
+        }
+        c.finish(&mut out)?;
+        Ok(out)
     }
 
     /// Appends the binary form of every row completed by `input` to `out`.
@@ -337,51 +363,24 @@ fn integer<T: std::str::FromStr>(text: &[u8]) -> Conv<T> {
     s.parse().or_else(|_| bad("integer out of range"))
 }
 
-trait Float: std::str::FromStr + Copy {
-    const NAN: Self;
-    const INFINITY: Self;
-    const NEG_INFINITY: Self;
-    fn finite(self) -> bool;
-}
-
-impl Float for f32 {
-    const NAN: f32 = f32::NAN;
-    const INFINITY: f32 = f32::INFINITY;
-    const NEG_INFINITY: f32 = f32::NEG_INFINITY;
-    fn finite(self) -> bool {
-        self.is_finite()
-    }
-}
-
-impl Float for f64 {
-    const NAN: f64 = f64::NAN;
-    const INFINITY: f64 = f64::INFINITY;
-    const NEG_INFINITY: f64 = f64::NEG_INFINITY;
-    fn finite(self) -> bool {
-        self.is_finite()
-    }
-}
-
 /// Rust's float parsing is correctly rounded, as is PostgreSQL's
 /// `strtod`/`strtof`, so both read the same decimal to the same bits.
-fn float<T: Float>(text: &[u8]) -> Conv<T> {
-    match text {
-        b"NaN" => return Ok(T::NAN),
-        b"Infinity" => return Ok(T::INFINITY),
-        b"-Infinity" => return Ok(T::NEG_INFINITY),
-        _ => {}
-    }
-    // Only digits, point, sign and exponent: no "inf" or "nan" spellings.
-    if !text.iter().any(u8::is_ascii_digit)
-        || !text
-            .iter()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+fn float<T: std::str::FromStr + Copy + Into<f64>>(text: &[u8]) -> Conv<T> {
+    // PostgreSQL's spellings of the special values, which Rust reads too.
+    let special = matches!(text, b"NaN" | b"Infinity" | b"-Infinity");
+    // Otherwise only digits, point, sign and exponent: no other "inf" or
+    // "nan" spellings.
+    if !special
+        && (!text.iter().any(u8::is_ascii_digit)
+            || !text
+                .iter()
+                .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-')))
     {
         return bad("malformed float");
     }
     let s = std::str::from_utf8(text).or_else(|_| bad("malformed float"))?;
     let v: T = s.parse().or_else(|_| bad("malformed float"))?;
-    if !v.finite() {
+    if !special && !v.into().is_finite() {
         return bad("float out of range");
     }
     Ok(v)
@@ -658,11 +657,7 @@ mod tests {
     use super::*;
 
     fn convert(kinds: &[Kind], text: &[u8]) -> Conv<Vec<u8>> {
-        let mut c = Converter::new(kinds.to_vec());
-        let mut out = Vec::new();
-        c.push(text, &mut out)?;
-        c.finish(&mut out)?;
-        Ok(out)
+        Converter::convert(kinds.to_vec(), &[text])
     }
 
     /// The bytes of the single value of a one-row, one-column stream.
