@@ -83,6 +83,29 @@ fn drop_capture(p: &Project) {
     p.run(&["capture", "--drop", "--yes"]).ok();
 }
 
+/// Captures, then marks a time T with the state at T; the next change
+/// comes more than a second after T (a pass covers up to a second before
+/// it started).
+fn capture_and_mark_t(p: &Project) -> (String, String) {
+    capture(p);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = now(p);
+    let at_t = state(p);
+    std::thread::sleep(Duration::from_millis(1200));
+    (t, at_t)
+}
+
+/// The reasons of the environment's snapshots.
+fn snapshot_reasons(p: &Project) -> Vec<String> {
+    let list = p.run(&["snapshots", "list", "--output", "json"]).json();
+    list["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["reason"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// Changes before T in three segments, T, changes after T in two more.
 fn history(p: &Project) -> (String, String) {
     capture(p);
@@ -101,11 +124,7 @@ fn history(p: &Project) -> (String, String) {
     sql(p, "INSERT INTO $S.accounts (name, balance, meta) VALUES ('new', NULL, '{\"nested\": [1, {\"x\": null}]}')");
     capture(p);
     sql(p, "BEGIN; UPDATE $S.accounts SET meta = meta || '{\"t\": 1}' WHERE id = 3; UPDATE $S.notes SET body = 'changed' WHERE account = 2; COMMIT");
-    capture(p);
-    std::thread::sleep(Duration::from_millis(300));
-    let t = now(p);
-    let at_t = state(p);
-    std::thread::sleep(Duration::from_millis(1200));
+    let (t, at_t) = capture_and_mark_t(p);
     sql(p, "UPDATE $S.accounts SET name = 'after T' WHERE id = 1");
     sql(p, "INSERT INTO $S.accounts (name) VALUES ('after T')");
     capture(p);
@@ -244,11 +263,7 @@ fn kill_9_of_capture_mid_segment_loses_and_duplicates_nothing() {
         segments(&p).is_empty(),
         "a killed capture left a complete segment"
     );
-    capture(&p);
-    std::thread::sleep(Duration::from_millis(300));
-    let t = now(&p);
-    let at_t = state(&p);
-    std::thread::sleep(Duration::from_millis(1200));
+    let (t, at_t) = capture_and_mark_t(&p);
     sql(&p, "DELETE FROM $S.notes WHERE account < 1000");
     capture(&p);
     p.run(&["restore", "--timestamp", &t, "--yes"]).ok();
@@ -289,11 +304,7 @@ fn prune_removes_only_segments_older_than_every_kept_snapshot() {
         &p,
         "UPDATE $S.accounts SET name = 'after the last snapshot' WHERE id = 7",
     );
-    capture(&p);
-    std::thread::sleep(Duration::from_millis(300));
-    let t = now(&p);
-    let at_t = state(&p);
-    std::thread::sleep(Duration::from_millis(1200));
+    let (t, at_t) = capture_and_mark_t(&p);
     sql(&p, "DELETE FROM $S.accounts WHERE id = 7");
     capture(&p);
     let pruned = p
@@ -365,23 +376,13 @@ fn a_migration_after_the_snapshot_is_covered_by_the_post_migrate_snapshot() {
     );
     let run = p.run(&["migrate"]);
     run.ok();
-    let list = p.run(&["snapshots", "list", "--output", "json"]).json();
-    let reasons: Vec<&str> = list["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["reason"].as_str())
-        .collect();
-    assert!(reasons.contains(&"post-migrate"), "{list}");
+    let reasons = snapshot_reasons(&p);
+    assert!(reasons.iter().any(|r| r == "post-migrate"), "{reasons:?}");
     sql(
         &p,
         "INSERT INTO $S.accounts (name, currency) VALUES ('usd', 'USD')",
     );
-    capture(&p);
-    std::thread::sleep(Duration::from_millis(300));
-    let t = now(&p);
-    let at_t = state(&p);
-    std::thread::sleep(Duration::from_millis(1200));
+    let (t, at_t) = capture_and_mark_t(&p);
     sql(&p, "DELETE FROM $S.accounts WHERE currency = 'USD'");
     capture(&p);
     p.run(&["restore", "--timestamp", &t, "--yes"]).ok();
@@ -407,23 +408,13 @@ fn a_rollback_after_the_snapshot_is_covered_by_the_post_rollback_snapshot() {
     p.run(&["snapshot"]).ok();
     sql(&p, "UPDATE $S.accounts SET balance = 1 WHERE id = 1");
     p.run(&["rollback", "--to", "1", "--yes"]).ok();
-    let list = p.run(&["snapshots", "list", "--output", "json"]).json();
-    let reasons: Vec<&str> = list["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["reason"].as_str())
-        .collect();
-    assert!(reasons.contains(&"post-rollback"), "{list}");
+    let reasons = snapshot_reasons(&p);
+    assert!(reasons.iter().any(|r| r == "post-rollback"), "{reasons:?}");
     sql(
         &p,
         "INSERT INTO $S.accounts (name) VALUES ('after the rollback')",
     );
-    capture(&p);
-    std::thread::sleep(Duration::from_millis(300));
-    let t = now(&p);
-    let at_t = state(&p);
-    std::thread::sleep(Duration::from_millis(1200));
+    let (t, at_t) = capture_and_mark_t(&p);
     sql(
         &p,
         "DELETE FROM $S.accounts WHERE name = 'after the rollback'",
@@ -546,11 +537,7 @@ fn a_restore_of_another_service_in_the_same_database_does_not_block_replay() {
         &p,
         "UPDATE $S.accounts SET name = 'after the other restore' WHERE id = 2",
     );
-    capture(&p);
-    std::thread::sleep(Duration::from_millis(300));
-    let t = now(&p);
-    let at_t = state(&p);
-    std::thread::sleep(Duration::from_millis(1200));
+    let (t, at_t) = capture_and_mark_t(&p);
     std::thread::sleep(Duration::from_millis(1200));
     sql(&p, "DELETE FROM $S.accounts");
     capture(&p);

@@ -62,6 +62,22 @@ fn capture(p: &Project) {
     p.run(&["capture", "--once"]).ok();
 }
 
+/// Captures, then marks a time T with the state at T; the next change
+/// comes more than a second after T (a pass covers up to a second before
+/// it started).
+async fn capture_and_mark_t(
+    p: &Project,
+    db: &mongodb::Database,
+) -> (String, Vec<(String, Vec<Vec<u8>>)>) {
+    capture(p);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_t = state(db).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    (t, at_t)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn mongodb_restore_to_a_time_replays_change_events_exactly() {
     let p = project("capm_exact");
@@ -98,12 +114,7 @@ async fn mongodb_restore_to_a_time_replays_change_events_exactly() {
         .update_one(doc! {"_id": 2}, doc! {"$set": {"v": 20}})
         .await
         .unwrap();
-    capture(&p);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let t = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let at_t = state(&db).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (t, at_t) = capture_and_mark_t(&p, &db).await;
     people.delete_many(doc! {}).await.unwrap();
     db.collection::<Document>("late").drop().await.unwrap();
     db.collection::<Document>("after")
@@ -160,14 +171,10 @@ async fn kill_9_of_mongodb_capture_mid_segment_loses_and_duplicates_nothing() {
         .unwrap();
     let dir = p.path().join("backups/dev/.capture/svc/mongodb");
     // A killed capture's lease blocks the next one until it expires.
-    let mut child = p
-        .std_cmd()
-        .env("VALERO_DB_MONGO_LEASE_TTL", "2")
-        .args(["capture", "--once"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = p.spawn_with_env(
+        &[("VALERO_DB_MONGO_LEASE_TTL", "2")],
+        &["capture", "--once"],
+    );
     let started = std::time::Instant::now();
     while tmp_files(&dir) == 0 && started.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -179,12 +186,7 @@ async fn kill_9_of_mongodb_capture_mid_segment_loses_and_duplicates_nothing() {
         0,
         "the capture was not killed while writing its segment"
     );
-    capture(&p);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let t = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let at_t = state(&db).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (t, at_t) = capture_and_mark_t(&p, &db).await;
     db.collection::<Document>("bulk")
         .delete_many(doc! {"_id": {"$lt": 1000}})
         .await
@@ -216,12 +218,7 @@ async fn a_dropped_and_recreated_database_replays_to_what_existed_at_t() {
         .insert_one(doc! {"_id": 1, "v": "after the drop"})
         .await
         .unwrap();
-    capture(&p);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let t = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let at_t = state(&db).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (t, at_t) = capture_and_mark_t(&p, &db).await;
     db.collection::<Document>("fresh")
         .insert_one(doc! {"_id": 2})
         .await
@@ -254,13 +251,7 @@ async fn one_mongodb_capture_at_a_time_and_an_abandoned_lease_expires() {
     let p = project("capm_lease");
     let db = mongo(&p.mongo_db).await;
     capture(&p);
-    let running = p
-        .std_cmd()
-        .args(["capture", "--interval", "500ms"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let running = p.spawn(&["capture", "--interval", "500ms"]);
     lease_taken(&db).await;
     p.run(&["--lock-timeout", "1s", "capture", "--once"])
         .expect_code(4)
@@ -292,14 +283,10 @@ async fn one_mongodb_capture_at_a_time_and_an_abandoned_lease_expires() {
 
     // Killed: its lease (1 s + two intervals) expires, the next capture
     // takes over.
-    let mut abandoned = p
-        .std_cmd()
-        .env("VALERO_DB_MONGO_LEASE_TTL", "1")
-        .args(["capture", "--interval", "500ms"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut abandoned = p.spawn_with_env(
+        &[("VALERO_DB_MONGO_LEASE_TTL", "1")],
+        &["capture", "--interval", "500ms"],
+    );
     lease_taken(&db).await;
     abandoned.kill().unwrap();
     let _ = abandoned.wait();
@@ -363,12 +350,7 @@ async fn a_stalled_mongodb_capture_whose_lease_was_taken_over_stops_with_exit_4(
         .insert_one(doc! {"_id": 5, "name": "e"})
         .await
         .unwrap();
-    capture(&p);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let t = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let at_t = state(&db).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (t, at_t) = capture_and_mark_t(&p, &db).await;
     db.collection::<Document>("people")
         .delete_many(doc! {})
         .await

@@ -145,7 +145,13 @@ mongodb = {{ url = "${{VALERO_MONGO_URL}}", database = "{db}" }}
 
     /// Starts the binary in the background with output discarded.
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.spawn_with_env(&[], args)
+    }
+
+    /// `spawn` with extra environment variables.
+    pub fn spawn_with_env(&self, env: &[(&str, &str)], args: &[&str]) -> std::process::Child {
         self.std_cmd()
+            .envs(env.iter().copied())
             .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
