@@ -268,7 +268,7 @@ async fn load(
         .map_err(|e| sql_failed(what, "pre-data DDL", e))?;
     lap("pre-data DDL");
 
-    let kinds = column_kinds(conn, schema)
+    let mut kinds = column_kinds(conn, schema)
         .await
         .map_err(|e| classify(what, e))?;
     for entry in found
@@ -295,8 +295,8 @@ async fn load(
             what,
             progress: &progress,
         };
-        let loaded = match kinds.get(table) {
-            Some(kinds) => target.load_binary(conn, kinds.clone()).await?,
+        let loaded = match kinds.remove(table) {
+            Some(kinds) => target.load_binary(conn, kinds).await?,
             None => None,
         };
         let (format, (rows, bytes)) = match loaded {
@@ -496,18 +496,18 @@ impl Table<'_> {
                 let mut out = Vec::with_capacity(text.len() + text.len() / 2);
                 converter.push(&text, &mut out)?;
                 if binary_tx.blocking_send(out).is_err() {
-                    return Ok(());
+                    // The sender failed; its error is the one reported.
+                    return Ok(converter.rows());
                 }
             }
             let mut out = Vec::new();
             converter.finish(&mut out)?;
             let _ = binary_tx.blocking_send(out);
-            Ok::<(), Unconvertible>(())
+            Ok::<u64, Unconvertible>(converter.rows())
         });
-        let (mut rows, mut bytes) = (0, 0);
+        let mut bytes = 0;
         let read = async {
             while let Some(buf) = stream.next().await? {
-                rows += newlines(&buf);
                 bytes += buf.len() as u64;
                 if text_tx.send(buf).await.is_err() {
                     break;
@@ -528,13 +528,12 @@ impl Table<'_> {
         let converted = converter
             .await
             .map_err(|e| Error::internal(format!("the COPY converter stopped: {e}")))?;
-        let outcome = match (read, sent, converted) {
-            (Err(e), _, _) | (_, Err(e), _) => Err(e),
-            (Ok(()), Ok(()), Err(unconvertible)) => Ok(Some(unconvertible)),
-            (Ok(()), Ok(()), Ok(())) => Ok(None),
-        };
-        match outcome {
-            Ok(None) => {
+        match (read, sent, converted) {
+            (Err(e), _, _) | (_, Err(e), _) => {
+                let _ = copy.abort("valero-db: restore failed").await;
+                Err(e)
+            }
+            (Ok(()), Ok(()), Ok(rows)) => {
                 copy.finish()
                     .await
                     .map_err(|e| sql_failed(self.what, self.name, e))?;
@@ -543,7 +542,7 @@ impl Table<'_> {
                     .map_err(|e| sql_failed(self.what, self.name, e))?;
                 Ok(Some((rows, bytes)))
             }
-            Ok(Some(why)) => {
+            (Ok(()), Ok(()), Err(why)) => {
                 let _ = copy.abort("valero-db: loading as text instead").await;
                 tracing::debug!(
                     "{}: table {} loads as COPY text: {why}",
@@ -554,10 +553,6 @@ impl Table<'_> {
                     .await
                     .map_err(|e| sql_failed(self.what, self.name, e))?;
                 Ok(None)
-            }
-            Err(e) => {
-                let _ = copy.abort("valero-db: restore failed").await;
-                Err(e)
             }
         }
     }
