@@ -367,10 +367,10 @@ impl After<'_> {
         };
         if let Err(e) = take_service(storage, name, &mut locked.slots, &req).await {
             tracing::warn!(
-            "{name}: the schema change is applied, but the {} snapshot failed: {e}; \
-             restores to later times need a snapshot taken after it (`valero-db snapshot -s {name}`)",
-            self.reason
-        );
+                "{name}: the schema change is applied, but the {} snapshot failed: {e}; \
+                 restores to later times need a snapshot taken after it (`valero-db snapshot -s {name}`)",
+                self.reason
+            );
         }
     }
 }
@@ -422,7 +422,7 @@ pub async fn run_rollback(
     targets: &Targets,
     dry_run: bool,
 ) -> (Vec<EngineRun>, Option<Error>) {
-    let (planned, error) = rollback_pass(ctx, targets, None).await;
+    let (planned, error) = rollback_pass(ctx, targets, &RollbackPass::Plan).await;
     if dry_run || error.is_some() {
         return (planned, error);
     }
@@ -444,15 +444,20 @@ pub async fn run_rollback(
         reason: "post-rollback",
         release: None,
     });
-    rollback_pass(ctx, targets, Some(after)).await
+    rollback_pass(ctx, targets, &RollbackPass::Apply(after)).await
 }
 
-/// A dry run when `apply` is None; otherwise applies, with the snapshot
-/// to take afterwards, if storage is usable.
+/// What a rollback pass does: plan only (a dry run), or apply and then take
+/// the post-rollback snapshot, when storage is usable.
+enum RollbackPass<'a> {
+    Plan,
+    Apply(Option<After<'a>>),
+}
+
 async fn rollback_pass(
     ctx: &Context,
     targets: &Targets,
-    apply: Option<Option<After<'_>>>,
+    pass: &RollbackPass<'_>,
 ) -> (Vec<EngineRun>, Option<Error>) {
     let discovered = match discover_all(ctx) {
         Ok(d) => d,
@@ -462,7 +467,7 @@ async fn rollback_pass(
     for (service, local) in discovered {
         let result = async {
             let mut locked = LockedService::open(&service, local, ctx.global.lock_timeout).await?;
-            let r = rollback_locked(&mut locked, targets, apply.as_ref(), &mut runs).await;
+            let r = rollback_locked(&mut locked, targets, pass, &mut runs).await;
             locked.release().await;
             r
         }
@@ -477,7 +482,7 @@ async fn rollback_pass(
 async fn rollback_locked(
     locked: &mut LockedService,
     targets: &Targets,
-    apply: Option<&Option<After<'_>>>,
+    pass: &RollbackPass<'_>,
     runs: &mut Vec<EngineRun>,
 ) -> Result<()> {
     let name = locked.service.name.clone();
@@ -514,7 +519,7 @@ async fn rollback_locked(
         });
         plans.push(plan);
     }
-    let Some(after) = apply else {
+    let RollbackPass::Apply(after) = pass else {
         return Ok(());
     };
     let first_run = runs.len() - plans.len();
