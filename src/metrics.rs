@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::commands::status::service_status;
+use crate::commands::status::{engines_of, service_status};
 use crate::commands::Context;
 use crate::error::{Error, Result};
 
@@ -114,40 +114,39 @@ pub async fn render(ctx: &Context) -> Result<String> {
                 );
             }
         }
-        match service_status(&root, &service, Some((storage.as_ref(), env))).await {
+        let lags = match service_status(&root, &service, Some((storage.as_ref(), env))).await {
             Ok(rows) => {
                 up.add(&[("env", env), ("service", s)], 1.0);
+                let mut lags = Vec::new();
                 for r in rows {
                     let engine = r.engine.to_string();
                     let labels = [("env", env), ("service", s), ("engine", engine.as_str())];
-                    if let Some(lag) = &r.capture {
-                        if let Some(l) = lag.lag_seconds {
-                            capture_lag.add(&labels, l as f64);
-                        }
-                        if let Some(b) = lag.retained_wal_bytes {
-                            capture_wal.add(&labels, b as f64);
-                        }
-                    }
                     version.add(&labels, r.current_version.unwrap_or(0) as f64);
                     pending.add(&labels, r.pending.len() as f64);
                     drift.add(&labels, if r.drift.is_empty() { 0.0 } else { 1.0 });
                     dirty.add(&labels, if r.dirty.is_some() { 1.0 } else { 0.0 });
+                    lags.extend(r.capture.map(|l| (r.engine, l)));
                 }
+                lags
             }
             Err(_) => {
                 up.add(&[("env", env), ("service", s)], 0.0);
-                // MongoDB's capture state lives in the storage alone.
-                if service.mongodb.is_some() {
-                    if let Some(lag) = crate::capture::mongodb::lag(storage.as_ref(), env, s).await
-                    {
-                        if let Some(l) = lag.lag_seconds {
-                            capture_lag.add(
-                                &[("env", env), ("service", s), ("engine", "mongodb")],
-                                l as f64,
-                            );
-                        }
-                    }
+                let mut lags = Vec::new();
+                for engine in engines_of(&service) {
+                    let lag =
+                        crate::capture::lag_without_database(storage.as_ref(), env, s, engine);
+                    lags.extend(lag.await.map(|l| (engine, l)));
                 }
+                lags
+            }
+        };
+        for (engine, lag) in lags {
+            let labels = [("env", env), ("service", s), ("engine", engine.name())];
+            if let Some(l) = lag.lag_seconds {
+                capture_lag.add(&labels, l as f64);
+            }
+            if let Some(b) = lag.retained_wal_bytes {
+                capture_wal.add(&labels, b as f64);
             }
         }
     }

@@ -240,6 +240,21 @@ pub struct ReplayPlan {
     pub segments: Vec<(String, Segment)>,
 }
 
+/// The capture state that can be read without a database session, for a
+/// service whose database is unreachable: only MongoDB's, which lives in
+/// the storage alone (PostgreSQL's needs the slot).
+pub async fn lag_without_database(
+    storage: &dyn Storage,
+    env: &str,
+    service: &str,
+    engine: crate::engine::EngineKind,
+) -> Option<postgres::Lag> {
+    match engine {
+        crate::engine::EngineKind::Mongodb => mongodb::lag(storage, env, service).await,
+        crate::engine::EngineKind::Postgres => None,
+    }
+}
+
 /// Chooses the segments that carry a snapshot taken at position `from` up
 /// to time `at`. `Ok(None)`: the service has no capture at all (snapshot
 /// only). A gap — capture started after the snapshot, a missing segment,

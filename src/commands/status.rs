@@ -61,12 +61,12 @@ pub async fn run(ctx: &Context, check: bool) -> Outcome {
             Ok(mut r) => rows.append(&mut r),
             Err(e) => {
                 for kind in engines_of(service) {
-                    // MongoDB's capture state lives in the storage alone.
-                    let lag = match (kind, capture) {
-                        (EngineKind::Mongodb, Some((storage, env))) => {
-                            crate::capture::mongodb::lag(storage, env, &service.name).await
+                    let lag = match capture {
+                        Some((storage, env)) => {
+                            crate::capture::lag_without_database(storage, env, &service.name, kind)
+                                .await
                         }
-                        _ => None,
+                        None => None,
                     };
                     rows.push(EngineStatus {
                         service: service.name.clone(),
@@ -128,7 +128,7 @@ pub async fn run(ctx: &Context, check: bool) -> Outcome {
     Outcome::ok(report, render(&rows)).with_error(first_error)
 }
 
-fn engines_of(service: &Service) -> Vec<EngineKind> {
+pub(crate) fn engines_of(service: &Service) -> Vec<EngineKind> {
     let mut out = Vec::new();
     if service.postgres.is_some() {
         out.push(EngineKind::Postgres);
