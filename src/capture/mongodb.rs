@@ -74,6 +74,10 @@ impl Lease {
         }
     }
 
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
     fn what(&self) -> String {
         format!("MongoDB of service {}", self.service)
     }

@@ -117,6 +117,9 @@ async fn open(ctx: &Context, leases: &mut Leases) -> Result<(Vec<PgSource>, Vec<
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
+            // One per service: a reconnect's lease replaces the old one
+            // (and lets go of the old client).
+            leases.taken.retain(|l| l.service() != service.name);
             leases.taken.push(lease.clone());
             mongo_sources.push(MongoSource {
                 service: service.name.clone(),
