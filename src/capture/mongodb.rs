@@ -23,7 +23,7 @@ use super::{
     folder, format_lsn, parse_lsn, position_name, ReplayPlan, Segment, Stream, CHANGES,
     FORMAT_VERSION,
 };
-use crate::engine::mongodb::classify;
+use crate::engine::mongodb::{classify, Lease};
 use crate::error::{Error, Result};
 use crate::snapshot::SnapshotWriter;
 use crate::storage::Storage;
@@ -47,147 +47,53 @@ pub struct Capture<'a> {
     pub lease: Option<&'a Lease>,
 }
 
-/// One capture per service database at a time: a lease document in the
-/// migration lock's collection (its own `_id`), which change streams leave
-/// out. Renewed by the passes themselves rather than by a background task,
-/// so a pass cannot outlive a lease it lost: a capture whose lease was
-/// taken over (it stalled longer than the lease) stops before storing.
-#[derive(Clone)]
-pub struct Lease {
-    coll: mongodb::Collection<Document>,
-    token: String,
-    ttl: std::time::Duration,
-    service: String,
+/// One capture per service database at a time: a lease (`_id: "capture"`
+/// beside the migration lock, left out of change streams). Renewed by the
+/// passes themselves rather than by a background task, so a pass cannot
+/// outlive a lease it lost: a capture whose lease was taken over (it stalled
+/// longer than the lease) stops before storing.
+pub const LEASE_ID: &str = "capture";
+
+/// At the start of a pass: extends the lease, or takes it back if it
+/// expired unclaimed (the pass reads the stored chain afresh); exit 4 when
+/// another capture holds it.
+async fn hold(lease: &Lease) -> Result<()> {
+    if lease.try_acquire().await? {
+        return Ok(());
+    }
+    Err(lost(lease).await)
 }
 
-const LEASE_ID: &str = "capture";
-
-impl Lease {
-    /// `token` stays the same for the whole process, so reconnecting
-    /// takes the lease back at once.
-    pub fn new(db: &Database, service: &str, token: &str, ttl: std::time::Duration) -> Lease {
-        Lease {
-            coll: db.collection(crate::engine::mongodb::LOCKS),
-            token: token.to_string(),
-            ttl,
-            service: service.to_string(),
-        }
+/// Before a segment is stored: extends the lease only if it is still this
+/// capture's; exit 4 otherwise.
+async fn renew(lease: &Lease) -> Result<()> {
+    if lease.extend().await? {
+        return Ok(());
     }
+    Err(lost(lease).await)
+}
 
-    pub fn service(&self) -> &str {
-        &self.service
+async fn lost(lease: &Lease) -> Error {
+    let holder = match lease.holder().await {
+        Ok(h) => h,
+        Err(e) => return e,
+    };
+    Error::LockTimeout {
+        service: lease.service().to_string(),
+        engine: "mongodb".into(),
+        timeout: format!(
+            "its capture lease ({}; it expired before this capture renewed it)",
+            crate::duration::format_duration(lease.ttl())
+        ),
+        holder: capture_holder(holder),
     }
+}
 
-    fn what(&self) -> String {
-        format!("MongoDB of service {}", self.service)
-    }
-
-    fn expiry(&self) -> bson::DateTime {
-        bson::DateTime::from_millis(
-            bson::DateTime::now().timestamp_millis() + self.ttl.as_millis() as i64,
-        )
-    }
-
-    /// One attempt: false while another capture holds a lease that has not
-    /// expired.
-    pub async fn try_acquire(&self) -> Result<bool> {
-        let now = bson::DateTime::now();
-        let filter = doc! {
-            "_id": LEASE_ID,
-            "$or": [{"expires_at": {"$lt": now}}, {"token": &self.token}],
-        };
-        let update = doc! {"$set": {
-            "token": &self.token,
-            "host": crate::engine::hostname(),
-            "pid": std::process::id() as i64,
-            "since": now,
-            "expires_at": self.expiry(),
-        }};
-        match self
-            .coll
-            .find_one_and_update(filter, update)
-            .upsert(true)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if crate::engine::mongodb::is_duplicate_key(&e) => Ok(false),
-            Err(e) => Err(classify(&self.what(), e)),
-        }
-    }
-
-    /// Who holds the lease, for the error message.
-    pub async fn holder(&self) -> Result<String> {
-        let d = self
-            .coll
-            .find_one(doc! {"_id": LEASE_ID})
-            .await
-            .map_err(|e| classify(&self.what(), e))?
-            .unwrap_or_default();
-        let time = |k: &str| {
-            d.get_datetime(k)
-                .map(|t| t.to_chrono().format("%Y-%m-%dT%H:%M:%SZ").to_string())
-                .unwrap_or_else(|_| "?".into())
-        };
-        Ok(format!(
-            "another `valero-db capture` (host={} pid={}, since {}, lease expires {})",
-            d.get_str("host").unwrap_or("?"),
-            d.get_i64("pid")
-                .map(|p| p.to_string())
-                .unwrap_or_else(|_| "?".into()),
-            time("since"),
-            time("expires_at"),
-        ))
-    }
-
-    /// At the start of a pass: extends the lease, or takes it back if it
-    /// expired unclaimed (the pass reads the stored chain afresh); an error
-    /// (exit 4) when another capture holds it.
-    pub async fn hold(&self) -> Result<()> {
-        if self.try_acquire().await? {
-            return Ok(());
-        }
-        Err(self.lost().await)
-    }
-
-    async fn lost(&self) -> Error {
-        let holder = match self.holder().await {
-            Ok(h) => h,
-            Err(e) => return e,
-        };
-        Error::LockTimeout {
-            service: self.service.clone(),
-            engine: "mongodb".into(),
-            timeout: format!(
-                "its capture lease ({}; it expired before this capture renewed it)",
-                crate::duration::format_duration(self.ttl)
-            ),
-            holder,
-        }
-    }
-
-    /// Before a segment is stored: extends the lease only if it is still
-    /// this capture's; an error (exit 4) otherwise.
-    pub async fn renew(&self) -> Result<()> {
-        let r = self
-            .coll
-            .update_one(
-                doc! {"_id": LEASE_ID, "token": &self.token},
-                doc! {"$set": {"expires_at": self.expiry()}},
-            )
-            .await
-            .map_err(|e| classify(&self.what(), e))?;
-        if r.matched_count == 1 {
-            return Ok(());
-        }
-        Err(self.lost().await)
-    }
-
-    /// Best effort: an unreleased lease expires on its own.
-    pub async fn release(&self) {
-        let _ = self
-            .coll
-            .delete_one(doc! {"_id": LEASE_ID, "token": &self.token})
-            .await;
+/// Names the other capture in a lock error.
+pub fn capture_holder(holder: Option<String>) -> String {
+    match holder {
+        Some(h) => format!("another `valero-db capture`: {h}"),
+        None => "another `valero-db capture` (its lease has just ended)".into(),
     }
 }
 
@@ -266,7 +172,7 @@ impl Capture<'_> {
     pub async fn pass(&mut self) -> Result<PassReport> {
         let what = self.what();
         if let Some(lease) = self.lease {
-            lease.hold().await?;
+            hold(lease).await?;
         }
         let listing = super::list(self.storage, self.env, self.service, "mongodb").await?;
         let stream_start = match listing.streams.last() {
@@ -375,7 +281,7 @@ impl Capture<'_> {
         if let Some(lease) = self.lease {
             // Lost: the folder may be the new holder's now; leave it alone
             // (an object without its segment.json is not a segment).
-            lease.renew().await?;
+            renew(lease).await?;
         }
         super::store_segment(self.storage, &mut writer, &base, &segment).await?;
         self.write_progress(&segment.end, segment.covered_until)

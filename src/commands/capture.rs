@@ -8,10 +8,11 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::Row;
 
-use crate::capture::mongodb::{Capture as MongoCapture, Lease};
+use crate::capture::mongodb::{capture_holder, Capture as MongoCapture, LEASE_ID};
 use crate::capture::postgres::{slot_name, Capture};
 use crate::commands::snapshot::open_storage;
 use crate::commands::{confirm, Context};
+use crate::engine::mongodb::Lease;
 use crate::engine::mongodb::MongoEngine;
 use crate::engine::postgres::{classify, PostgresEngine};
 use crate::error::{Error, Result};
@@ -104,7 +105,13 @@ async fn open(ctx: &Context, leases: &mut Leases) -> Result<(Vec<PgSource>, Vec<
     for service in ctx.services()? {
         if let Some(m) = &service.mongodb {
             let engine = MongoEngine::connect(&service.name, m).await?;
-            let lease = Lease::new(engine.database(), &service.name, &leases.token, leases.ttl);
+            let lease = Lease::new(
+                engine.database(),
+                LEASE_ID,
+                &service.name,
+                &leases.token,
+                leases.ttl,
+            );
             let deadline = std::time::Instant::now() + ctx.global.lock_timeout;
             while !lease.try_acquire().await? {
                 if std::time::Instant::now() >= deadline {
@@ -112,7 +119,7 @@ async fn open(ctx: &Context, leases: &mut Leases) -> Result<(Vec<PgSource>, Vec<
                         service: service.name.clone(),
                         engine: "mongodb".into(),
                         timeout: crate::duration::format_duration(ctx.global.lock_timeout),
-                        holder: lease.holder().await?,
+                        holder: capture_holder(lease.holder().await?),
                     });
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -338,8 +345,9 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
         Ok((json!({"command": "capture", "environment": ctx.env.name, "services": report}), human))
     }
     .await;
+    // Best effort: an unreleased lease expires on its own.
     for lease in &leases.taken {
-        lease.release().await;
+        let _ = lease.release().await;
     }
     match result {
         Ok((report, human)) => Outcome::ok(report, human),

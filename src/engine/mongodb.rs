@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bson::{doc, Bson, Document};
 use futures::TryStreamExt;
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, ReturnDocument};
+use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection, Database};
 
 use crate::config::MongoTarget;
@@ -32,11 +32,137 @@ pub(crate) fn lease_ttl() -> Duration {
         .unwrap_or(Duration::from_secs(30))
 }
 
+/// A lease document in `valero_schema_lock`: the per-service lock of
+/// MongoDB (`_id: "migrate"`) and of its capture (`_id: "capture"`). A
+/// holder that dies blocks others until its lease expires.
+#[derive(Clone)]
+pub struct Lease {
+    coll: Collection<Document>,
+    id: &'static str,
+    token: String,
+    ttl: Duration,
+    service: String,
+}
+
+impl Lease {
+    pub fn new(
+        db: &Database,
+        id: &'static str,
+        service: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Lease {
+        Lease {
+            coll: db.collection(LOCKS),
+            id,
+            token: token.to_string(),
+            ttl,
+            service: service.to_string(),
+        }
+    }
+
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn what(&self) -> String {
+        format!("MongoDB of service {}", self.service)
+    }
+
+    fn expiry(&self) -> bson::DateTime {
+        bson::DateTime::from_millis(
+            bson::DateTime::now().timestamp_millis() + self.ttl.as_millis() as i64,
+        )
+    }
+
+    /// One attempt: takes the lease if it is free, expired or already
+    /// ours (and extends it); false while someone else holds it.
+    pub async fn try_acquire(&self) -> Result<bool> {
+        let now = bson::DateTime::now();
+        let filter = doc! {
+            "_id": self.id,
+            "$or": [{"expires_at": {"$lt": now}}, {"token": &self.token}],
+        };
+        let update = doc! {"$set": {
+            "token": &self.token,
+            "host": super::hostname(),
+            "pid": std::process::id() as i64,
+            "since": now,
+            "expires_at": self.expiry(),
+        }};
+        match self
+            .coll
+            .find_one_and_update(filter, update)
+            .upsert(true)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(classify(&self.what(), e)),
+        }
+    }
+
+    /// Extends the lease only if it is still ours; false when it is not.
+    pub async fn extend(&self) -> Result<bool> {
+        let r = self
+            .coll
+            .update_one(
+                doc! {"_id": self.id, "token": &self.token},
+                doc! {"$set": {"expires_at": self.expiry()}},
+            )
+            .await
+            .map_err(|e| classify(&self.what(), e))?;
+        Ok(r.matched_count == 1)
+    }
+
+    /// Who else holds a live lease, for operators: host, pid, since.
+    pub async fn holder(&self) -> Result<Option<String>> {
+        let now = bson::DateTime::now();
+        let found = self
+            .coll
+            .find_one(doc! {"_id": self.id, "expires_at": {"$gte": now}})
+            .await
+            .map_err(|e| classify(&self.what(), e))?;
+        Ok(found.and_then(|d| {
+            if d.get_str("token").ok() == Some(self.token.as_str()) {
+                return None;
+            }
+            let time = |k: &str| {
+                d.get_datetime(k)
+                    .map(|t| t.to_chrono().format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                    .unwrap_or_else(|_| "?".into())
+            };
+            let pid = d
+                .get_i64("pid")
+                .map(|p| p.to_string())
+                .unwrap_or_else(|_| "?".into());
+            Some(format!(
+                "valero-db host={} pid={pid} (since {}, lease expires {})",
+                d.get_str("host").unwrap_or("?"),
+                time("since"),
+                time("expires_at")
+            ))
+        }))
+    }
+
+    pub async fn release(&self) -> Result<()> {
+        self.coll
+            .delete_one(doc! {"_id": self.id, "token": &self.token})
+            .await
+            .map_err(|e| classify(&self.what(), e))?;
+        Ok(())
+    }
+}
+
 pub struct MongoEngine {
     service: String,
     client: Client,
     db: Database,
-    token: String,
+    lock: Lease,
     renewer: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -92,11 +218,18 @@ impl MongoEngine {
         db.run_command(doc! {"ping": 1})
             .await
             .map_err(|e| classify(&what, e))?;
+        let lock = Lease::new(
+            &db,
+            LOCK_ID,
+            service,
+            &uuid::Uuid::new_v4().to_string(),
+            lease_ttl(),
+        );
         Ok(MongoEngine {
             service: service.to_string(),
             client,
             db,
-            token: uuid::Uuid::new_v4().to_string(),
+            lock,
             renewer: None,
         })
     }
@@ -115,10 +248,6 @@ impl MongoEngine {
 
     fn history_coll(&self) -> Collection<Document> {
         self.db.collection(HISTORY)
-    }
-
-    fn lock_coll(&self) -> Collection<Document> {
-        self.db.collection(LOCKS)
     }
 
     async fn history_row(
@@ -250,61 +379,29 @@ impl Engine for MongoEngine {
     }
 
     async fn try_lock(&mut self) -> Result<bool> {
-        let what = self.what();
-        let ttl = lease_ttl();
-        let now = bson::DateTime::now();
-        let expires = bson::DateTime::from_millis(now.timestamp_millis() + ttl.as_millis() as i64);
-        let filter = doc! {
-            "_id": LOCK_ID,
-            "$or": [{"expires_at": {"$lt": now}}, {"token": &self.token}],
-        };
-        let update = doc! {"$set": {
-            "token": &self.token,
-            "host": super::hostname(),
-            "pid": std::process::id() as i64,
-            "since": now,
-            "expires_at": expires,
-        }};
-        match self
-            .lock_coll()
-            .find_one_and_update(filter, update)
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_duplicate_key(&e) => return Ok(false),
-            Err(e) => return Err(classify(&what, e)),
+        if !self.lock.try_acquire().await? {
+            return Ok(false);
         }
         // Renew well before expiry while the work goes on.
-        let coll = self.lock_coll();
-        let token = self.token.clone();
-        let service = self.service.clone();
+        let lease = self.lock.clone();
         if let Some(old) = self.renewer.take() {
             old.abort();
         }
         self.renewer = Some(tokio::spawn(async move {
             loop {
-                tokio::time::sleep(ttl / 3).await;
-                let expires = bson::DateTime::from_millis(
-                    bson::DateTime::now().timestamp_millis() + ttl.as_millis() as i64,
-                );
-                match coll
-                    .update_one(
-                        doc! {"_id": LOCK_ID, "token": &token},
-                        doc! {"$set": {"expires_at": expires}},
-                    )
-                    .await
-                {
-                    Ok(r) if r.matched_count == 0 => {
-                        tracing::error!(service, "the MongoDB migration lease was lost");
+                tokio::time::sleep(lease.ttl() / 3).await;
+                match lease.extend().await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::error!(
+                            service = lease.service(),
+                            "the MongoDB migration lease was lost"
+                        );
                         return;
                     }
-                    Ok(_) => {}
                     Err(e) => tracing::warn!(
-                        service,
-                        "renewing the MongoDB lease failed: {}",
-                        redact::redact(&e.to_string())
+                        service = lease.service(),
+                        "renewing the MongoDB lease failed: {e}"
                     ),
                 }
             }
@@ -313,46 +410,14 @@ impl Engine for MongoEngine {
     }
 
     async fn lock_holder(&mut self) -> Result<Option<String>> {
-        let what = self.what();
-        let now = bson::DateTime::now();
-        let found = self
-            .lock_coll()
-            .find_one(doc! {"_id": LOCK_ID, "expires_at": {"$gte": now}})
-            .await
-            .map_err(|e| classify(&what, e))?;
-        Ok(found.and_then(|d| {
-            if d.get_str("token").ok() == Some(self.token.as_str()) {
-                return None;
-            }
-            let host = d.get_str("host").unwrap_or("?").to_string();
-            let pid = d
-                .get_i64("pid")
-                .map(|p| p.to_string())
-                .unwrap_or_else(|_| "?".into());
-            let since = d
-                .get_datetime("since")
-                .map(|t| t.to_chrono().format("%Y-%m-%dT%H:%M:%SZ").to_string())
-                .unwrap_or_else(|_| "?".into());
-            let expires = d
-                .get_datetime("expires_at")
-                .map(|t| t.to_chrono().format("%Y-%m-%dT%H:%M:%SZ").to_string())
-                .unwrap_or_else(|_| "?".into());
-            Some(format!(
-                "valero-db host={host} pid={pid} (since {since}, lease expires {expires})"
-            ))
-        }))
+        self.lock.holder().await
     }
 
     async fn unlock(&mut self) -> Result<()> {
         if let Some(r) = self.renewer.take() {
             r.abort();
         }
-        let what = self.what();
-        self.lock_coll()
-            .delete_one(doc! {"_id": LOCK_ID, "token": &self.token})
-            .await
-            .map_err(|e| classify(&what, e))?;
-        Ok(())
+        self.lock.release().await
     }
 
     async fn apply_up(&mut self, m: &Migration, meta: &RunMeta) -> Result<()> {
