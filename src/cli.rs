@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::duration::parse_duration;
+use crate::output::OutputFormat;
+use crate::units::parse_duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,22 +74,16 @@ pub struct GlobalArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    Human,
-    Json,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EngineArg {
     Postgres,
     Mongodb,
 }
 
-impl From<EngineArg> for crate::engine::EngineKind {
+impl From<EngineArg> for crate::config::EngineKind {
     fn from(e: EngineArg) -> Self {
         match e {
-            EngineArg::Postgres => crate::engine::EngineKind::Postgres,
-            EngineArg::Mongodb => crate::engine::EngineKind::Mongodb,
+            EngineArg::Postgres => crate::config::EngineKind::Postgres,
+            EngineArg::Mongodb => crate::config::EngineKind::Mongodb,
         }
     }
 }
@@ -146,7 +141,7 @@ pub enum HookCommand {
         release: String,
         /// What post-deploy --result failure does with the databases
         #[arg(long, value_enum, default_value = "restore")]
-        on_failure: crate::commands::deploy::OnFailure,
+        on_failure: crate::deploy::OnFailure,
     },
     /// Close the deployment; on failure roll the databases back
     PostDeploy {
@@ -162,7 +157,7 @@ pub enum HookCommand {
         rollback_cmd: Option<String>,
         /// Override the choice made at pre-deploy
         #[arg(long, value_enum)]
-        on_failure: Option<crate::commands::deploy::OnFailure>,
+        on_failure: Option<crate::deploy::OnFailure>,
     },
 }
 
@@ -173,28 +168,77 @@ pub enum Shell {
     Fish,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct DeployArgs {
+    #[arg(long, value_name = "TAG")]
+    pub release: String,
+    /// Command that must exit 0 after the rollout (repeatable)
+    #[arg(long, value_name = "CMD")]
+    pub verify: Vec<String>,
+    /// Command run first when the deploy fails (e.g. the service rollback script)
+    #[arg(long, value_name = "CMD")]
+    pub rollback_cmd: Option<String>,
+    /// What happens to the databases when the deploy fails
+    #[arg(long, value_enum, default_value = "restore")]
+    pub on_failure: crate::deploy::OnFailure,
+    /// Limit for the rollout command (units required: 10m)
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+    /// The rollout command, after `--`
+    #[arg(last = true, required = true, value_name = "ROLLOUT")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["timestamp", "snapshot"]))]
+pub struct RestoreArgs {
+    /// RFC 3339 time with a zone, e.g. 2025-06-19T08:00:00Z
+    #[arg(long, value_name = "TIME")]
+    pub timestamp: Option<String>,
+    /// A snapshot id from `snapshots list`
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<String>,
+    /// Take the snapshot from another environment (e.g. refresh staging from prod)
+    #[arg(long, value_name = "ENV")]
+    pub from_env: Option<String>,
+    /// With --timestamp: restore the snapshot alone, without replaying
+    /// captured changes up to the time
+    #[arg(long, requires = "timestamp")]
+    pub snapshot_only: bool,
+    /// Show what would be restored and replaced
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Confirm (required when not interactive or in a protected environment)
+    #[arg(long)]
+    pub yes: bool,
+    /// Per service, a snapshot id (deploy's rollback); limits the services.
+    #[arg(skip)]
+    pub per_service: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct MigrateArgs {
+    /// Stop at this version
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<u64>,
+    /// Print the plan and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Skip the pre-migrate snapshot (needs --yes without a terminal or in a protected environment)
+    #[arg(long)]
+    pub no_snapshot: bool,
+    /// Release tag recorded with each applied migration
+    #[arg(long, value_name = "TAG")]
+    pub release: Option<String>,
+    /// Confirm destructive or unsafe options
+    #[arg(long)]
+    pub yes: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check, snapshot, migrate, run the rollout, verify; roll the databases back on failure
-    Deploy {
-        #[arg(long, value_name = "TAG")]
-        release: String,
-        /// Command that must exit 0 after the rollout (repeatable)
-        #[arg(long, value_name = "CMD")]
-        verify: Vec<String>,
-        /// Command run first when the deploy fails (e.g. the service rollback script)
-        #[arg(long, value_name = "CMD")]
-        rollback_cmd: Option<String>,
-        /// What happens to the databases when the deploy fails
-        #[arg(long, value_enum, default_value = "restore")]
-        on_failure: crate::commands::deploy::OnFailure,
-        /// Limit for the rollout command (units required: 10m)
-        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-        timeout: Option<Duration>,
-        /// The rollout command, after `--`
-        #[arg(last = true, required = true, value_name = "ROLLOUT")]
-        command: Vec<String>,
-    },
+    Deploy(DeployArgs),
     /// Pipeline hooks: the deploy split in two around a rollout run elsewhere
     Hook {
         #[command(subcommand)]
@@ -235,28 +279,7 @@ pub enum Command {
         label: Option<String>,
     },
     /// Restore each selected service to its state as of a time, or to a snapshot
-    #[command(group = clap::ArgGroup::new("source").required(true).args(["timestamp", "snapshot"]))]
-    Restore {
-        /// RFC 3339 time with a zone, e.g. 2025-06-19T08:00:00Z
-        #[arg(long, value_name = "TIME")]
-        timestamp: Option<String>,
-        /// A snapshot id from `snapshots list`
-        #[arg(long, value_name = "ID")]
-        snapshot: Option<String>,
-        /// Take the snapshot from another environment (e.g. refresh staging from prod)
-        #[arg(long, value_name = "ENV")]
-        from_env: Option<String>,
-        /// With --timestamp: restore the snapshot alone, without replaying
-        /// captured changes up to the time
-        #[arg(long, requires = "timestamp")]
-        snapshot_only: bool,
-        /// Show what would be restored and replaced
-        #[arg(long)]
-        dry_run: bool,
-        /// Confirm (required when not interactive or in a protected environment)
-        #[arg(long)]
-        yes: bool,
-    },
+    Restore(RestoreArgs),
     /// Inspect, verify and prune snapshots
     Snapshots {
         #[command(subcommand)]
@@ -269,23 +292,7 @@ pub enum Command {
         check: bool,
     },
     /// Apply pending migrations (after a verified snapshot)
-    Migrate {
-        /// Stop at this version
-        #[arg(long, value_name = "VERSION")]
-        to: Option<u64>,
-        /// Print the plan and change nothing
-        #[arg(long)]
-        dry_run: bool,
-        /// Skip the pre-migrate snapshot (needs --yes without a terminal or in a protected environment)
-        #[arg(long)]
-        no_snapshot: bool,
-        /// Release tag recorded with each applied migration
-        #[arg(long, value_name = "TAG")]
-        release: Option<String>,
-        /// Confirm destructive or unsafe options
-        #[arg(long)]
-        yes: bool,
-    },
+    Migrate(MigrateArgs),
     /// Run down migrations back to a version
     Rollback {
         /// Version to go back to (0 undoes everything)

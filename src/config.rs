@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::redact;
@@ -132,6 +134,55 @@ pub struct Service {
     pub name: String,
     pub postgres: Option<PostgresTarget>,
     pub mongodb: Option<MongoTarget>,
+}
+
+impl Service {
+    /// The engines this service has, PostgreSQL first.
+    pub fn engines(&self) -> Vec<EngineKind> {
+        let mut out = Vec::new();
+        if self.postgres.is_some() {
+            out.push(EngineKind::Postgres);
+        }
+        if self.mongodb.is_some() {
+            out.push(EngineKind::Mongodb);
+        }
+        out
+    }
+}
+
+/// The database engines a service's part can live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Postgres,
+    Mongodb,
+}
+
+impl EngineKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Postgres => "postgres",
+            EngineKind::Mongodb => "mongodb",
+        }
+    }
+
+    pub fn all() -> [EngineKind; 2] {
+        [EngineKind::Postgres, EngineKind::Mongodb]
+    }
+
+    pub fn parse(s: &str) -> Option<EngineKind> {
+        match s {
+            "postgres" | "postgresql" | "pg" => Some(EngineKind::Postgres),
+            "mongodb" | "mongo" => Some(EngineKind::Mongodb),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Where the config file is looked for: `--config`, `$VALERO_DB_CONFIG`

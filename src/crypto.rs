@@ -93,39 +93,6 @@ pub fn load_key(source: &crate::config::KeySource) -> Result<SnapshotKey> {
     }
 }
 
-/// Refuses, before anything is touched, a snapshot whose objects were
-/// encrypted when no key or another key is configured.
-pub fn check_key(
-    manifest: &crate::snapshot::Manifest,
-    key: Option<&SnapshotKey>,
-    base: &str,
-) -> Result<()> {
-    let Some(info) = &manifest.encryption else {
-        if key.is_some() {
-            return Err(Error::integrity(
-                format!("snapshot {base} is not encrypted, but its environment encrypts snapshots; it may have been planted"),
-                Some("to restore a snapshot taken before encryption was enabled, remove the environment's encryption setting for that one command".into()),
-            ));
-        }
-        return Ok(());
-    };
-    match key {
-        None => Err(Error::usage_hint(
-            format!("snapshot {base} is encrypted (key fingerprint {}) and no encryption key is configured for its environment", info.key_fingerprint),
-            "set `encryption = { key_env = \"...\" }` or `{ key_file = \"...\" }` for the environment",
-        )),
-        Some(k) if k.fingerprint() != info.key_fingerprint => Err(Error::usage_hint(
-            format!(
-                "snapshot {base} was encrypted with the key of fingerprint {}, but the configured key has fingerprint {}",
-                info.key_fingerprint,
-                k.fingerprint()
-            ),
-            "configure the key this snapshot was taken with; nothing was changed",
-        )),
-        Some(_) => Ok(()),
-    }
-}
-
 fn aad(context: &str, index: u32, last: bool) -> Vec<u8> {
     let mut a = Vec::with_capacity(context.len() + 16);
     a.extend_from_slice(b"valero-db/1\0");

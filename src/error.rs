@@ -18,6 +18,36 @@ pub enum Error {
     MigrationFile { path: PathBuf, message: String },
     #[error("{what} is unreachable: {message}")]
     Unreachable { what: String, message: String },
+    /// A database refused a statement; `class` says what can be done.
+    #[error("{what}: {message}{}", sqlstate.as_deref().map(|c| format!(" (SQLSTATE {c})")).unwrap_or_default())]
+    Database {
+        what: String,
+        class: DbClass,
+        message: String,
+        sqlstate: Option<String>,
+    },
+    /// A local file or folder could not be read or written.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A restore of a service with two engines committed one and not the
+    /// other: the service is between two states until it is repeated.
+    #[error(
+        "service {service}: {} was restored from {} but committing {} failed",
+        .detail.committed,
+        .detail.snapshot,
+        .detail.failed
+    )]
+    PartialRestore {
+        service: String,
+        detail: Box<PartialCommit>,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("{what} is full: {message}")]
     StorageFull { what: String, message: String },
     #[error(
@@ -67,6 +97,38 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Which engines of a service a restore committed, and from what.
+#[derive(Debug)]
+pub struct PartialCommit {
+    pub committed: String,
+    pub failed: String,
+    pub snapshot: String,
+    pub pre_restore: String,
+}
+
+/// What an operator can do about a statement the database refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbClass {
+    /// Another session held a lock, a deadlock, a serialization conflict:
+    /// the same run later may succeed.
+    Conflict,
+    /// The configured role lacks a privilege.
+    Privilege,
+    /// Anything else: the statement cannot succeed as it is.
+    Permanent,
+}
+
+impl DbClass {
+    /// Classifies a PostgreSQL SQLSTATE.
+    pub fn of_sqlstate(code: &str) -> DbClass {
+        match code {
+            "40001" | "40P01" | "55P03" | "55006" => DbClass::Conflict,
+            "42501" => DbClass::Privilege,
+            _ => DbClass::Permanent,
+        }
+    }
+}
+
 impl Error {
     pub fn usage(message: impl Into<String>) -> Self {
         Error::Usage {
@@ -95,6 +157,53 @@ impl Error {
         }
     }
 
+    /// A failed file operation, naming the file; a full disk is
+    /// `StorageFull` (exit 3).
+    pub fn io(action: impl Into<String>, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let (action, path) = (action.into(), path.into());
+        if is_full(&source) {
+            return Error::StorageFull {
+                what: path.display().to_string(),
+                message: format!("{action}: {source}"),
+            };
+        }
+        Error::Io {
+            action,
+            path,
+            source,
+        }
+    }
+
+    /// The causes below this error that its own message does not already
+    /// say, outermost first.
+    pub fn causes(&self) -> Vec<String> {
+        let own = self.to_string();
+        let mut out = Vec::new();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !own.contains(&text) {
+                out.push(text);
+            }
+            source = cause.source();
+        }
+        out
+    }
+
+    /// The message with every cause, for one-line reports (JSON).
+    pub fn full_message(&self) -> String {
+        std::iter::once(self.to_string())
+            .chain(self.causes())
+            .collect::<Vec<_>>()
+            .join(": ")
+    }
+
+    /// A database or the storage cannot be reached (exit 3): transient, a
+    /// later run may succeed.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Unreachable { .. } | Error::StorageFull { .. })
+    }
+
     pub fn integrity(message: impl Into<String>, hint: Option<String>) -> Self {
         Error::Integrity {
             message: message.into(),
@@ -105,7 +214,12 @@ impl Error {
     /// The exit code table of PRODUCT.md, in one place.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Internal { .. } => 1,
+            Error::Internal { .. } | Error::Io { .. } | Error::PartialRestore { .. } => 1,
+            Error::Database { class, .. } => match class {
+                DbClass::Conflict => 4,
+                DbClass::Privilege => 2,
+                DbClass::Permanent => 1,
+            },
             Error::Usage { .. } | Error::Config { .. } | Error::MigrationFile { .. } => 2,
             Error::Unreachable { .. } | Error::StorageFull { .. } => 3,
             Error::LockTimeout { .. } => 4,
@@ -135,6 +249,13 @@ impl Error {
             Error::NotReady { .. } => "not_ready",
             Error::Interrupted => "interrupted",
             Error::Internal { .. } => "internal",
+            Error::Io { .. } => "io",
+            Error::PartialRestore { .. } => "partial_restore",
+            Error::Database { class, .. } => match class {
+                DbClass::Conflict => "database_conflict",
+                DbClass::Privilege => "database_privilege",
+                DbClass::Permanent => "database",
+            },
         }
     }
 
@@ -164,6 +285,23 @@ impl Error {
                 "another valero-db run is working on this service; wait for it to finish or raise --lock-timeout"
                     .into(),
             ),
+            Error::Database { class, .. } => match class {
+                DbClass::Conflict => Some(
+                    "another session held a lock or changed the same rows; nothing was changed, run the command again"
+                        .into(),
+                ),
+                DbClass::Privilege => Some(
+                    "grant the configured role the privilege the database names, or connect as a role that has it"
+                        .into(),
+                ),
+                DbClass::Permanent => None,
+            },
+            Error::PartialRestore {
+                service, detail, ..
+            } => Some(format!(
+                "run the same restore again for -s {service} to finish, or restore the pre-restore snapshot {} to undo",
+                detail.pre_restore
+            )),
             Error::Dirty {
                 service,
                 engine,
@@ -185,10 +323,4 @@ pub fn is_full(e: &std::io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG)
     )
-}
-
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Self {
-        Error::internal(format!("I/O error: {e}"))
-    }
 }

@@ -6,9 +6,12 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::commands::status::{engines_of, service_status};
-use crate::commands::Context;
+use crate::config::Service;
+use crate::context::Context;
+use crate::deploy::DeployState;
 use crate::error::{Error, Result};
+use crate::service::status::service_status;
+use crate::storage::Storage;
 
 fn esc(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -40,150 +43,196 @@ impl Family {
     }
 }
 
-pub async fn render(ctx: &Context) -> Result<String> {
-    let env = ctx.env.name.as_str();
-    let mut snap_time = Family::new(
-        "valero_db_snapshot_last_success_timestamp_seconds",
-        "Consistent point of the newest complete snapshot.",
-    );
-    let mut snap_size = Family::new(
-        "valero_db_snapshot_last_size_bytes",
-        "Stored size of the newest complete snapshot.",
-    );
-    let mut snap_duration = Family::new(
-        "valero_db_snapshot_last_duration_seconds",
-        "How long the newest snapshot took.",
-    );
-    let mut restore_time = Family::new(
-        "valero_db_restore_last_timestamp_seconds",
-        "When the last restore started (its pre-restore snapshot).",
-    );
-    let mut version = Family::new(
-        "valero_db_schema_version",
-        "Highest applied migration version.",
-    );
-    let mut pending = Family::new(
-        "valero_db_pending_migrations",
-        "Migrations not yet applied.",
-    );
-    let mut drift = Family::new("valero_db_drift", "1 if an applied migration file changed.");
-    let mut dirty = Family::new("valero_db_dirty", "1 if a migration did not complete.");
-    let mut up = Family::new(
-        "valero_db_database_up",
-        "1 if the service's databases were reachable.",
-    );
-    let mut deploy_result = Family::new(
-        "valero_db_deploy_last_success",
-        "1 if the last deployment succeeded, 0 if it failed or was rolled back.",
-    );
-    let mut deploy_time = Family::new(
-        "valero_db_deploy_last_timestamp_seconds",
-        "When the last deployment started.",
-    );
+/// Every gauge valero-db exports, filled per service, then rendered.
+struct Families {
+    snap_time: Family,
+    snap_size: Family,
+    snap_duration: Family,
+    restore_time: Family,
+    version: Family,
+    pending: Family,
+    drift: Family,
+    dirty: Family,
+    up: Family,
+    deploy_result: Family,
+    deploy_time: Family,
+    capture_lag: Family,
+    capture_wal: Family,
+}
 
-    let mut capture_lag = Family::new(
-        "valero_db_capture_lag_seconds",
-        "Seconds since the newest time up to which every change is captured.",
-    );
-    let mut capture_wal = Family::new(
-        "valero_db_capture_retained_wal_bytes",
-        "WAL the service's replication slot keeps on the PostgreSQL server.",
-    );
+impl Families {
+    fn new() -> Families {
+        Families {
+            snap_time: Family::new(
+                "valero_db_snapshot_last_success_timestamp_seconds",
+                "Consistent point of the newest complete snapshot.",
+            ),
+            snap_size: Family::new(
+                "valero_db_snapshot_last_size_bytes",
+                "Stored size of the newest complete snapshot.",
+            ),
+            snap_duration: Family::new(
+                "valero_db_snapshot_last_duration_seconds",
+                "How long the newest snapshot took.",
+            ),
+            restore_time: Family::new(
+                "valero_db_restore_last_timestamp_seconds",
+                "When the last restore started (its pre-restore snapshot).",
+            ),
+            version: Family::new(
+                "valero_db_schema_version",
+                "Highest applied migration version.",
+            ),
+            pending: Family::new(
+                "valero_db_pending_migrations",
+                "Migrations not yet applied.",
+            ),
+            drift: Family::new("valero_db_drift", "1 if an applied migration file changed."),
+            dirty: Family::new("valero_db_dirty", "1 if a migration did not complete."),
+            up: Family::new(
+                "valero_db_database_up",
+                "1 if the service's databases were reachable.",
+            ),
+            deploy_result: Family::new(
+                "valero_db_deploy_last_success",
+                "1 if the last deployment succeeded, 0 if it failed or was rolled back.",
+            ),
+            deploy_time: Family::new(
+                "valero_db_deploy_last_timestamp_seconds",
+                "When the last deployment started.",
+            ),
+            capture_lag: Family::new(
+                "valero_db_capture_lag_seconds",
+                "Seconds since the newest time up to which every change is captured.",
+            ),
+            capture_wal: Family::new(
+                "valero_db_capture_retained_wal_bytes",
+                "WAL the service's replication slot keeps on the PostgreSQL server.",
+            ),
+        }
+    }
 
-    let storage = crate::storage::open(&ctx.env).await?;
-    let root = ctx.config.migrations_dir()?;
-    for service in ctx.services()? {
-        let s = service.name.as_str();
-        if let Ok((found, _)) = crate::snapshot::list_service(storage.as_ref(), env, s).await {
-            if let Some(newest) = found.last() {
-                let labels = [("env", env), ("service", s)];
-                snap_time.add(&labels, newest.manifest.consistent_at.timestamp() as f64);
-                snap_size.add(&labels, newest.manifest.total_size() as f64);
-                if let Some(ms) = newest.manifest.duration_ms {
-                    snap_duration.add(&labels, ms as f64 / 1000.0);
-                }
-            }
-            if let Some(pre) = found
-                .iter()
-                .rev()
-                .find(|f| f.manifest.reason == "pre-restore")
-            {
-                restore_time.add(
-                    &[("env", env), ("service", s)],
-                    pre.manifest.created_at.timestamp() as f64,
-                );
+    /// Newest snapshot and last restore of one service.
+    async fn snapshots(&mut self, storage: &dyn Storage, env: &str, s: &str) {
+        let Ok((found, _)) = crate::snapshot::list_service(storage, env, s).await else {
+            return;
+        };
+        let labels = [("env", env), ("service", s)];
+        if let Some(newest) = found.last() {
+            self.snap_time
+                .add(&labels, newest.manifest.consistent_at.timestamp() as f64);
+            self.snap_size
+                .add(&labels, newest.manifest.total_size() as f64);
+            if let Some(ms) = newest.manifest.duration_ms {
+                self.snap_duration.add(&labels, ms as f64 / 1000.0);
             }
         }
-        let lags = match service_status(&root, &service, Some((storage.as_ref(), env))).await {
+        let pre_restore = found
+            .iter()
+            .rev()
+            .find(|f| f.manifest.reason == "pre-restore");
+        if let Some(pre) = pre_restore {
+            self.restore_time
+                .add(&labels, pre.manifest.created_at.timestamp() as f64);
+        }
+    }
+
+    /// Versions, pending, drift, dirty and capture lag of one service; a
+    /// service whose databases are unreachable is down, and only what the
+    /// storage alone says of its capture is shown.
+    async fn status(&mut self, root: &Path, storage: &dyn Storage, env: &str, service: &Service) {
+        let s = service.name.as_str();
+        let mut lags = Vec::new();
+        match service_status(root, service, Some((storage, env))).await {
             Ok(rows) => {
-                up.add(&[("env", env), ("service", s)], 1.0);
-                let mut lags = Vec::new();
+                self.up.add(&[("env", env), ("service", s)], 1.0);
                 for r in rows {
-                    let engine = r.engine.to_string();
-                    let labels = [("env", env), ("service", s), ("engine", engine.as_str())];
-                    version.add(&labels, r.current_version.unwrap_or(0) as f64);
-                    pending.add(&labels, r.pending.len() as f64);
-                    drift.add(&labels, if r.drift.is_empty() { 0.0 } else { 1.0 });
-                    dirty.add(&labels, if r.dirty.is_some() { 1.0 } else { 0.0 });
+                    let labels = [("env", env), ("service", s), ("engine", r.engine.name())];
+                    self.version
+                        .add(&labels, r.current_version.unwrap_or(0) as f64);
+                    self.pending.add(&labels, r.pending.len() as f64);
+                    self.drift
+                        .add(&labels, if r.drift.is_empty() { 0.0 } else { 1.0 });
+                    self.dirty
+                        .add(&labels, if r.dirty.is_some() { 1.0 } else { 0.0 });
                     lags.extend(r.capture.map(|l| (r.engine, l)));
                 }
-                lags
             }
             Err(_) => {
-                up.add(&[("env", env), ("service", s)], 0.0);
-                let mut lags = Vec::new();
-                for engine in engines_of(&service) {
-                    let lag =
-                        crate::capture::lag_without_database(storage.as_ref(), env, s, engine);
+                self.up.add(&[("env", env), ("service", s)], 0.0);
+                for engine in service.engines() {
+                    let lag = crate::capture::lag_without_database(storage, env, s, engine);
                     lags.extend(lag.await.map(|l| (engine, l)));
                 }
-                lags
             }
-        };
+        }
         for (engine, lag) in lags {
             let labels = [("env", env), ("service", s), ("engine", engine.name())];
             if let Some(l) = lag.lag_seconds {
-                capture_lag.add(&labels, l as f64);
+                self.capture_lag.add(&labels, l as f64);
             }
             if let Some(b) = lag.retained_wal_bytes {
-                capture_wal.add(&labels, b as f64);
+                self.capture_wal.add(&labels, b as f64);
             }
         }
     }
-    if let Ok(records) = crate::deploy::list(storage.as_ref(), env).await {
-        if let Some(last) = records
-            .iter()
-            .rev()
-            .find(|r| r.state != "running" && r.state != "pre-deployed")
-        {
+
+    /// How the environment's last finished deployment ended.
+    async fn deployments(&mut self, storage: &dyn Storage, env: &str) {
+        let Ok(records) = crate::deploy::list(storage, env).await else {
+            return;
+        };
+        if let Some(last) = records.iter().rev().find(|r| r.state.is_final()) {
             let labels = [("env", env), ("release", last.release.as_str())];
-            deploy_result.add(&labels, if last.state == "succeeded" { 1.0 } else { 0.0 });
-            deploy_time.add(&labels, last.started_at.timestamp() as f64);
+            let ok = last.state == DeployState::Succeeded;
+            self.deploy_result.add(&labels, if ok { 1.0 } else { 0.0 });
+            self.deploy_time
+                .add(&labels, last.started_at.timestamp() as f64);
         }
     }
-    let mut out = String::new();
-    for f in [
-        snap_time,
-        snap_size,
-        snap_duration,
-        restore_time,
-        version,
-        pending,
-        drift,
-        dirty,
-        up,
-        deploy_result,
-        deploy_time,
-        capture_lag,
-        capture_wal,
-    ] {
-        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
-        let _ = writeln!(out, "# TYPE {} gauge", f.name);
-        for (labels, value) in f.samples {
-            let _ = writeln!(out, "{}{{{labels}}} {value}", f.name);
+
+    fn render(self) -> String {
+        let mut out = String::new();
+        for f in [
+            self.snap_time,
+            self.snap_size,
+            self.snap_duration,
+            self.restore_time,
+            self.version,
+            self.pending,
+            self.drift,
+            self.dirty,
+            self.up,
+            self.deploy_result,
+            self.deploy_time,
+            self.capture_lag,
+            self.capture_wal,
+        ] {
+            let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+            let _ = writeln!(out, "# TYPE {} gauge", f.name);
+            for (labels, value) in f.samples {
+                let _ = writeln!(out, "{}{{{labels}}} {value}", f.name);
+            }
         }
+        out
     }
-    Ok(out)
+}
+
+pub async fn render(ctx: &Context) -> Result<String> {
+    let env = ctx.env.name.as_str();
+    let storage = crate::storage::open(&ctx.env).await?;
+    let root = ctx.config.migrations_dir()?;
+    let mut families = Families::new();
+    for service in ctx.services()? {
+        families
+            .snapshots(storage.as_ref(), env, &service.name)
+            .await;
+        families
+            .status(&root, storage.as_ref(), env, &service)
+            .await;
+    }
+    families.deployments(storage.as_ref(), env).await;
+    Ok(families.render())
 }
 
 /// Writes to a temporary file beside `path` and renames it into place, so a

@@ -5,13 +5,20 @@ use std::io::Write;
 
 use serde_json::{json, Value};
 
-use crate::cli::OutputFormat;
 use crate::error::Error;
 use crate::redact;
+
+/// What stdout holds: text for people, or one JSON document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Human,
+    Json,
+}
 
 /// What a command produced: a machine-readable report, its human rendering,
 /// and the error that ended it, if any (a report can be partial).
 #[derive(Debug)]
+
 pub struct Outcome {
     pub report: Value,
     pub human: String,
@@ -49,7 +56,7 @@ pub fn error_json(e: &Error) -> Value {
     json!({
         "kind": e.kind(),
         "exit_code": e.exit_code(),
-        "message": redact::redact(&e.to_string()),
+        "message": redact::redact(&e.full_message()),
         "hint": e.hint().map(|h| redact::redact(&h)),
     })
 }
@@ -90,6 +97,9 @@ pub fn emit(outcome: &Outcome, format: OutputFormat) -> u8 {
 pub fn print_error(e: &Error) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "error: {}", redact::redact(&e.to_string()));
+    for cause in e.causes() {
+        let _ = writeln!(err, "  caused by: {}", redact::redact(&cause));
+    }
     if let Some(hint) = e.hint() {
         let _ = writeln!(err, "  hint: {}", redact::redact(&hint));
     }

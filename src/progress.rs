@@ -75,8 +75,8 @@ impl Progress {
                 tracing::info!(
                     "{}: {} so far ({}/s)",
                     self.label,
-                    crate::snapshot::take::human_bytes(total),
-                    crate::snapshot::take::human_bytes(rate as u64)
+                    crate::units::human_bytes(total),
+                    crate::units::human_bytes(rate as u64)
                 );
                 *g = (Instant::now(), total);
             }

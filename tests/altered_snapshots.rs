@@ -16,7 +16,7 @@ fn seed(p: &Project) {
         "CREATE TABLE items (id int PRIMARY KEY, name text);\n\
          INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 200) g;\n",
     );
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
 }
 
 /// Takes a snapshot and returns its folder.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{psql, tmp_files, Project};
 
-/// A PostgreSQL-only project (capture of MongoDB is not implemented yet).
+/// A PostgreSQL-only project (MongoDB capture has its own file, capture_mongodb.rs).
 fn project(tag: &str) -> Project {
     let p = Project::new(tag);
     p.write_raw_config(&format!(
@@ -27,7 +27,7 @@ fn project(tag: &str) -> Project {
          CREATE INDEX ON accounts (name);\n\
          INSERT INTO accounts (name, balance, meta) SELECT 'acct ' || g, g * 1.5, jsonb_build_object('g', g) FROM generate_series(1, 50) g;\n",
     );
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     p
 }
 
@@ -37,9 +37,7 @@ fn sql(p: &Project, statement: &str) -> String {
 
 /// The schema's DDL and every table's rows, as text to compare.
 fn state(p: &Project) -> String {
-    let bin =
-        std::env::var("VALERO_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
-    let ddl = std::process::Command::new(format!("{bin}/pg_dump"))
+    let ddl = std::process::Command::new(common::oracle::pg_dump_bin())
         .args([
             "--schema-only",
             "--no-owner",
@@ -403,7 +401,7 @@ fn a_rollback_after_the_snapshot_is_covered_by_the_post_rollback_snapshot() {
         "0002_currency.down.sql",
         "ALTER TABLE accounts DROP COLUMN currency;\n",
     );
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     capture(&p);
     p.run(&["snapshot"]).ok();
     sql(&p, "UPDATE $S.accounts SET balance = 1 WHERE id = 1");

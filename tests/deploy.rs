@@ -126,7 +126,7 @@ fn a_deploy_whose_rollout_fails_is_rolled_back_with_down_migrations_on_request()
 fn a_failed_preflight_changes_nothing_and_runs_no_rollout() {
     let p = Project::new("d_pre");
     v1(&p);
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     p.migration(
         "postgres",
         "0001_prices.up.sql",
@@ -216,7 +216,7 @@ fn check_is_exit_9_with_pending_migrations_and_0_when_ready() {
     let run = p.run(&["check", "--output", "json"]);
     run.expect_code(9);
     assert_eq!(run.json()["ready"], false);
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     p.run(&["check"]).expect_code(9).stdout_has("no snapshot");
     p.run(&["snapshot"]).ok();
     p.run(&["check", "--max-age", "1h"]).ok();

@@ -31,7 +31,7 @@ fn project(tag: &str) -> Project {
         "0001_people.up.json",
         &format!(r#"[{{"create": "people"}}, {{"insert": "people", "documents": [{{"_id": 1, "n": "{SECRET_ROW}"}}]}}]"#),
     );
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     p
 }
 

@@ -71,7 +71,7 @@ fn the_s3_server_dying_mid_snapshot_is_exit_3_no_migration_and_no_snapshot_liste
         "[environments.fragile]\nstorage = \"s3://fault-bucket/x\"\ns3 = {{ endpoint = \"http://127.0.0.1:{port}\", force_path_style = true, region = \"us-east-1\", part_size = \"5MiB\" }}\n"
     ));
     big_table(&p, 40000, 1280);
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     p.migration(
         "postgres",
         "0002_more.up.sql",
@@ -140,7 +140,7 @@ fn the_s3_server_dying_mid_snapshot_is_exit_3_no_migration_and_no_snapshot_liste
 fn restore_and_deploy_meet_a_held_lock_with_exit_4_naming_the_holder() {
     let p = Project::new("f_lock");
     p.migration("postgres", "0001_t.up.sql", "CREATE TABLE t (v int);\n");
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     p.run(&["snapshot"]).ok();
     let list = p.run(&["snapshots", "list", "--output", "json"]);
     let id = list.json()["snapshots"][0]["id"]
@@ -248,7 +248,7 @@ fn a_full_local_storage_is_exit_3_with_no_manifest_and_no_migration() {
         disk.dir.path().display()
     ));
     big_table(&p, 5000, 320);
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     p.migration(
         "postgres",
         "0002_more.up.sql",
@@ -417,7 +417,7 @@ fn postgres_restarting_mid_snapshot_is_a_clear_error_and_a_rerun_succeeds() {
     let _turn = RESTARTS.lock().unwrap_or_else(|e| e.into_inner());
     let p = restartable_project("f_pgrestart_snap");
     big_table(&p, 40000, 1280);
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     let folder = p.path().join("backups/dev/svc");
     // Restart while pg_dump reads the DDL, then while COPY streams rows.
     for point in ["", "postgres/data"] {
@@ -455,7 +455,7 @@ fn postgres_restarting_mid_migration_leaves_nothing_half_applied_and_a_rerun_suc
     let _turn = RESTARTS.lock().unwrap_or_else(|e| e.into_inner());
     let p = restartable_project("f_pgrestart_mig");
     p.migration("postgres", "0001_t.up.sql", "CREATE TABLE t (id int);\n");
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     p.migration(
         "postgres",
         "0002_slow.up.sql",
@@ -501,7 +501,7 @@ fn postgres_restarting_mid_migration_leaves_nothing_half_applied_and_a_rerun_suc
         )),
         "1:applied"
     );
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     assert_eq!(
         psql_restartable(&format!("SELECT count(*) FROM \"{s}\".a")),
         "1"

@@ -78,21 +78,21 @@ fn migrate_to_stops_at_the_version() {
 fn crlf_only_change_is_not_drift() {
     let p = Project::new("crlf");
     two_migrations(&p);
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     p.migration(
         "postgres",
         "0001_create_a.up.sql",
         &format!("\u{feff}{}", CREATE_A.replace('\n', "\r\n")),
     );
     p.run(&["status", "--check"]).ok();
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
 }
 
 #[test]
 fn edited_applied_file_is_drift_exit_5_naming_file_and_checksums() {
     let p = Project::new("drift");
     two_migrations(&p);
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     p.migration(
         "postgres",
         "0001_create_a.up.sql",
@@ -189,7 +189,7 @@ fn no_transaction_failure_marks_dirty_until_repaired() {
         "pending",
     ])
     .ok();
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     assert_eq!(versions(&p), "1:applied,2:applied");
 }
 
@@ -197,12 +197,12 @@ fn no_transaction_failure_marks_dirty_until_repaired() {
 fn rollback_runs_down_files_newest_first() {
     let p = Project::new("down");
     two_migrations(&p);
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     let run = p.run(&["rollback", "--to", "0", "--yes"]);
     run.ok();
     assert!(!table_exists(&p, "a") && !table_exists(&p, "b"));
     assert_eq!(versions(&p), "");
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     assert_eq!(versions(&p), "1:applied,2:applied");
 }
 
@@ -213,7 +213,7 @@ fn rollback_refuses_before_changing_anything_when_a_down_file_is_missing() {
     p.migration("postgres", "0002_b.up.sql", CREATE_B);
     p.migration("postgres", "0003_c.up.sql", "CREATE TABLE c (id int);\n");
     p.migration("postgres", "0003_c.down.sql", "DROP TABLE c;\n");
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     let run = p.run(&["rollback", "--to", "1", "--yes"]);
     run.expect_code(2)
         .stderr_has("no down file for version(s) 2");
@@ -225,7 +225,7 @@ fn rollback_refuses_before_changing_anything_when_a_down_file_is_missing() {
 fn rollback_needs_yes_without_a_terminal_and_in_protected_envs() {
     let p = Project::new("confirm");
     two_migrations(&p);
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     p.run(&["rollback", "--to", "1"])
         .expect_code(2)
         .stderr_has("--yes");
@@ -269,7 +269,7 @@ fn baseline_adopts_an_existing_schema() {
     p.run(&["baseline", "--version", "1", "--engine", "postgres"])
         .ok();
     assert_eq!(versions(&p), "1:applied");
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     assert_eq!(versions(&p), "1:applied,2:applied");
     p.run(&["baseline", "--version", "1", "--engine", "postgres"])
         .expect_code(2)

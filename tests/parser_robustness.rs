@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use valero_db::engine::EngineKind;
+use valero_db::config::EngineKind;
+use valero_db::engine::postgres::copy_binary::{fuzz_case, Converter};
 use valero_db::migrate::files::parse_migration;
-use valero_db::restore::copy_binary::{fuzz_case, Converter};
 use valero_db::snapshot::Manifest;
 
 const ROUNDS: usize = 100_000;

@@ -5,6 +5,7 @@
 mod common;
 
 use bson::{doc, Bson, Document, RawDocumentBuf};
+use common::oracle::{data_fingerprint, schema_dump, snapshot_ids};
 use common::{psql, Project};
 use futures::TryStreamExt;
 
@@ -45,73 +46,11 @@ SELECT setval('counter', 42);
 REFRESH MATERIALIZED VIEW weird_count;
 "#;
 
-fn schema_dump(schema: &str) -> String {
-    let bin =
-        std::env::var("VALERO_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
-    let out = std::process::Command::new(format!("{bin}/pg_dump"))
-        .args([
-            "--schema-only",
-            "--no-owner",
-            "--no-privileges",
-            "--schema",
-            schema,
-            "--dbname",
-            &common::pg_url(),
-        ])
-        .output()
-        .expect("pg_dump");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Per-table checksums of every row, plus every sequence's state.
-fn data_fingerprint(schema: &str) -> String {
-    let tables = psql(&format!(
-        "SELECT string_agg(quote_ident(relname), ',' ORDER BY relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{schema}' AND relkind IN ('r', 'm')"
-    ));
-    let mut out = String::new();
-    for t in tables.split(',').filter(|t| !t.is_empty()) {
-        let sum = psql(&format!(
-            "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM \"{schema}\".{t} x"
-        ));
-        out.push_str(&format!("{t}={sum}\n"));
-    }
-    let seqs = psql(&format!(
-        "SELECT string_agg(sequencename || '=' || coalesce(last_value::text, 'null'), ',' ORDER BY sequencename) FROM pg_sequences WHERE schemaname = '{schema}'"
-    ));
-    out.push_str(&format!("sequences: {seqs}\n"));
-    out
-}
-
-fn snapshot_ids(p: &Project, env: &str) -> Vec<(String, String)> {
-    let list = p.run(&["-e", env, "snapshots", "list", "--output", "json"]);
-    list.ok();
-    list.json()["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["id"].as_str().unwrap().to_string(),
-                s["reason"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn postgres_restore_is_identical_in_catalog_data_and_sequences() {
     let p = Project::new("r_fidelity");
     p.migration("postgres", "0001_awkward.up.sql", AWKWARD_SCHEMA);
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     let catalog = schema_dump(&p.schema);
     let data = data_fingerprint(&p.schema);
     p.run(&["snapshot"]).ok();
@@ -155,9 +94,7 @@ fn the_pre_restore_snapshot_undoes_a_restore() {
         "0001_t.up.sql",
         "CREATE TABLE t (v int); INSERT INTO t VALUES (1);",
     );
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
-    p.run(&["snapshot"]).ok();
-    let (first, _) = snapshot_ids(&p, "dev").remove(0);
+    let first = p.migrate_and_snapshot();
     psql(&format!("INSERT INTO \"{}\".t VALUES (2)", p.schema));
     let run = p.run(&["restore", "--snapshot", &first, "--yes", "--output", "json"]);
     run.ok();
@@ -189,7 +126,7 @@ fn the_pre_restore_snapshot_undoes_a_restore() {
 fn timestamp_selection_picks_the_newest_snapshot_at_or_before_it() {
     let p = Project::new("r_time");
     p.migration("postgres", "0001_t.up.sql", "CREATE TABLE t (v int);");
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     psql(&format!("INSERT INTO \"{}\".t VALUES (1)", p.schema));
     p.run(&["snapshot"]).ok();
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -229,7 +166,7 @@ fn refusals_change_nothing_and_use_the_contract_exit_codes() {
         "0001_t.up.sql",
         "CREATE TABLE t (v int); INSERT INTO t VALUES (1);",
     );
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     p.run(&["restore", "--timestamp", "2020-01-01T00:00:00Z", "--yes"])
         .expect_code(8)
         .stderr_has("no snapshot at or before");
@@ -292,9 +229,8 @@ fn restore_from_another_environment_refreshes_this_one() {
         "0001_t.up.sql",
         "CREATE TABLE t (v int); INSERT INTO t VALUES (7);",
     );
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
-    p.run(&["-e", "prod", "snapshot"]).ok();
-    let (id, _) = snapshot_ids(&p, "prod").remove(0);
+    p.migrate_now();
+    let id = p.snapshot_in("prod");
     psql(&format!("DELETE FROM \"{}\".t", p.schema));
     p.run(&["restore", "--from-env", "prod", "--snapshot", &id, "--yes"])
         .ok();
@@ -315,9 +251,7 @@ fn kill_9_during_a_postgres_restore_leaves_the_old_state() {
         "0001_big.up.sql",
         "CREATE TABLE big (id int PRIMARY KEY, blob text); INSERT INTO big SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, 200000) g;",
     );
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
-    p.run(&["snapshot"]).ok();
-    let (id, _) = snapshot_ids(&p, "dev").remove(0);
+    let id = p.migrate_and_snapshot();
     psql(&format!("DELETE FROM \"{}\".big WHERE id > 10", p.schema));
     let before = data_fingerprint(&p.schema);
     for delay_ms in [300u64, 900] {
@@ -425,7 +359,7 @@ async fn mongodb_restore_is_identical_in_documents_indexes_and_options() {
               {"key": {"status": 1, "_id": -1}, "name": "status_id"}]},
             {"create": "other"}]"#,
     );
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     let db = common::mongo(&p.mongo_db).await;
     db.collection::<Document>("things")
         .insert_many(awkward_documents())
@@ -484,7 +418,7 @@ async fn an_interrupted_mongodb_restore_is_undone_or_completed_by_the_next_comma
         "0001_c.up.json",
         r#"[{"create": "c"}, {"insert": "c", "documents": [{"_id": 1, "v": "old"}]}]"#,
     );
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     let db = common::mongo(&p.mongo_db).await;
     let journal = db.collection::<Document>("valero_restore_journal");
     // Died while loading: the next command undoes it.
@@ -540,7 +474,7 @@ async fn an_interrupted_mongodb_restore_is_undone_or_completed_by_the_next_comma
 fn manual_postgres_restore_procedure_works() {
     let p = Project::new("r_manual");
     p.migration("postgres", "0001_awkward.up.sql", AWKWARD_SCHEMA);
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     let catalog = schema_dump(&p.schema);
     let data = data_fingerprint(&p.schema);
     p.run(&["snapshot"]).ok();
@@ -596,7 +530,7 @@ fn a_public_sample_schema_round_trips() {
 async fn kill_9_during_a_mongodb_restore_leaves_old_or_new_after_the_next_command() {
     let p = Project::new("r_mkill");
     p.migration("mongodb", "0001_c.up.json", r#"[{"create": "c"}]"#);
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     let db = common::mongo(&p.mongo_db).await;
     let c = db.collection::<Document>("c");
     let docs: Vec<Document> = (0..20_000)
@@ -684,9 +618,7 @@ fn a_truncated_zstd_object_is_refused_even_when_its_hash_was_rewritten() {
         "0001_t.up.sql",
         "CREATE TABLE t (v text); INSERT INTO t SELECT md5(g::text) FROM generate_series(1, 20000) g;",
     );
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
-    p.run(&["snapshot"]).ok();
-    let (id, _) = snapshot_ids(&p, "dev").remove(0);
+    let id = p.migrate_and_snapshot();
     psql(&format!("INSERT INTO \"{}\".t VALUES ('after')", p.schema));
     rewrite_table_object(&p, &id, "t", |bytes| {
         (bytes[..bytes.len() / 2].to_vec(), None)
@@ -737,7 +669,7 @@ FROM generate_series(1, 60000) g;
 fn every_converted_type_round_trips_through_the_binary_load() {
     let p = Project::new("r_binary");
     p.migration("postgres", "0001_types.up.sql", EVERY_CONVERTED_TYPE);
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     let data = data_fingerprint(&p.schema);
     p.run(&["snapshot"]).ok();
     let (id, _) = snapshot_ids(&p, "dev").remove(0);
@@ -773,9 +705,7 @@ fn text_the_converter_does_not_know_loads_as_text_after_a_partial_binary_load() 
         "CREATE TABLE t (id int, at timestamp, note text); \
          INSERT INTO t SELECT g, timestamp '2024-01-01' + g * interval '1 minute', md5(g::text) FROM generate_series(1, 300000) g;",
     );
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
-    p.run(&["snapshot"]).ok();
-    let (id, _) = snapshot_ids(&p, "dev").remove(0);
+    let id = p.migrate_and_snapshot();
     // COPY text PostgreSQL reads but never prints: a space before the
     // number and a T in the timestamp, in the last row, after most rows
     // were sent as binary.

@@ -91,7 +91,7 @@ fn migrate_takes_a_verified_pre_migrate_snapshot_with_the_schema_version() {
 fn objects_decompress_to_exactly_what_copy_returns() {
     let p = Project::new("snap_copy");
     seed(&p);
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     p.run(&["snapshot", "--label", "fidelity"]).ok();
     let dirs = snapshot_dirs(&p.path().join("backups/dev"));
     assert_eq!(dirs.len(), 1);
@@ -155,7 +155,7 @@ fn objects_decompress_to_exactly_what_copy_returns() {
 fn a_flipped_byte_fails_verify_with_exit_5_naming_the_object() {
     let p = Project::new("snap_flip");
     seed(&p);
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     p.run(&["snapshot"]).ok();
     let dir = snapshot_dirs(&p.path().join("backups/dev")).remove(0);
     let id = dir.file_name().unwrap().to_string_lossy().to_string();
@@ -180,7 +180,7 @@ fn a_flipped_byte_fails_verify_with_exit_5_naming_the_object() {
 fn a_snapshot_without_manifest_does_not_exist_and_prune_removes_it() {
     let p = Project::new("snap_leftover");
     seed(&p);
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     p.run(&["snapshot"]).ok();
     p.run(&["snapshot"]).ok();
     p.run(&["snapshot"]).ok();
@@ -338,7 +338,7 @@ ALTER TABLE parent ENABLE ROW LEVEL SECURITY;
 CREATE POLICY parent_all ON parent USING (true);
 "#,
     );
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     p.run(&["snapshot"]).ok();
     let dir = snapshot_dirs(&p.path().join("backups/dev")).remove(0);
     let pre = String::from_utf8(zstd_file(&dir.join("postgres/pre-data.sql.zst"))).unwrap();
@@ -408,7 +408,7 @@ fn kill_9_in_the_middle_of_a_snapshot_leaves_nothing_listed() {
             docs.join(",")
         ),
     );
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     let root = p.path().join("backups/dev");
     // Killed hard at several points: as the first object (PostgreSQL DDL)
     // appears, while table rows stream, while a MongoDB collection streams.
@@ -469,7 +469,7 @@ fn types_from_other_schemas_and_extensions_are_recorded_as_requirements() {
         "0001_t.up.sql",
         &format!("CREATE TABLE t (c \"{other}\".colour, e public.citext, tags public.citext[]);\n"),
     );
-    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.migrate_now();
     p.run(&["snapshot"]).ok();
     let dir = snapshot_dirs(&p.path().join("backups/dev")).remove(0);
     let manifest: serde_json::Value =

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use valero_db::restore::copy_binary::{fuzz_case, Converter};
+use valero_db::engine::postgres::copy_binary::{fuzz_case, Converter};
 
 fuzz_target!(|data: &[u8]| {
     let Some((kinds, text)) = fuzz_case(data) else {

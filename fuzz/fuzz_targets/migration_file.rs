@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use valero_db::engine::EngineKind;
+use valero_db::config::EngineKind;
 use valero_db::migrate::files::parse_migration;
 
 fuzz_target!(|data: &[u8]| {

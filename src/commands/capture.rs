@@ -6,18 +6,25 @@
 use std::time::Duration;
 
 use serde_json::json;
-use sqlx::Row;
 
-use crate::capture::mongodb::{capture_holder, Capture as MongoCapture, LEASE_ID};
-use crate::capture::postgres::{slot_name, Capture};
-use crate::commands::snapshot::open_storage;
-use crate::commands::{confirm, Context};
-use crate::engine::mongodb::Lease;
+use crate::config::EngineKind;
+use crate::context::{confirm, Context};
+use crate::engine::mongodb::capture::{capture_holder, Capture as MongoCapture, LEASE_ID};
+use crate::engine::mongodb::lease::{lease_ttl, Lease};
 use crate::engine::mongodb::MongoEngine;
-use crate::engine::postgres::{classify, PostgresEngine};
+use crate::engine::postgres::capture::{slot_name, Capture};
+use crate::engine::postgres::PostgresEngine;
 use crate::error::{Error, Result};
 use crate::output::Outcome;
+use crate::service::session::LockWait;
 use crate::storage::Storage;
+
+#[cfg(unix)]
+fn signal_error(e: std::io::Error) -> Error {
+    Error::internal(format!(
+        "registering the SIGINT/SIGTERM handlers failed: {e}"
+    ))
+}
 
 /// SIGINT and SIGTERM, registered up front.
 struct Signals {
@@ -33,8 +40,8 @@ impl Signals {
         {
             use tokio::signal::unix::{signal, SignalKind};
             Ok(Signals {
-                term: signal(SignalKind::terminate())?,
-                int: signal(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate()).map_err(signal_error)?,
+                int: signal(SignalKind::interrupt()).map_err(signal_error)?,
             })
         }
         #[cfg(not(unix))]
@@ -112,17 +119,12 @@ async fn open(ctx: &Context, leases: &mut Leases) -> Result<(Vec<PgSource>, Vec<
                 &leases.token,
                 leases.ttl,
             );
-            let deadline = std::time::Instant::now() + ctx.global.lock_timeout;
+            let wait = LockWait::new(ctx.global.lock_timeout);
             while !lease.try_acquire().await? {
-                if std::time::Instant::now() >= deadline {
-                    return Err(Error::LockTimeout {
-                        service: service.name.clone(),
-                        engine: "mongodb".into(),
-                        timeout: crate::duration::format_duration(ctx.global.lock_timeout),
-                        holder: capture_holder(lease.holder().await?),
-                    });
+                if !wait.pause().await {
+                    let holder = capture_holder(lease.holder().await?);
+                    return Err(wait.timed_out(&service.name, EngineKind::Mongodb, holder));
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
             }
             // One per service: a reconnect's lease replaces the old one
             // (and lets go of the old client).
@@ -141,27 +143,12 @@ async fn open(ctx: &Context, leases: &mut Leases) -> Result<(Vec<PgSource>, Vec<
         let slot = slot_name(&ctx.env.name, &service.name, &pg.schema);
         // Waits like migrate does: a killed capture's server session may
         // still be finishing its last read.
-        let deadline = std::time::Instant::now() + ctx.global.lock_timeout;
-        loop {
-            let got: bool =
-                sqlx::query("SELECT pg_try_advisory_lock(hashtext('valero-db capture ' || $1))")
-                    .bind(&slot)
-                    .fetch_one(engine.connection())
-                    .await
-                    .map_err(|e| classify(&format!("PostgreSQL of service {}", service.name), e))?
-                    .get(0);
-            if got {
-                break;
+        let wait = LockWait::new(ctx.global.lock_timeout);
+        while !engine.try_capture_lock(&slot).await? {
+            if !wait.pause().await {
+                let holder = "another `valero-db capture` of this service".to_string();
+                return Err(wait.timed_out(&service.name, EngineKind::Postgres, holder));
             }
-            if std::time::Instant::now() >= deadline {
-                return Err(Error::LockTimeout {
-                    service: service.name.clone(),
-                    engine: "postgres".into(),
-                    timeout: crate::duration::format_duration(ctx.global.lock_timeout),
-                    holder: "another `valero-db capture` of this service".into(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
         }
         pg_sources.push(PgSource {
             service: service.name.clone(),
@@ -186,7 +173,7 @@ impl Total {
     fn add(
         &mut self,
         service: &str,
-        engine: &str,
+        engine: EngineKind,
         transactions: u64,
         changes: u64,
         position: String,
@@ -230,32 +217,126 @@ fn retry_wait(interval: Duration, failures: u32) -> Duration {
         .min(Duration::from_secs(300))
 }
 
+/// One pass over every source, each repeated while it has more to ship.
+async fn pass_all(
+    storage: &dyn Storage,
+    env: &str,
+    pg_sources: &mut [PgSource],
+    pg_totals: &mut [Total],
+    mongo_sources: &[MongoSource],
+    mongo_totals: &mut [Total],
+) -> Result<()> {
+    for (s, total) in pg_sources.iter_mut().zip(pg_totals.iter_mut()) {
+        let mut c = s.capture(storage, env);
+        loop {
+            let r = c.pass().await?;
+            total.add(
+                c.service,
+                EngineKind::Postgres,
+                r.transactions,
+                r.changes,
+                r.position,
+                r.segment,
+            );
+            if !r.more {
+                break;
+            }
+        }
+    }
+    for (s, total) in mongo_sources.iter().zip(mongo_totals.iter_mut()) {
+        let mut c = s.capture(storage, env);
+        loop {
+            let r = c.pass().await?;
+            total.add(
+                c.service,
+                EngineKind::Mongodb,
+                r.events,
+                r.events,
+                r.position,
+                r.segment,
+            );
+            if !r.more {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `capture --drop`: removes the slot and publication of every selected
+/// PostgreSQL service.
+async fn drop_slots(
+    ctx: &Context,
+    storage: &dyn Storage,
+    pg_sources: &mut [PgSource],
+    yes: bool,
+) -> Result<(serde_json::Value, String)> {
+    if pg_sources.is_empty() {
+        return Err(Error::usage("--drop removes PostgreSQL replication slots; none of the selected services has PostgreSQL"));
+    }
+    confirm(
+        ctx,
+        "dropping the capture slots (restores to later times need a new snapshot)",
+        yes,
+    )?;
+    let mut dropped = Vec::new();
+    for s in pg_sources.iter_mut() {
+        let was = s.capture(storage, &ctx.env.name).drop_slot().await?;
+        dropped.push((
+            s.service.clone(),
+            slot_name(&ctx.env.name, &s.service, &s.schema),
+            was,
+        ));
+    }
+    let human = dropped
+        .iter()
+        .map(|(s, slot, was)| {
+            format!(
+                "{s}: slot {slot} {}\n",
+                if *was { "dropped" } else { "did not exist" }
+            )
+        })
+        .collect::<String>();
+    let report: Vec<_> = dropped
+        .iter()
+        .map(|(s, slot, was)| json!({"service": s, "slot": slot, "dropped": was}))
+        .collect();
+    Ok((json!({"command": "capture", "dropped": report}), human))
+}
+
+/// What the run shipped, per service and engine.
+fn run_report(env: &str, rows: &[(&str, EngineKind, &Total)]) -> (serde_json::Value, String) {
+    let report: Vec<_> = rows
+        .iter()
+        .map(|(s, e, t)| json!({"service": s, "engine": e, "transactions": t.transactions, "changes": t.changes, "position": t.position, "last_segment": t.segment}))
+        .collect();
+    let human = rows
+        .iter()
+        .map(|(s, e, t)| {
+            format!(
+                "{s} ({e}): {} transactions, {} changes captured; at {}\n",
+                t.transactions, t.changes, t.position
+            )
+        })
+        .collect::<String>();
+    (
+        json!({"command": "capture", "environment": env, "services": report}),
+        human,
+    )
+}
+
 pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes: bool) -> Outcome {
     let mut leases = Leases {
         token: uuid::Uuid::new_v4().simple().to_string(),
         // Passes renew it; it must outlive the wait between two of them.
-        ttl: crate::engine::mongodb::lease_ttl() + if once { Duration::ZERO } else { interval * 2 },
+        ttl: lease_ttl() + if once { Duration::ZERO } else { interval * 2 },
         taken: Vec::new(),
     };
     let result = async {
-        let storage = open_storage(ctx).await?;
+        let storage = ctx.storage().await?;
         let (mut pg_sources, mut mongo_sources) = open(ctx, &mut leases).await?;
         if drop {
-            if pg_sources.is_empty() {
-                return Err(Error::usage("--drop removes PostgreSQL replication slots; none of the selected services has PostgreSQL"));
-            }
-            confirm(ctx, "dropping the capture slots (restores to later times need a new snapshot)", yes)?;
-            let mut dropped = Vec::new();
-            for s in &mut pg_sources {
-                let was = s.capture(storage.as_ref(), &ctx.env.name).drop_slot().await?;
-                dropped.push((s.service.clone(), slot_name(&ctx.env.name, &s.service, &s.schema), was));
-            }
-            let human = dropped
-                .iter()
-                .map(|(s, slot, was)| format!("{s}: slot {slot} {}\n", if *was { "dropped" } else { "did not exist" }))
-                .collect::<String>();
-            let report: Vec<_> = dropped.iter().map(|(s, slot, was)| json!({"service": s, "slot": slot, "dropped": was})).collect();
-            return Ok((json!({"command": "capture", "dropped": report}), human));
+            return drop_slots(ctx, storage.as_ref(), &mut pg_sources, yes).await;
         }
         ensure(ctx, storage.as_ref(), &mut pg_sources, &mut mongo_sources).await?;
         let mut pg_totals: Vec<Total> = pg_sources.iter().map(|_| Total::default()).collect();
@@ -274,27 +355,8 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
                     ensure(ctx, storage.as_ref(), &mut pg, &mut mongo).await?;
                     (pg_sources, mongo_sources, connected) = (pg, mongo, true);
                 }
-                for (s, total) in pg_sources.iter_mut().zip(pg_totals.iter_mut()) {
-                    let mut c = s.capture(storage.as_ref(), &ctx.env.name);
-                    loop {
-                        let r = c.pass().await?;
-                        total.add(c.service, "postgres", r.transactions, r.changes, r.position, r.segment);
-                        if !r.more {
-                            break;
-                        }
-                    }
-                }
-                for (s, total) in mongo_sources.iter().zip(mongo_totals.iter_mut()) {
-                    let mut c = s.capture(storage.as_ref(), &ctx.env.name);
-                    loop {
-                        let r = c.pass().await?;
-                        total.add(c.service, "mongodb", r.events, r.events, r.position, r.segment);
-                        if !r.more {
-                            break;
-                        }
-                    }
-                }
-                Ok::<(), Error>(())
+                let env = &ctx.env.name;
+                pass_all(storage.as_ref(), env, &mut pg_sources, &mut pg_totals, &mongo_sources, &mut mongo_totals).await
             }
             .await;
             match passed {
@@ -302,12 +364,12 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
                 // A database or the storage away for a while: the loop
                 // keeps going (a pass is safe to repeat, see docs/capture.md);
                 // anything else ends it.
-                Err(e) if !once && e.exit_code() == 3 => {
+                Err(e) if !once && e.is_unreachable() => {
                     failures += 1;
                     let wait = retry_wait(interval, failures);
                     tracing::warn!(
                         "capture pass failed ({e}); reconnecting in {} (failure {failures} in a row)",
-                        crate::duration::format_duration(wait)
+                        crate::units::format_duration(wait)
                     );
                     pg_sources.clear();
                     mongo_sources.clear();
@@ -328,21 +390,13 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
                 _ = signals.next() => break,
             }
         }
-        let rows: Vec<(&str, &str, &Total)> = pg_names
+        let rows: Vec<(&str, EngineKind, &Total)> = pg_names
             .iter()
             .zip(&pg_totals)
-            .map(|(s, t)| (s.as_str(), "postgres", t))
-            .chain(mongo_names.iter().zip(&mongo_totals).map(|(s, t)| (s.as_str(), "mongodb", t)))
+            .map(|(s, t)| (s.as_str(), EngineKind::Postgres, t))
+            .chain(mongo_names.iter().zip(&mongo_totals).map(|(s, t)| (s.as_str(), EngineKind::Mongodb, t)))
             .collect();
-        let report: Vec<_> = rows
-            .iter()
-            .map(|(s, e, t)| json!({"service": s, "engine": e, "transactions": t.transactions, "changes": t.changes, "position": t.position, "last_segment": t.segment}))
-            .collect();
-        let human = rows
-            .iter()
-            .map(|(s, e, t)| format!("{s} ({e}): {} transactions, {} changes captured; at {}\n", t.transactions, t.changes, t.position))
-            .collect::<String>();
-        Ok((json!({"command": "capture", "environment": ctx.env.name, "services": report}), human))
+        Ok(run_report(&ctx.env.name, &rows))
     }
     .await;
     // Best effort: an unreleased lease expires on its own.

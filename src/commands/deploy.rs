@@ -8,47 +8,21 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::commands::migrate::{run_migrate, run_rollback, MigrateArgs, Targets};
-use crate::commands::restore::{run_restore, RestoreArgs};
-use crate::commands::snapshot::open_storage;
-use crate::commands::status::service_status;
-use crate::commands::Context;
-use crate::deploy::{self, shell, DeploymentRecord, EngineVersions, RunEnd, ServiceVersions};
-use crate::engine::EngineKind;
+use crate::cli::{DeployArgs, MigrateArgs, RestoreArgs};
+use crate::commands::migrate::{run_migrate, run_rollback};
+use crate::commands::restore::run_restore;
+use crate::context::Context;
+use crate::deploy::{
+    self, shell, DeployState, DeploymentRecord, EngineVersions, Moment, OnFailure, RunEnd,
+    ServiceVersions,
+};
 use crate::error::{Error, Result};
-use crate::migrate::runner::{ensure_consistent, inspect, LockedService};
+use crate::migrate::plan::RollbackTargets;
 use crate::output::{table, Outcome};
+use crate::service::session::{ensure_consistent, inspect, LockedService};
+use crate::service::status::service_status;
 use crate::snapshot;
 use crate::storage::Storage;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OnFailure {
-    /// Restore the pre-deploy snapshots of the services the deploy migrated
-    Restore,
-    /// Run down migrations back to the pre-deploy versions
-    Down,
-    /// Leave the databases as they are
-    None,
-}
-
-impl OnFailure {
-    fn name(self) -> &'static str {
-        match self {
-            OnFailure::Restore => "restore",
-            OnFailure::Down => "down",
-            OnFailure::None => "none",
-        }
-    }
-}
-
-pub struct DeployArgs {
-    pub release: String,
-    pub verify: Vec<String>,
-    pub rollback_cmd: Option<String>,
-    pub on_failure: OnFailure,
-    pub timeout: Option<Duration>,
-    pub command: Vec<String>,
-}
 
 fn env_vars(rec: &DeploymentRecord) -> Vec<(&'static str, String)> {
     vec![
@@ -111,10 +85,10 @@ fn v(x: Option<u64>) -> String {
 async fn preflight(ctx: &Context) -> Result<()> {
     let root = ctx.config.migrations_dir()?;
     for service in ctx.services()? {
-        let local = crate::migrate::runner::discover_service(&root, &service)?;
+        let local = crate::service::session::discover_service(&root, &service)?;
         let mut locked = LockedService::open(&service, local, ctx.global.lock_timeout).await?;
         let r = async {
-            for slot in locked.slots.iter_mut() {
+            for slot in locked.engines.iter_mut() {
                 let (_, analysis) = inspect(slot).await?;
                 ensure_consistent(&service.name, slot.engine.kind(), &analysis)?;
             }
@@ -151,7 +125,7 @@ async fn pre_deploy(ctx: &Context, rec: &mut DeploymentRecord) -> Result<()> {
                 snapshot: None,
             });
         entry.engines.push(EngineVersions {
-            engine: r.engine.to_string(),
+            engine: r.engine,
             before: r.from_version,
             after: r.to_version,
         });
@@ -257,12 +231,8 @@ async fn roll_back(
             } else {
                 let args = RestoreArgs {
                     per_service: Some(map.clone()),
-                    timestamp: None,
-                    snapshot: None,
-                    from_env: None,
-                    snapshot_only: false,
-                    dry_run: false,
                     yes: true,
+                    ..RestoreArgs::default()
                 };
                 let (_, _, error) = run_restore(ctx, &args).await;
                 match error {
@@ -278,15 +248,8 @@ async fn roll_back(
             }
         }
         OnFailure::Down => {
-            let mut targets = BTreeMap::new();
-            for s in &rec.services {
-                for e in &s.engines {
-                    if let Some(kind) = EngineKind::parse(&e.engine) {
-                        targets.insert((s.service.clone(), kind), e.before.unwrap_or(0));
-                    }
-                }
-            }
-            let (_, error) = run_rollback(ctx, &Targets::PerEngine(targets), false).await;
+            let targets = RollbackTargets::PerEngine(rec.versions(Moment::Before));
+            let (_, error) = run_rollback(ctx, &targets, false).await;
             match error {
                 None => Ok("down migrations back to the pre-deploy versions".into()),
                 Some(e) => Err(e.to_string()),
@@ -295,9 +258,9 @@ async fn roll_back(
     };
     rec.step("database rollback", started, db_result.clone().map(|_| ()));
     rec.state = if db_result.is_ok() {
-        "rolled-back".into()
+        DeployState::RolledBack
     } else {
-        "rollback-failed".into()
+        DeployState::RollbackFailed
     };
     rec.finished_at = Some(chrono::Utc::now());
     if let Err(e) = rec.save(storage).await {
@@ -334,8 +297,8 @@ async fn begin(
     on_failure: OnFailure,
 ) -> std::result::Result<(Box<dyn Storage>, DeploymentRecord), Outcome> {
     deploy::validate_release(release).map_err(Outcome::failed)?;
-    let storage = open_storage(ctx).await.map_err(Outcome::failed)?;
-    let mut rec = DeploymentRecord::new(&ctx.env.name, release, on_failure.name());
+    let storage = ctx.storage().await.map_err(Outcome::failed)?;
+    let mut rec = DeploymentRecord::new(&ctx.env.name, release, on_failure);
     let started = Instant::now();
     let pre = preflight(ctx).await;
     rec.step(
@@ -360,7 +323,7 @@ async fn conclude(
 ) -> Outcome {
     let error = match cause {
         None => {
-            rec.state = "succeeded".into();
+            rec.state = DeployState::Succeeded;
             rec.finished_at = Some(chrono::Utc::now());
             rec.save(storage).await.err()
         }
@@ -420,7 +383,7 @@ pub async fn hook_pre(ctx: &Context, release: &str, on_failure: OnFailure) -> Ou
     };
     let error = match pre_deploy(ctx, &mut rec).await {
         Ok(()) => {
-            rec.state = "pre-deployed".into();
+            rec.state = DeployState::PreDeployed;
             rec.save(storage.as_ref()).await.err()
         }
         Err(cause) => {
@@ -438,7 +401,7 @@ pub async fn hook_post(
     rollback_cmd: Option<&str>,
     on_failure: Option<OnFailure>,
 ) -> Outcome {
-    let storage = match open_storage(ctx).await {
+    let storage = match ctx.storage().await {
         Ok(s) => s,
         Err(e) => return Outcome::failed(e),
     };
@@ -449,18 +412,14 @@ pub async fn hook_post(
     let Some(mut rec) = records
         .into_iter()
         .rev()
-        .find(|r| r.release == release && r.state == "pre-deployed")
+        .find(|r| r.release == release && r.state == DeployState::PreDeployed)
     else {
         return Outcome::failed(Error::usage_hint(
             format!("no open deployment of release {release} in environment {}", ctx.env.name),
             "run `valero-db hook pre-deploy --release TAG` first; `valero-db releases` lists deployments",
         ));
     };
-    let on_failure = on_failure.unwrap_or(match rec.on_failure.as_str() {
-        "down" => OnFailure::Down,
-        "none" => OnFailure::None,
-        _ => OnFailure::Restore,
-    });
+    let on_failure = on_failure.unwrap_or(rec.on_failure);
     let cause = if success {
         verify(ctx, &mut rec, verify_cmds).await.err()
     } else {
@@ -491,7 +450,7 @@ pub async fn releases(ctx: &Context) -> Outcome {
                 .map(|r| {
                     vec![
                         r.release.clone(),
-                        r.state.clone(),
+                        r.state.to_string(),
                         r.started_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
                         r.services
                             .iter()
@@ -532,35 +491,6 @@ pub async fn releases(ctx: &Context) -> Outcome {
     }
 }
 
-/// The versions a release was deployed with, per service and engine.
-pub async fn release_targets(ctx: &Context, release: &str) -> Result<Targets> {
-    deploy::validate_release(release)?;
-    let storage = crate::storage::open(&ctx.env).await?;
-    let records = deploy::list(storage.as_ref(), &ctx.env.name).await?;
-    let rec = records
-        .into_iter()
-        .rev()
-        .find(|r| r.release == release && r.state == "succeeded")
-        .ok_or_else(|| {
-            Error::usage_hint(
-                format!(
-                    "no successful deployment of release {release} in environment {}",
-                    ctx.env.name
-                ),
-                "`valero-db releases` lists the deployments",
-            )
-        })?;
-    let mut targets = BTreeMap::new();
-    for s in &rec.services {
-        for e in &s.engines {
-            if let Some(kind) = EngineKind::parse(&e.engine) {
-                targets.insert((s.service.clone(), kind), e.after.unwrap_or(0));
-            }
-        }
-    }
-    Ok(Targets::PerEngine(targets))
-}
-
 /// The go-live check: reachable, fully migrated, no drift or dirty version,
 /// and a verified snapshot younger than `max_age` for every service.
 pub async fn check(ctx: &Context, max_age: Duration) -> Outcome {
@@ -596,8 +526,8 @@ pub async fn check(ctx: &Context, max_age: Duration) -> Outcome {
         let mut snap_info = json!(null);
         match &storage {
             Ok(storage) => {
-                match snapshot::list_service(storage.as_ref(), &ctx.env.name, &service.name).await {
-                    Ok((found, _)) => match found.last() {
+                match snapshot::newest(storage.as_ref(), &ctx.env.name, &service.name).await {
+                    Ok(found) => match &found {
                         Some(newest) => {
                             let age = chrono::Utc::now()
                                 .signed_duration_since(newest.manifest.consistent_at)
@@ -610,10 +540,10 @@ pub async fn check(ctx: &Context, max_age: Duration) -> Outcome {
                             if age > max_age {
                                 problems.push(format!(
                                     "newest snapshot is {} old (max {})",
-                                    crate::duration::format_duration(Duration::from_secs(
+                                    crate::units::format_duration(Duration::from_secs(
                                         age.as_secs()
                                     )),
-                                    crate::duration::format_duration(max_age)
+                                    crate::units::format_duration(max_age)
                                 ));
                             }
                             snap_info = json!({"id": newest.manifest.id, "age_seconds": age.as_secs(), "verified": verified.is_ok()});

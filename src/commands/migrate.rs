@@ -4,27 +4,21 @@
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cli::RepairAs;
-use crate::commands::{confirm, Context};
+use crate::cli::{MigrateArgs, RepairAs};
+use crate::config::EngineKind;
 use crate::config::Service;
-use crate::engine::{identity, EngineKind, RepairAction, RunMeta};
+use crate::context::{confirm, Context};
+use crate::deploy;
+use crate::engine::{identity, RepairAction, RunMeta};
 use crate::error::{Error, Result};
 use crate::migrate::files::Migration;
-use crate::migrate::plan::{plan_down, plan_up, PlanError};
-use crate::migrate::runner::{
-    self, discover_service, ensure_consistent, inspect, LockedService, Step,
-};
+use crate::migrate::plan::{plan_down, plan_up, PlanError, RollbackTargets};
 use crate::output::Outcome;
-use crate::snapshot::take::{take_service, Request};
+use crate::service::session::{
+    self as session, discover_service, ensure_consistent, inspect, LockedService, Step,
+};
+use crate::service::take::{take_service, Request};
 use crate::storage::Storage;
-
-pub struct MigrateArgs {
-    pub to: Option<u64>,
-    pub dry_run: bool,
-    pub no_snapshot: bool,
-    pub release: Option<String>,
-    pub yes: bool,
-}
 
 #[derive(Debug, Serialize)]
 pub struct EngineRun {
@@ -156,7 +150,7 @@ pub async fn run_migrate(ctx: &Context, args: MigrateArgs) -> MigrateResult {
         error: Some(e),
     };
     if args.no_snapshot && !args.dry_run {
-        if let Err(e) = super::confirm(ctx, "migrating without a pre-migrate snapshot", args.yes) {
+        if let Err(e) = confirm(ctx, "migrating without a pre-migrate snapshot", args.yes) {
             return failed(e);
         }
         tracing::warn!("--no-snapshot: migrating without a pre-migrate snapshot");
@@ -183,7 +177,7 @@ pub async fn run_migrate(ctx: &Context, args: MigrateArgs) -> MigrateResult {
     let storage = if args.dry_run || args.no_snapshot {
         None
     } else {
-        match super::snapshot::open_storage(ctx).await {
+        match ctx.storage().await {
             Ok(s) => Some(s),
             Err(e) => return failed(e),
         }
@@ -266,7 +260,7 @@ async fn migrate_locked(
     let name = locked.service.name.clone();
     // Plan every engine before changing any.
     let mut plans: Vec<Vec<u64>> = Vec::new();
-    for slot in locked.slots.iter_mut() {
+    for slot in locked.engines.iter_mut() {
         let kind = slot.engine.kind();
         let (_, analysis) = inspect(slot).await?;
         ensure_consistent(&name, kind, &analysis)?;
@@ -306,15 +300,15 @@ async fn migrate_locked(
             release: args.release.clone(),
             label: None,
         };
-        let found = take_service(storage, &name, &mut locked.slots, &req).await?;
+        let found = take_service(storage, &name, &mut locked.engines, &req).await?;
         pre.taken.push(super::snapshot::summary(&found));
     }
     let first_run = runs.len() - plans.len();
-    for (i, (slot, plan)) in locked.slots.iter_mut().zip(plans.iter()).enumerate() {
+    for (i, (slot, plan)) in locked.engines.iter_mut().zip(plans.iter()).enumerate() {
         if plan.is_empty() {
             continue;
         }
-        let (steps, error) = runner::apply_up(slot, plan, meta).await;
+        let (steps, error) = session::apply_up(slot, plan, meta).await;
         let run = &mut runs[first_run + i];
         run.to_version = steps.last().map(|s| s.version).or(run.from_version);
         run.steps = steps;
@@ -350,13 +344,7 @@ impl After<'_> {
     /// refused until a snapshot is taken.
     async fn snapshot(&self, name: &str, locked: &mut LockedService) {
         let (storage, environment) = (self.storage, self.environment);
-        let mut captured = false;
-        for engine in ["postgres", "mongodb"] {
-            if let Ok(l) = crate::capture::list(storage, environment, name, engine).await {
-                captured |= !l.streams.is_empty();
-            }
-        }
-        if !captured {
+        if !crate::capture::is_captured(storage, environment, name).await {
             return;
         }
         let req = Request {
@@ -365,28 +353,12 @@ impl After<'_> {
             release: self.release.clone(),
             label: None,
         };
-        if let Err(e) = take_service(storage, name, &mut locked.slots, &req).await {
+        if let Err(e) = take_service(storage, name, &mut locked.engines, &req).await {
             tracing::warn!(
                 "{name}: the schema change is applied, but the {} snapshot failed: {e}; \
                  restores to later times need a snapshot taken after it (`valero-db snapshot -s {name}`)",
                 self.reason
             );
-        }
-    }
-}
-
-/// Where a rollback goes: one version for every engine, or per service and
-/// engine (the versions a release was deployed with).
-pub enum Targets {
-    All(u64),
-    PerEngine(std::collections::BTreeMap<(String, EngineKind), u64>),
-}
-
-impl Targets {
-    fn get(&self, service: &str, engine: EngineKind) -> Option<u64> {
-        match self {
-            Targets::All(v) => Some(*v),
-            Targets::PerEngine(m) => m.get(&(service.to_string(), engine)).copied(),
         }
     }
 }
@@ -399,8 +371,8 @@ pub async fn rollback(
     yes: bool,
 ) -> Outcome {
     let targets = match (to, release) {
-        (Some(v), _) => Targets::All(v),
-        (None, Some(tag)) => match crate::commands::deploy::release_targets(ctx, &tag).await {
+        (Some(v), _) => RollbackTargets::All(v),
+        (None, Some(tag)) => match release_targets(ctx, &tag).await {
             Ok(t) => t,
             Err(e) => return Outcome::failed(e),
         },
@@ -415,11 +387,18 @@ pub async fn rollback(
     outcome(ctx, "rollback", runs, dry_run, error)
 }
 
+/// The versions a release was deployed with, per service and engine.
+async fn release_targets(ctx: &Context, release: &str) -> Result<RollbackTargets> {
+    let storage = ctx.storage().await?;
+    let versions = deploy::release_versions(storage.as_ref(), &ctx.env.name, release).await?;
+    Ok(RollbackTargets::PerEngine(versions))
+}
+
 /// Plans every service first (a dry run), so a missing down file anywhere
 /// stops the rollback before any service is changed; then applies.
 pub async fn run_rollback(
     ctx: &Context,
-    targets: &Targets,
+    targets: &RollbackTargets,
     dry_run: bool,
 ) -> (Vec<EngineRun>, Option<Error>) {
     let (planned, error) = rollback_pass(ctx, targets, &RollbackPass::Plan).await;
@@ -428,7 +407,7 @@ pub async fn run_rollback(
     }
     // For the post-rollback snapshot of captured services; a rollback is
     // an emergency tool and does not wait for storage.
-    let storage = match super::snapshot::open_storage(ctx).await {
+    let storage = match ctx.storage().await {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(
@@ -456,7 +435,7 @@ enum RollbackPass<'a> {
 
 async fn rollback_pass(
     ctx: &Context,
-    targets: &Targets,
+    targets: &RollbackTargets,
     pass: &RollbackPass<'_>,
 ) -> (Vec<EngineRun>, Option<Error>) {
     let discovered = match discover_all(ctx) {
@@ -481,14 +460,14 @@ async fn rollback_pass(
 
 async fn rollback_locked(
     locked: &mut LockedService,
-    targets: &Targets,
+    targets: &RollbackTargets,
     pass: &RollbackPass<'_>,
     runs: &mut Vec<EngineRun>,
 ) -> Result<()> {
     let name = locked.service.name.clone();
     let mut plans = Vec::new();
     let mut applied_versions = Vec::new();
-    for slot in locked.slots.iter_mut() {
+    for slot in locked.engines.iter_mut() {
         let kind = slot.engine.kind();
         let (applied, analysis) = inspect(slot).await?;
         ensure_consistent(&name, kind, &analysis)?;
@@ -523,11 +502,11 @@ async fn rollback_locked(
         return Ok(());
     };
     let first_run = runs.len() - plans.len();
-    for (i, (slot, plan)) in locked.slots.iter_mut().zip(plans.iter()).enumerate() {
+    for (i, (slot, plan)) in locked.engines.iter_mut().zip(plans.iter()).enumerate() {
         if plan.is_empty() {
             continue;
         }
-        let (steps, error) = runner::apply_down(slot, plan).await;
+        let (steps, error) = session::apply_down(slot, plan).await;
         let run = &mut runs[first_run + i];
         if error.is_some() {
             // Where the engine really stands: the newest version not reverted.
@@ -598,7 +577,7 @@ pub async fn baseline(ctx: &Context, version: u64, only: Option<EngineKind>) -> 
         let result = async {
             let mut locked = LockedService::open(&service, local, ctx.global.lock_timeout).await?;
             locked
-                .slots
+                .engines
                 .retain(|s| only.is_none_or(|k| s.engine.kind() == k));
             let r = baseline_locked(&mut locked, version, &meta, &mut runs).await;
             locked.release().await;
@@ -619,7 +598,7 @@ async fn baseline_locked(
     runs: &mut Vec<EngineRun>,
 ) -> Result<()> {
     let name = locked.service.name.clone();
-    for slot in locked.slots.iter_mut() {
+    for slot in locked.engines.iter_mut() {
         let kind = slot.engine.kind();
         let applied = slot.engine.history().await?;
         if !applied.is_empty() {
@@ -667,7 +646,11 @@ pub async fn repair(ctx: &Context, engine: EngineKind, version: u64, as_: Repair
     };
     let result = async {
         let mut locked = LockedService::open(&service, Vec::new(), ctx.global.lock_timeout).await?;
-        let r = match locked.slots.iter_mut().find(|s| s.engine.kind() == engine) {
+        let r = match locked
+            .engines
+            .iter_mut()
+            .find(|s| s.engine.kind() == engine)
+        {
             Some(slot) => slot.engine.repair(version, action).await,
             None => Err(Error::usage(format!(
                 "service {} has no {engine} database",

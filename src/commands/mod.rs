@@ -9,81 +9,9 @@ pub mod restore;
 pub mod snapshot;
 pub mod status;
 
-use std::io::IsTerminal;
-
-use crate::cli::{Cli, Command, DeployResult, GlobalArgs, HookCommand, SnapshotsCommand};
-use crate::config::{self, Config, Environment, Service};
-use crate::error::{Error, Result};
+use crate::cli::{Cli, Command, DeployResult, HookCommand, SnapshotsCommand};
+use crate::context::Context;
 use crate::output::Outcome;
-
-/// What every command needs: the configuration, the environment and the
-/// global options.
-pub struct Context {
-    pub config: Config,
-    pub env: Environment,
-    pub global: GlobalArgs,
-}
-
-impl Context {
-    pub fn load(global: GlobalArgs) -> Result<Context> {
-        let path = config::locate(global.config.as_deref());
-        let config = Config::load(&path)?;
-        let env = config.environment(&global.env)?;
-        Ok(Context {
-            config,
-            env,
-            global,
-        })
-    }
-
-    pub fn services(&self) -> Result<Vec<Service>> {
-        let services = self.config.services(&self.global.services)?;
-        if services.is_empty() {
-            return Err(Error::usage_hint(
-                format!(
-                    "no services are configured in {}",
-                    self.config.path.display()
-                ),
-                "add a [services.NAME] section",
-            ));
-        }
-        Ok(services)
-    }
-}
-
-/// Asks on a terminal; without one, `--yes` is required. Protected
-/// environments always need `--yes`.
-pub fn confirm(ctx: &Context, action: &str, yes: bool) -> Result<()> {
-    if yes {
-        return Ok(());
-    }
-    if ctx.env.protected {
-        return Err(Error::usage_hint(
-            format!(
-                "environment '{}' is protected: {action} needs --yes",
-                ctx.env.name
-            ),
-            "review the plan with --dry-run, then repeat the command with --yes",
-        ));
-    }
-    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
-        return Err(Error::usage_hint(
-            format!("{action} changes data and needs confirmation, but no terminal is attached"),
-            "repeat the command with --yes",
-        ));
-    }
-    eprint!(
-        "{action} in environment '{}'. Continue? [y/N] ",
-        ctx.env.name
-    );
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
-    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES") {
-        Ok(())
-    } else {
-        Err(Error::usage("cancelled; nothing was changed"))
-    }
-}
 
 fn completions(shell: crate::cli::Shell) -> Outcome {
     use clap::CommandFactory;
@@ -135,77 +63,12 @@ pub async fn dispatch(cli: Cli) -> Outcome {
 
 async fn run_command(ctx: &Context, command: Command) -> Outcome {
     match command {
-        Command::Deploy {
-            release,
-            verify,
-            rollback_cmd,
-            on_failure,
-            timeout,
-            command,
-        } => {
-            deploy::deploy(
-                ctx,
-                deploy::DeployArgs {
-                    release,
-                    verify,
-                    rollback_cmd,
-                    on_failure,
-                    timeout,
-                    command,
-                },
-            )
-            .await
-        }
-        Command::Hook {
-            command:
-                HookCommand::PreDeploy {
-                    release,
-                    on_failure,
-                },
-        } => deploy::hook_pre(ctx, &release, on_failure).await,
-        Command::Hook {
-            command:
-                HookCommand::PostDeploy {
-                    release,
-                    result,
-                    verify,
-                    rollback_cmd,
-                    on_failure,
-                },
-        } => {
-            deploy::hook_post(
-                ctx,
-                &release,
-                result == DeployResult::Success,
-                &verify,
-                rollback_cmd.as_deref(),
-                on_failure,
-            )
-            .await
-        }
+        Command::Deploy(args) => deploy::deploy(ctx, args).await,
+        Command::Hook { command } => hook(ctx, command).await,
         Command::Releases => deploy::releases(ctx).await,
         Command::Check { max_age } => deploy::check(ctx, max_age).await,
-        Command::Completions { .. } => unreachable!("handled before loading the configuration"),
         Command::Status { check } => status::run(ctx, check).await,
-        Command::Migrate {
-            to,
-            dry_run,
-            no_snapshot,
-            release,
-            yes,
-        } => {
-            migrate::migrate(
-                ctx,
-                migrate::MigrateArgs {
-                    to,
-                    dry_run,
-                    no_snapshot,
-                    release,
-                    yes,
-                },
-            )
-            .await
-        }
+        Command::Migrate(args) => migrate::migrate(ctx, args).await,
         Command::Rollback {
             to,
             release,
@@ -221,28 +84,7 @@ async fn run_command(ctx: &Context, command: Command) -> Outcome {
             repair_version,
             as_,
         } => migrate::repair(ctx, engine.into(), repair_version, as_).await,
-        Command::Restore {
-            timestamp,
-            snapshot,
-            from_env,
-            snapshot_only,
-            dry_run,
-            yes,
-        } => {
-            restore::run(
-                ctx,
-                restore::RestoreArgs {
-                    per_service: None,
-                    timestamp,
-                    snapshot,
-                    from_env,
-                    snapshot_only,
-                    dry_run,
-                    yes,
-                },
-            )
-            .await
-        }
+        Command::Restore(args) => restore::run(ctx, args).await,
         Command::Capture {
             once,
             interval,
@@ -250,16 +92,42 @@ async fn run_command(ctx: &Context, command: Command) -> Outcome {
             yes,
         } => capture::run(ctx, once, interval, drop_slot, yes).await,
         Command::Snapshot { label } => snapshot::take(ctx, label).await,
-        Command::Snapshots { command } => match command {
-            SnapshotsCommand::List => snapshot::list(ctx).await,
-            SnapshotsCommand::Verify { id, all } => snapshot::verify(ctx, id, all).await,
-            SnapshotsCommand::Prune {
-                keep_last,
-                keep_within,
-                dry_run,
-                yes,
-            } => snapshot::prune(ctx, keep_last.unwrap_or(1), keep_within, dry_run, yes).await,
-        },
-        Command::New { .. } => unreachable!("handled above"),
+        Command::Snapshots { command } => snapshots(ctx, command).await,
+        Command::Completions { .. } | Command::New { .. } => {
+            unreachable!("handled before loading the configuration")
+        }
+    }
+}
+
+async fn hook(ctx: &Context, command: HookCommand) -> Outcome {
+    match command {
+        HookCommand::PreDeploy {
+            release,
+            on_failure,
+        } => deploy::hook_pre(ctx, &release, on_failure).await,
+        HookCommand::PostDeploy {
+            release,
+            result,
+            verify,
+            rollback_cmd,
+            on_failure,
+        } => {
+            let success = result == DeployResult::Success;
+            let rollback_cmd = rollback_cmd.as_deref();
+            deploy::hook_post(ctx, &release, success, &verify, rollback_cmd, on_failure).await
+        }
+    }
+}
+
+async fn snapshots(ctx: &Context, command: SnapshotsCommand) -> Outcome {
+    match command {
+        SnapshotsCommand::List => snapshot::list(ctx).await,
+        SnapshotsCommand::Verify { id, all } => snapshot::verify(ctx, id, all).await,
+        SnapshotsCommand::Prune {
+            keep_last,
+            keep_within,
+            dry_run,
+            yes,
+        } => snapshot::prune(ctx, keep_last.unwrap_or(1), keep_within, dry_run, yes).await,
     }
 }

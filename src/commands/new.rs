@@ -4,8 +4,8 @@
 use serde_json::json;
 
 use crate::cli::GlobalArgs;
+use crate::config::EngineKind;
 use crate::config::{self, Config};
-use crate::engine::EngineKind;
 use crate::error::{Error, Result};
 use crate::migrate::files;
 use crate::output::Outcome;
@@ -56,7 +56,7 @@ fn create(
     let widths = files::version_widths(&root, service, engine);
     let version = files::next_version(&existing, &widths, chrono::Utc::now());
     let dir = root.join(service).join(engine.name());
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
     let (ext, up_body, down_body) = match engine {
         EngineKind::Postgres => (
             "sql",
@@ -76,7 +76,7 @@ fn create(
             return Err(Error::usage(format!("{} already exists", p.display())));
         }
     }
-    std::fs::write(&up, up_body)?;
-    std::fs::write(&down, down_body)?;
+    std::fs::write(&up, up_body).map_err(|e| Error::io("writing", &up, e))?;
+    std::fs::write(&down, down_body).map_err(|e| Error::io("writing", &down, e))?;
     Ok((up.display().to_string(), down.display().to_string()))
 }

@@ -7,30 +7,18 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::commands::{confirm, Context};
+use crate::config::EngineKind;
+use crate::context::{confirm, Context};
 use crate::error::{Error, Result};
-use crate::migrate::runner::LockedService;
 use crate::output::{table, Outcome};
-use crate::snapshot::take::{human_bytes, take_service, Request};
-use crate::snapshot::{self, Found, MANIFEST};
+use crate::service::session::LockedService;
+use crate::service::take::{take_service, Request};
+use crate::snapshot::{self, retention, Found, MANIFEST};
 use crate::storage::{self, Storage};
+use crate::units::human_bytes;
 
 pub fn summary(f: &Found) -> Value {
-    let m = &f.manifest;
-    json!({
-        "id": m.id,
-        "service": m.service,
-        "environment": m.environment,
-        "created_at": m.created_at,
-        "consistent_at": m.consistent_at,
-        "reason": m.reason,
-        "release": m.release,
-        "label": m.label,
-        "schema_versions": m.engines.iter().map(|e| (e.engine.clone(), json!(e.schema_version))).collect::<serde_json::Map<_, _>>(),
-        "size": m.total_size(),
-        "objects": m.objects.len(),
-        "status": "complete",
-    })
+    json!(f.summary())
 }
 
 fn row(f: &Found) -> Vec<String> {
@@ -69,16 +57,10 @@ const HEADERS: [&str; 7] = [
     "SIZE",
 ];
 
-pub async fn open_storage(ctx: &Context) -> Result<Box<dyn Storage>> {
-    let s = storage::open(&ctx.env).await?;
-    s.check().await?;
-    Ok(s)
-}
-
 pub async fn take(ctx: &Context, label: Option<String>) -> Outcome {
     let result = async {
         let services = ctx.services()?;
-        let storage = open_storage(ctx).await?;
+        let storage = ctx.storage().await?;
         let mut taken = Vec::new();
         for service in &services {
             let mut locked =
@@ -89,7 +71,7 @@ pub async fn take(ctx: &Context, label: Option<String>) -> Outcome {
                 release: None,
                 label: label.clone(),
             };
-            let r = take_service(storage.as_ref(), &service.name, &mut locked.slots, &req).await;
+            let r = take_service(storage.as_ref(), &service.name, &mut locked.engines, &req).await;
             locked.release().await;
             taken.push(r?);
         }
@@ -188,31 +170,6 @@ pub async fn verify(ctx: &Context, id: Option<String>, all: bool) -> Outcome {
     }
 }
 
-/// Which snapshots to keep: the `keep_last` newest, all younger than
-/// `keep_within`, and always the newest. `found` is oldest first.
-pub fn retention(
-    found: &[Found],
-    keep_last: usize,
-    keep_within: Option<Duration>,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Vec<bool> {
-    let n = found.len();
-    found
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let rank_from_newest = n - 1 - i;
-            let young = keep_within.is_some_and(|w| {
-                now.signed_duration_since(f.manifest.created_at)
-                    .to_std()
-                    .map(|age| age <= w)
-                    .unwrap_or(true)
-            });
-            rank_from_newest == 0 || rank_from_newest < keep_last || young
-        })
-        .collect()
-}
-
 pub async fn prune(
     ctx: &Context,
     keep_last: usize,
@@ -221,7 +178,7 @@ pub async fn prune(
     yes: bool,
 ) -> Outcome {
     let result = async {
-        let storage = open_storage(ctx).await?;
+        let storage = ctx.storage().await?;
         if !dry_run {
             confirm(ctx, "prune snapshots", yes)?;
         }
@@ -235,7 +192,7 @@ pub async fn prune(
             let r = async {
                 let (found, incomplete) =
                     snapshot::list_service(storage.as_ref(), &ctx.env.name, &service.name).await?;
-                let keep = retention(&found, keep_last, keep_within, chrono::Utc::now());
+                let keep = retention::keep(&found, keep_last, keep_within, chrono::Utc::now());
                 segments.extend(
                     prune_segments(
                         storage.as_ref(),
@@ -311,15 +268,10 @@ async fn prune_segments(
     keep: &[bool],
     dry_run: bool,
 ) -> Result<Vec<String>> {
-    let pg_from = |f: &Found| {
-        let info = f.manifest.engines.iter().find(|e| e.engine == "postgres")?;
-        crate::capture::postgres::snapshot_position(info)
+    let from = |f: &Found, kind: EngineKind| {
+        crate::capture::snapshot_position(f.manifest.engine(kind)?)
             .ok()
             .flatten()
-    };
-    let mongo_from = |f: &Found| {
-        let info = f.manifest.engines.iter().find(|e| e.engine == "mongodb")?;
-        crate::capture::mongodb::snapshot_position(info)
     };
     let kept: Vec<&Found> = found
         .iter()
@@ -328,14 +280,11 @@ async fn prune_segments(
         .map(|(f, _)| f)
         .collect();
     let mut removed = Vec::new();
-    for (engine, from) in [
-        ("postgres", &pg_from as &dyn Fn(&Found) -> Option<u64>),
-        ("mongodb", &mongo_from),
-    ] {
+    for engine in EngineKind::all() {
         // Every kept snapshot must say where it stands, else keep everything.
         let Some(oldest) = kept
             .iter()
-            .map(|f| from(f))
+            .map(|f| from(f, engine))
             .collect::<Option<Vec<u64>>>()
             .and_then(|v| v.into_iter().min())
         else {

@@ -1,43 +1,13 @@
 //! `valero-db status [--check]`: per service and engine the current
 //! version, pending migrations, drift, dirty state and lock holder.
 
-use serde::Serialize;
 use serde_json::json;
 
-use crate::commands::Context;
-use crate::config::Service;
-use crate::engine::{connect_service, EngineKind};
-use crate::error::{Error, Result};
-use crate::migrate::plan::{analyze, Drift};
-use crate::migrate::runner::discover_service;
+use crate::context::Context;
+use crate::error::Error;
 use crate::output::{error_json, table, Outcome};
-
-#[derive(Debug, Serialize)]
-pub struct EngineStatus {
-    pub service: String,
-    pub engine: EngineKind,
-    pub current_version: Option<u64>,
-    pub pending: Vec<u64>,
-    pub drift: Vec<Drift>,
-    pub dirty: Option<DirtyInfo>,
-    pub out_of_order: Vec<u64>,
-    pub missing_files: Vec<u64>,
-    pub lock_holder: Option<String>,
-    /// The service's newest complete snapshot in this environment.
-    pub newest_snapshot: Option<serde_json::Value>,
-    /// Continuous capture (PostgreSQL): lag and WAL kept by the slot.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub capture: Option<crate::capture::postgres::Lag>,
-    pub ready: bool,
-    pub error: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DirtyInfo {
-    pub version: u64,
-    pub description: String,
-    pub detail: Option<String>,
-}
+use crate::service::status::{service_status, EngineStatus, NewestSnapshot};
+use crate::snapshot;
 
 pub async fn run(ctx: &Context, check: bool) -> Outcome {
     let services = match ctx.services() {
@@ -60,7 +30,7 @@ pub async fn run(ctx: &Context, check: bool) -> Outcome {
         match service_status(&root, service, capture).await {
             Ok(mut r) => rows.append(&mut r),
             Err(e) => {
-                for kind in engines_of(service) {
+                for kind in service.engines() {
                     let lag = match capture {
                         Some((storage, env)) => {
                             crate::capture::lag_without_database(storage, env, &service.name, kind)
@@ -94,15 +64,18 @@ pub async fn run(ctx: &Context, check: bool) -> Outcome {
     // Newest snapshot per service.
     if let Some(storage) = &storage {
         for service in &services {
-            let newest = match crate::snapshot::list_service(storage.as_ref(), &ctx.env.name, &service.name).await {
-                Ok((found, _)) => found.last().map(|f| {
-                    json!({"id": f.manifest.id, "consistent_at": f.manifest.consistent_at, "reason": f.manifest.reason})
-                }),
-                Err(e) => {
-                    tracing::warn!("listing snapshots of {}: {e}", service.name);
-                    None
-                }
-            };
+            let newest =
+                match snapshot::newest(storage.as_ref(), &ctx.env.name, &service.name).await {
+                    Ok(found) => found.map(|f| NewestSnapshot {
+                        id: f.manifest.id,
+                        consistent_at: f.manifest.consistent_at,
+                        reason: f.manifest.reason,
+                    }),
+                    Err(e) => {
+                        tracing::warn!("listing snapshots of {}: {e}", service.name);
+                        None
+                    }
+                };
             for r in rows.iter_mut().filter(|r| r.service == service.name) {
                 r.newest_snapshot = newest.clone();
             }
@@ -126,64 +99,6 @@ pub async fn run(ctx: &Context, check: bool) -> Outcome {
         "services": rows,
     });
     Outcome::ok(report, render(&rows)).with_error(first_error)
-}
-
-pub(crate) fn engines_of(service: &Service) -> Vec<EngineKind> {
-    let mut out = Vec::new();
-    if service.postgres.is_some() {
-        out.push(EngineKind::Postgres);
-    }
-    if service.mongodb.is_some() {
-        out.push(EngineKind::Mongodb);
-    }
-    out
-}
-
-/// Every engine of a service: versions, pending, drift, dirty, lock; with
-/// `capture` (storage, environment) also capture lag, read through the same
-/// sessions.
-pub async fn service_status(
-    root: &std::path::Path,
-    service: &Service,
-    capture: Option<(&dyn crate::storage::Storage, &str)>,
-) -> Result<Vec<EngineStatus>> {
-    let mut local = discover_service(root, service)?;
-    let mut engines = connect_service(service).await?;
-    let mut out = Vec::new();
-    for engine in engines.iter_mut() {
-        let files = local
-            .iter()
-            .position(|(k, _)| *k == engine.kind())
-            .map(|i| local.swap_remove(i).1)
-            .unwrap_or_default();
-        let applied = engine.history().await?;
-        let analysis = analyze(&files, &applied);
-        let lock_holder = engine.lock_holder().await?;
-        let lag = match capture {
-            Some((storage, env)) => engine.capture_lag(storage, env).await,
-            None => None,
-        };
-        out.push(EngineStatus {
-            service: service.name.clone(),
-            engine: engine.kind(),
-            current_version: analysis.current,
-            ready: analysis.is_clean(),
-            pending: analysis.pending.clone(),
-            drift: analysis.drift.clone(),
-            dirty: analysis.dirty.as_ref().map(|d| DirtyInfo {
-                version: d.version,
-                description: d.description.clone(),
-                detail: d.detail.clone(),
-            }),
-            out_of_order: analysis.out_of_order.clone(),
-            missing_files: analysis.missing_files.clone(),
-            lock_holder,
-            newest_snapshot: None,
-            capture: lag,
-            error: None,
-        });
-    }
-    Ok(out)
 }
 
 fn render(rows: &[EngineStatus]) -> String {
@@ -221,7 +136,7 @@ fn render(rows: &[EngineStatus]) -> String {
                 r.lock_holder.clone().unwrap_or_else(|| "-".into()),
                 r.newest_snapshot
                     .as_ref()
-                    .and_then(|s| s["id"].as_str().map(str::to_string))
+                    .map(|s| s.id.clone())
                     .unwrap_or_else(|| "-".into()),
                 r.capture
                     .as_ref()

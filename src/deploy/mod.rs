@@ -1,18 +1,89 @@
 //! The rollout wrapper's parts: the deployment record stored next to the
 //! snapshots, and running the rollout, verify and rollback commands.
 
+use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::EngineKind;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 
+/// What a deploy does to the databases when the rollout or verify fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Restore the pre-deploy snapshots of the services the deploy migrated
+    Restore,
+    /// Run down migrations back to the pre-deploy versions
+    Down,
+    /// Leave the databases as they are
+    None,
+}
+
+/// Where a deployment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeployState {
+    /// `deploy` or `hook pre-deploy` is working.
+    Running,
+    /// `hook pre-deploy` finished; the pipeline's rollout is next.
+    PreDeployed,
+    Succeeded,
+    RolledBack,
+    RollbackFailed,
+    Failed,
+}
+
+impl DeployState {
+    /// Whether the deployment has ended (no hook will act on it again).
+    pub fn is_final(self) -> bool {
+        !matches!(self, DeployState::Running | DeployState::PreDeployed)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DeployState::Running => "running",
+            DeployState::PreDeployed => "pre-deployed",
+            DeployState::Succeeded => "succeeded",
+            DeployState::RolledBack => "rolled-back",
+            DeployState::RollbackFailed => "rollback-failed",
+            DeployState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for DeployState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How one step of a deployment ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepResult {
+    Ok,
+    Failed,
+    Skipped,
+}
+
+impl std::fmt::Display for StepResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StepResult::Ok => "ok",
+            StepResult::Failed => "failed",
+            StepResult::Skipped => "skipped",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EngineVersions {
-    pub engine: String,
+    pub engine: EngineKind,
     pub before: Option<u64>,
     pub after: Option<u64>,
 }
@@ -28,8 +99,7 @@ pub struct ServiceVersions {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepRecord {
     pub name: String,
-    /// `ok`, `failed` or `skipped`.
-    pub result: String,
+    pub result: StepResult,
     pub duration_ms: u64,
     pub detail: Option<String>,
 }
@@ -42,9 +112,8 @@ pub struct DeploymentRecord {
     pub release: String,
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// `running`, `pre-deployed`, `succeeded`, `rolled-back`, `rollback-failed`, `failed`.
-    pub state: String,
-    pub on_failure: String,
+    pub state: DeployState,
+    pub on_failure: OnFailure,
     pub services: Vec<ServiceVersions>,
     pub steps: Vec<StepRecord>,
     pub tool_version: String,
@@ -71,7 +140,7 @@ pub fn validate_release(tag: &str) -> Result<()> {
 }
 
 impl DeploymentRecord {
-    pub fn new(environment: &str, release: &str, on_failure: &str) -> Self {
+    pub fn new(environment: &str, release: &str, on_failure: OnFailure) -> Self {
         let now = chrono::Utc::now();
         DeploymentRecord {
             id: crate::snapshot::new_id(now),
@@ -79,8 +148,8 @@ impl DeploymentRecord {
             release: release.to_string(),
             started_at: now,
             finished_at: None,
-            state: "running".into(),
-            on_failure: on_failure.to_string(),
+            state: DeployState::Running,
+            on_failure,
             services: Vec::new(),
             steps: Vec::new(),
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -93,8 +162,8 @@ impl DeploymentRecord {
 
     pub fn step(&mut self, name: &str, started: Instant, result: std::result::Result<(), String>) {
         let (result, detail) = match result {
-            Ok(()) => ("ok".to_string(), None),
-            Err(d) => ("failed".to_string(), Some(crate::redact::redact(&d))),
+            Ok(()) => (StepResult::Ok, None),
+            Err(d) => (StepResult::Failed, Some(crate::redact::redact(&d))),
         };
         self.steps.push(StepRecord {
             name: name.into(),
@@ -102,6 +171,22 @@ impl DeploymentRecord {
             duration_ms: started.elapsed().as_millis() as u64,
             detail,
         });
+    }
+
+    /// The version of every engine of every service the deployment
+    /// touched, before or after it.
+    pub fn versions(&self, moment: Moment) -> BTreeMap<(String, EngineKind), u64> {
+        let mut out = BTreeMap::new();
+        for s in &self.services {
+            for e in &s.engines {
+                let v = match moment {
+                    Moment::Before => e.before,
+                    Moment::After => e.after,
+                };
+                out.insert((s.service.clone(), e.engine), v.unwrap_or(0));
+            }
+        }
+        out
     }
 
     pub async fn save(&self, storage: &dyn Storage) -> Result<()> {
@@ -127,6 +212,37 @@ pub async fn list(storage: &dyn Storage, environment: &str) -> Result<Vec<Deploy
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+/// The versions a release was deployed with (its newest successful
+/// deployment), per service and engine.
+pub async fn release_versions(
+    storage: &dyn Storage,
+    environment: &str,
+    release: &str,
+) -> Result<BTreeMap<(String, EngineKind), u64>> {
+    validate_release(release)?;
+    let records = list(storage, environment).await?;
+    let rec = records
+        .into_iter()
+        .rev()
+        .find(|r| r.release == release && r.state == DeployState::Succeeded)
+        .ok_or_else(|| {
+            Error::usage_hint(
+                format!(
+                    "no successful deployment of release {release} in environment {environment}"
+                ),
+                "`valero-db releases` lists the deployments",
+            )
+        })?;
+    Ok(rec.versions(Moment::After))
+}
+
+/// Before or after a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moment {
+    Before,
+    After,
 }
 
 /// How a command run by valero-db ended.

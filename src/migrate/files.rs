@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::engine::EngineKind;
+use crate::config::EngineKind;
 use crate::error::{Error, Result};
 
 /// The first line that makes a PostgreSQL file run outside a transaction.

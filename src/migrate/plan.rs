@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::config::EngineKind;
 use crate::migrate::files::Migration;
 
 /// The state of one history row.
@@ -164,6 +165,24 @@ pub fn plan_down<'a>(
         return Err(PlanError::MissingDown(missing_down));
     }
     Ok(plan)
+}
+
+/// Where a rollback goes: one version for every engine, or per service and
+/// engine (the versions a release was deployed with).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackTargets {
+    All(u64),
+    PerEngine(std::collections::BTreeMap<(String, EngineKind), u64>),
+}
+
+impl RollbackTargets {
+    /// The version one engine of one service goes back to, if any.
+    pub fn get(&self, service: &str, engine: EngineKind) -> Option<u64> {
+        match self {
+            RollbackTargets::All(v) => Some(*v),
+            RollbackTargets::PerEngine(m) => m.get(&(service.to_string(), engine)).copied(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,16 +4,40 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::EngineKind;
+use crate::error::{Error, Result};
+
 pub const FORMAT_VERSION: u32 = 1;
+
+/// A new snapshot id: UTC time (sorts by time) and a random suffix.
+pub fn new_id(at: chrono::DateTime<chrono::Utc>) -> String {
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    format!("{}-{suffix}", at.format("%Y%m%dT%H%M%S%.3fZ"))
+}
+
+/// Snapshot ids come from users and manifests: a strict alphabet.
+pub fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok && !id.contains("..") {
+        Ok(())
+    } else {
+        Err(Error::usage(format!(
+            "'{}' is not a snapshot id (see `valero-db snapshots list`)",
+            id.escape_debug()
+        )))
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectEntry {
     /// Relative to the snapshot folder.
     pub key: String,
-    /// `postgres/pre-data`, `postgres/table`, `postgres/sequences`,
-    /// `postgres/post-data`, `mongodb/collection`, `mongodb/metadata`.
-    pub kind: String,
+    pub kind: ObjectKind,
     /// The table or collection name as in the database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -30,6 +54,35 @@ pub struct ObjectEntry {
     pub encrypted: bool,
 }
 
+/// What a stored object holds; written as `<engine>/<what>`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    /// The schema's DDL before the data (`pg_dump --section=pre-data`).
+    #[serde(rename = "postgres/pre-data")]
+    PostgresPreData,
+    /// One table's rows as COPY text.
+    #[serde(rename = "postgres/table")]
+    PostgresTable,
+    /// `setval` of every sequence.
+    #[serde(rename = "postgres/sequences")]
+    PostgresSequences,
+    /// Indexes, constraints, triggers (`pg_dump --section=post-data`).
+    #[serde(rename = "postgres/post-data")]
+    PostgresPostData,
+    /// A capture segment's decoded changes.
+    #[serde(rename = "postgres/changes")]
+    PostgresChanges,
+    /// One collection's documents, BSON one after another.
+    #[serde(rename = "mongodb/collection")]
+    MongoCollection,
+    /// One collection's options and indexes (mongodump's metadata.json).
+    #[serde(rename = "mongodb/metadata")]
+    MongoMetadata,
+    /// A capture segment's change events.
+    #[serde(rename = "mongodb/changes")]
+    MongoChanges,
+}
+
 /// How the objects of a snapshot were encrypted; never the key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -42,7 +95,7 @@ pub struct EncryptionInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EngineInfo {
-    pub engine: String,
+    pub engine: EngineKind,
     /// Schema (PostgreSQL) or database (MongoDB).
     pub target: String,
     pub server_version: String,
@@ -78,12 +131,17 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// What the snapshot recorded of one engine, if it has that engine.
+    pub fn engine(&self, kind: EngineKind) -> Option<&EngineInfo> {
+        self.engines.iter().find(|e| e.engine == kind)
+    }
+
     pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if m.format != FORMAT_VERSION {
             return Err(format!("unknown format version {}", m.format));
         }
-        super::validate_id(&m.id).map_err(|e| e.to_string())?;
+        validate_id(&m.id).map_err(|e| e.to_string())?;
         for o in &m.objects {
             crate::storage::validate_key(&o.key)?;
             if o.sha256.len() != 64 || !o.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -104,10 +162,7 @@ impl Manifest {
         self.objects.iter().map(|o| o.size).sum()
     }
 
-    pub fn schema_version(&self, engine: &str) -> Option<u64> {
-        self.engines
-            .iter()
-            .find(|e| e.engine == engine)
-            .and_then(|e| e.schema_version)
+    pub fn schema_version(&self, engine: EngineKind) -> Option<u64> {
+        self.engine(engine).and_then(|e| e.schema_version)
     }
 }

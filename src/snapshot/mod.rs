@@ -3,10 +3,10 @@
 //! last. Objects are zstd-compressed and sha256-hashed while they stream.
 //! A snapshot without a manifest does not exist for any command.
 
+pub mod found;
 pub mod manifest;
-pub mod mongodb;
-pub mod postgres;
-pub mod take;
+pub mod retention;
+pub mod stream;
 
 use std::io::Write;
 
@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::storage::{ObjectWriter, Storage};
-pub use manifest::{Manifest, ObjectEntry};
+pub use found::{Found, Summary};
+pub use manifest::{new_id, validate_id, Manifest, ObjectEntry, ObjectKind};
 
 pub const MANIFEST: &str = "manifest.json";
 /// Manifests are small; anything bigger is refused as tampered.
@@ -22,29 +23,6 @@ pub const MANIFEST_LIMIT: usize = 64 << 20;
 
 /// zstd level 3 is the sweet spot of speed and size for database dumps.
 const ZSTD_LEVEL: i32 = 3;
-
-/// A new snapshot id: UTC time (sorts by time) and a random suffix.
-pub fn new_id(at: chrono::DateTime<chrono::Utc>) -> String {
-    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
-    format!("{}-{suffix}", at.format("%Y%m%dT%H%M%S%.3fZ"))
-}
-
-/// Snapshot ids come from users and manifests: a strict alphabet.
-pub fn validate_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if ok && !id.contains("..") {
-        Ok(())
-    } else {
-        Err(Error::usage(format!(
-            "'{}' is not a snapshot id (see `valero-db snapshots list`)",
-            id.escape_debug()
-        )))
-    }
-}
 
 /// A name made safe as one component of an object key; unsafe bytes
 /// become `+XX`.
@@ -91,7 +69,7 @@ impl<'a> SnapshotWriter<'a> {
     pub async fn object(
         &mut self,
         rel_key: &str,
-        kind: &str,
+        kind: ObjectKind,
         name: Option<&str>,
     ) -> Result<ObjectSink> {
         crate::storage::validate_key(rel_key).map_err(Error::internal)?;
@@ -125,7 +103,7 @@ impl<'a> SnapshotWriter<'a> {
             raw: 0,
             entry: ObjectEntry {
                 key: rel_key.to_string(),
-                kind: kind.to_string(),
+                kind,
                 name: name.map(str::to_string),
                 size: 0,
                 sha256: String::new(),
@@ -306,13 +284,6 @@ pub async fn verify_object(storage: &dyn Storage, base: &str, entry: &ObjectEntr
     Ok(())
 }
 
-/// A complete snapshot as found in storage.
-#[derive(Debug, Clone)]
-pub struct Found {
-    pub base: String,
-    pub manifest: Manifest,
-}
-
 /// What the snapshot folder of one service holds.
 #[derive(Debug, Default)]
 pub struct Listing {
@@ -339,6 +310,11 @@ pub async fn list_service(
 }
 
 /// Sorts the folders of a service into complete, incomplete and rejected.
+/// The newest complete snapshot of a service, if any.
+pub async fn newest(storage: &dyn Storage, env: &str, service: &str) -> Result<Option<Found>> {
+    Ok(list_service(storage, env, service).await?.0.pop())
+}
+
 pub async fn scan_service(storage: &dyn Storage, env: &str, service: &str) -> Result<Listing> {
     let prefix = format!("{env}/{service}/");
     let objects = storage.list(&prefix).await?;

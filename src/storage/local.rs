@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{validate_key, ObjectInfo, ObjectReader, ObjectWriter, Storage};
+use super::seam::{validate_key, ObjectInfo, ObjectReader, ObjectWriter, Storage};
 use crate::error::{Error, Result};
 
 pub struct LocalStorage {

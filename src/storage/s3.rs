@@ -12,7 +12,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncry
 use aws_sdk_s3::Client;
 use tokio::task::JoinSet;
 
-use super::{validate_key, ObjectInfo, ObjectReader, ObjectWriter, Storage};
+use super::seam::{validate_key, ObjectInfo, ObjectReader, ObjectWriter, Storage};
 use crate::config::S3Settings;
 use crate::error::{Error, Result};
 use crate::redact;

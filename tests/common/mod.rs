@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod oracle;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -174,7 +176,8 @@ mongodb = {{ url = "${{VALERO_MONGO_URL}}", database = "{db}" }}
             self.schema
         ));
         // A capture slot left behind would keep WAL on the shared server.
-        let slot = valero_db::capture::postgres::slot_name("dev", &self.service, &self.schema);
+        let slot =
+            valero_db::engine::postgres::capture::slot_name("dev", &self.service, &self.schema);
         let _ = std::process::Command::new("psql")
             .arg(pg_url())
             .args(["-X", "-q", "-c"])
@@ -380,5 +383,29 @@ impl Blip {
 
     pub fn restore(&self) {
         self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The scenario most tests start from: migrated, then snapshotted.
+impl Project {
+    /// Applies the pending migrations without a snapshot.
+    pub fn migrate_now(&self) {
+        self.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    }
+
+    /// Takes a snapshot in `env` and returns its id.
+    pub fn snapshot_in(&self, env: &str) -> String {
+        let run = self.run(&["-e", env, "snapshot", "--output", "json"]);
+        run.ok();
+        run.json()["snapshots"][0]["id"]
+            .as_str()
+            .expect("snapshot id")
+            .to_string()
+    }
+
+    /// Migrates, snapshots in `dev`, and returns the snapshot's id.
+    pub fn migrate_and_snapshot(&self) -> String {
+        self.migrate_now();
+        self.snapshot_in("dev")
     }
 }

@@ -1,5 +1,6 @@
-//! Durations on the command line always carry a unit (`90s`, `5m`, `30d`):
-//! a bare number is ambiguous, so it is rejected.
+//! Human units: durations on the command line always carry a unit (`90s`,
+//! `5m`, `30d`; a bare number is ambiguous, so it is rejected), and byte
+//! sizes are shown in binary units.
 
 use std::time::Duration;
 
@@ -54,6 +55,22 @@ pub fn format_duration(d: Duration) -> String {
         out.push_str(&format!("{s}s"));
     }
     out
+}
+
+/// A byte count in binary units: `512 B`, `1.5 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 #[cfg(test)]

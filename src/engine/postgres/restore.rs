@@ -10,11 +10,13 @@ use sqlx::Row;
 use std::collections::HashMap;
 
 use super::copy_binary::{Converter, Kind, Unconvertible};
-use super::{ObjectStream, RestoreStats};
-use crate::engine::postgres::{classify, exec, quote_ident};
+use super::sql::{classify, exec, quote_ident};
+use crate::config::EngineKind;
 use crate::error::{Error, Result};
+use crate::restore::RestoreStats;
 use crate::snapshot::manifest::EngineInfo;
-use crate::snapshot::{Found, ObjectEntry};
+use crate::snapshot::stream::ObjectStream;
+use crate::snapshot::{Found, ObjectEntry, ObjectKind};
 use crate::storage::Storage;
 
 /// Objects outside the schema that depend on it would be dropped by the
@@ -171,6 +173,9 @@ fn sql_failed(what: &str, step: &str, e: sqlx::Error) -> Error {
     }
 }
 
+/// Loads the snapshot into the open transaction: drop the old schema,
+/// pre-data DDL, tables, sequences, post-data DDL, replay, publications,
+/// materialized views.
 async fn load(
     conn: &mut PgConnection,
     storage: &dyn Storage,
@@ -180,48 +185,14 @@ async fn load(
     schema: &str,
     replay: Option<&crate::capture::ReplayPlan>,
 ) -> Result<RestoreStats> {
-    let mut stats = RestoreStats {
-        engine: "postgres".into(),
-        ..Default::default()
+    let mut stats = RestoreStats::new(EngineKind::Postgres);
+    let source = Source {
+        storage,
+        found,
+        what,
     };
-    let progress = std::sync::Arc::new(crate::progress::Progress::bytes(format!(
-        "{} postgres: restore",
-        found.manifest.service
-    )));
-    let object = |kind: &str| found.manifest.objects.iter().find(|o| o.kind == kind);
-    // With logical decoding on, mark this transaction as a restore, so
-    // capture and replay can tell it from the service's own changes.
-    let logical: bool = sqlx::query("SELECT current_setting('wal_level') = 'logical'")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| classify(what, e))?
-        .get(0);
-    if logical {
-        exec(
-            conn,
-            &format!(
-                "SELECT pg_logical_emit_message(true, '{}', {})",
-                crate::capture::postgres::RESTORE_MESSAGE_PREFIX,
-                crate::engine::postgres::quote_literal(&crate::capture::postgres::restore_message(
-                    &found.manifest.id,
-                    schema
-                ))
-            ),
-        )
-        .await
-        .map_err(|e| classify(what, e))?;
-    }
-    let publications: Vec<String> = sqlx::query(
-        "SELECT p.pubname::text FROM pg_publication p JOIN pg_publication_namespace pn ON pn.pnpubid = p.oid \
-         JOIN pg_namespace n ON n.oid = pn.pnnspid WHERE n.nspname = $1",
-    )
-    .bind(schema)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| classify(what, e))?
-    .iter()
-    .map(|r| r.get(0))
-    .collect();
+    mark_as_restore(conn, found, what, schema).await?;
+    let publications = publications_of(conn, what, schema).await?;
     let mut clock = std::time::Instant::now();
     let mut lap = |step: &str| {
         tracing::debug!("{what}: {step} took {:.2?}", clock.elapsed());
@@ -242,41 +213,148 @@ async fn load(
     if !exists {
         return Ok(stats);
     }
-    let text = |bytes: Vec<u8>, key: &str| {
-        String::from_utf8(bytes)
+    let pre = source.object(ObjectKind::PostgresPreData).ok_or_else(|| {
+        Error::integrity(format!("snapshot {}: no pre-data object", found.base), None)
+    })?;
+    source.run_sql(conn, pre, "pre-data DDL").await?;
+    stats.objects += 1;
+    lap("pre-data DDL");
+
+    load_tables(conn, &source, schema, &mut stats, &mut lap).await?;
+
+    if let Some(seq) = source.object(ObjectKind::PostgresSequences) {
+        source.run_sql(conn, seq, "sequences").await?;
+        stats.objects += 1;
+    }
+    if let Some(post) = source.object(ObjectKind::PostgresPostData) {
+        source.run_sql(conn, post, "post-data DDL").await?;
+        stats.objects += 1;
+        lap("post-data DDL (indexes, constraints, triggers)");
+    }
+    if let Some(plan) = replay {
+        let replayed = replay_changes(conn, &source, info, plan, schema).await?;
+        lap(&format!(
+            "replaying {} captured transactions",
+            replayed.transactions
+        ));
+        stats.replayed = Some(replayed);
+    }
+    // Dropping the schema removed it from capture's publications: add the
+    // new one back in this transaction, so no later change is missed.
+    for publication in &publications {
+        super::capture::ensure_publication(conn, publication, schema)
+            .await
+            .map_err(|e| sql_failed(what, "the capture publication", e))?;
+    }
+    refresh_views(conn, what, schema).await?;
+    Ok(stats)
+}
+
+/// The snapshot being restored: where its objects are read from.
+struct Source<'a> {
+    storage: &'a dyn Storage,
+    found: &'a Found,
+    what: &'a str,
+}
+
+impl Source<'_> {
+    fn object(&self, kind: ObjectKind) -> Option<&ObjectEntry> {
+        self.found.manifest.objects.iter().find(|o| o.kind == kind)
+    }
+
+    /// Reads a SQL object (verified while it streams) and runs it.
+    async fn run_sql(
+        &self,
+        conn: &mut PgConnection,
+        entry: &ObjectEntry,
+        step: &str,
+    ) -> Result<()> {
+        let bytes = ObjectStream::open(self.storage, &self.found.base, entry)
+            .await?
+            .read_all()
+            .await?;
+        let sql = String::from_utf8(bytes)
             .map(|s| strip_psql_meta(&s))
             .map_err(|_| {
                 Error::integrity(
-                    format!("snapshot {}: {key} is not UTF-8 SQL", found.base),
+                    format!(
+                        "snapshot {}: {} is not UTF-8 SQL",
+                        self.found.base, entry.key
+                    ),
                     None,
                 )
-            })
-    };
-    let pre = object("postgres/pre-data").ok_or_else(|| {
-        Error::integrity(format!("snapshot {}: no pre-data object", found.base), None)
-    })?;
-    let sql = text(
-        ObjectStream::open(storage, &found.base, pre)
-            .await?
-            .read_all()
-            .await?,
-        &pre.key,
-    )?;
-    stats.objects += 1;
-    exec(conn, &sql)
-        .await
-        .map_err(|e| sql_failed(what, "pre-data DDL", e))?;
-    lap("pre-data DDL");
+            })?;
+        if sql.trim().is_empty() {
+            return Ok(());
+        }
+        exec(conn, &sql)
+            .await
+            .map_err(|e| sql_failed(self.what, step, e))
+    }
+}
 
+/// With logical decoding on, marks this transaction as a restore, so
+/// capture and replay can tell it from the service's own changes.
+async fn mark_as_restore(
+    conn: &mut PgConnection,
+    found: &Found,
+    what: &str,
+    schema: &str,
+) -> Result<()> {
+    let logical: bool = sqlx::query("SELECT current_setting('wal_level') = 'logical'")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| classify(what, e))?
+        .get(0);
+    if !logical {
+        return Ok(());
+    }
+    let message = super::capture::restore_message(&found.manifest.id, schema);
+    exec(
+        conn,
+        &format!(
+            "SELECT pg_logical_emit_message(true, '{}', {})",
+            super::capture::RESTORE_MESSAGE_PREFIX,
+            super::sql::quote_literal(&message)
+        ),
+    )
+    .await
+    .map_err(|e| classify(what, e))
+}
+
+/// The publications the schema belongs to (capture's), which dropping the
+/// schema leaves without it.
+async fn publications_of(conn: &mut PgConnection, what: &str, schema: &str) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT p.pubname::text FROM pg_publication p JOIN pg_publication_namespace pn ON pn.pnpubid = p.oid \
+         JOIN pg_namespace n ON n.oid = pn.pnnspid WHERE n.nspname = $1",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| classify(what, e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// COPYs every table of the snapshot: as binary where every column
+/// converts, else (or when a value does not) as text.
+async fn load_tables(
+    conn: &mut PgConnection,
+    source: &Source<'_>,
+    schema: &str,
+    stats: &mut RestoreStats,
+    lap: &mut impl FnMut(&str),
+) -> Result<()> {
+    let (found, what) = (source.found, source.what);
+    let progress = std::sync::Arc::new(crate::progress::Progress::bytes(format!(
+        "{} postgres: restore",
+        found.manifest.service
+    )));
     let mut kinds = column_kinds(conn, schema)
         .await
         .map_err(|e| classify(what, e))?;
-    for entry in found
-        .manifest
-        .objects
-        .iter()
-        .filter(|o| o.kind == "postgres/table")
-    {
+    let tables = found.manifest.objects.iter();
+    for entry in tables.filter(|o| o.kind == ObjectKind::PostgresTable) {
         let table = entry.name.as_deref().ok_or_else(|| {
             Error::integrity(
                 format!(
@@ -287,7 +365,7 @@ async fn load(
             )
         })?;
         let target = Table {
-            storage,
+            storage: source.storage,
             base: &found.base,
             entry,
             name: table,
@@ -308,67 +386,37 @@ async fn load(
         stats.objects += 1;
         lap(&format!("COPY {table} (as {format})"));
     }
+    Ok(())
+}
 
-    if let Some(seq) = object("postgres/sequences") {
-        let sql = text(
-            ObjectStream::open(storage, &found.base, seq)
-                .await?
-                .read_all()
-                .await?,
-            &seq.key,
-        )?;
-        if !sql.trim().is_empty() {
-            exec(conn, &sql)
-                .await
-                .map_err(|e| sql_failed(what, "sequences", e))?;
-        }
-        stats.objects += 1;
-    }
-    if let Some(post) = object("postgres/post-data") {
-        let sql = text(
-            ObjectStream::open(storage, &found.base, post)
-                .await?
-                .read_all()
-                .await?,
-            &post.key,
-        )?;
-        exec(conn, &sql)
-            .await
-            .map_err(|e| sql_failed(what, "post-data DDL", e))?;
-        stats.objects += 1;
-        lap("post-data DDL (indexes, constraints, triggers)");
-    }
-    if let Some(plan) = replay {
-        let position = info
-            .position
-            .get("transaction_snapshot")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| {
-                Error::integrity(
-                    format!(
-                        "snapshot {} does not record its transaction snapshot",
-                        found.base
-                    ),
-                    None,
-                )
-            })?;
-        let replayed =
-            crate::capture::postgres::replay(conn, storage, plan, schema, position, what).await?;
-        lap(&format!(
-            "replaying {} captured transactions",
-            replayed.transactions
-        ));
-        stats.replayed = Some(replayed);
-    }
-    // Dropping the schema removed it from capture's publications: add the
-    // new one back in this transaction, so no later change is missed.
-    for publication in &publications {
-        crate::capture::postgres::ensure_publication(conn, publication, schema)
-            .await
-            .map_err(|e| sql_failed(what, "the capture publication", e))?;
-    }
-    // Materialized views were created WITH NO DATA; creation order is
-    // dependency order, so refresh in that order.
+/// Replays the captured changes committed after the snapshot up to the
+/// plan's time, skipping every transaction the snapshot already holds.
+async fn replay_changes(
+    conn: &mut PgConnection,
+    source: &Source<'_>,
+    info: &EngineInfo,
+    plan: &crate::capture::ReplayPlan,
+    schema: &str,
+) -> Result<crate::capture::ReplayStats> {
+    let position = info
+        .position
+        .get("transaction_snapshot")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| {
+            Error::integrity(
+                format!(
+                    "snapshot {} does not record its transaction snapshot",
+                    source.found.base
+                ),
+                None,
+            )
+        })?;
+    super::capture::replay(conn, source.storage, plan, schema, position, source.what).await
+}
+
+/// Materialized views were created WITH NO DATA; creation order is
+/// dependency order, so they are refreshed in that order.
+async fn refresh_views(conn: &mut PgConnection, what: &str, schema: &str) -> Result<()> {
     let views: Vec<String> = sqlx::query(
         "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = $1 AND c.relkind = 'm' ORDER BY c.oid",
@@ -385,7 +433,7 @@ async fn load(
             .await
             .map_err(|e| sql_failed(what, &v, e))?;
     }
-    Ok(stats)
+    Ok(())
 }
 
 /// Per table, the kinds of its COPY columns when every one converts to

@@ -11,11 +11,12 @@ use sqlx::postgres::PgConnection;
 use sqlx::Row;
 use tokio::io::AsyncReadExt;
 
-use super::manifest::EngineInfo;
-use super::{key_component, SnapshotWriter};
-use crate::engine::postgres::{classify, exec, quote_ident, quote_literal};
+use super::sql::{classify, exec, quote_ident, quote_literal};
+use crate::config::EngineKind;
 use crate::error::{Error, Result};
 use crate::redact;
+use crate::snapshot::manifest::EngineInfo;
+use crate::snapshot::{key_component, ObjectKind, SnapshotWriter};
 
 /// `pg_dump` to use: `$VALERO_DB_PG_DUMP`, else the newest under
 /// /usr/lib/postgresql/*/bin, else the one on PATH. It must be at least
@@ -57,20 +58,43 @@ pub fn libpq_url(url: &str) -> (String, Option<String>) {
     }
 }
 
+/// The two DDL sections of a snapshot, around the data.
+#[derive(Debug, Clone, Copy)]
+enum Section {
+    PreData,
+    PostData,
+}
+
+impl Section {
+    fn name(self) -> &'static str {
+        match self {
+            Section::PreData => "pre-data",
+            Section::PostData => "post-data",
+        }
+    }
+
+    fn kind(self) -> ObjectKind {
+        match self {
+            Section::PreData => ObjectKind::PostgresPreData,
+            Section::PostData => ObjectKind::PostgresPostData,
+        }
+    }
+}
+
 /// Streams `pg_dump --schema-only --section=SECTION` into an object.
 async fn dump_section(
     service: &str,
     url: &str,
     schema: &str,
     snapshot_id: &str,
-    section: &str,
+    section: Section,
     out: &mut SnapshotWriter<'_>,
 ) -> Result<()> {
     let (url, password) = libpq_url(url);
     let tool = pg_tool("pg_dump");
     let mut cmd = tokio::process::Command::new(&tool);
     cmd.arg("--schema-only")
-        .arg(format!("--section={section}"))
+        .arg(format!("--section={}", section.name()))
         .arg(format!("--snapshot={snapshot_id}"))
         .arg("--no-owner")
         .arg("--no-privileges")
@@ -106,8 +130,8 @@ async fn dump_section(
     });
     let mut sink = out
         .object(
-            &format!("postgres/{section}.sql.zst"),
-            &format!("postgres/{section}"),
+            &format!("postgres/{}.sql.zst", section.name()),
+            section.kind(),
             None,
         )
         .await?;
@@ -136,7 +160,8 @@ async fn dump_section(
     if !status.success() {
         sink.abort().await;
         let message = format!(
-            "pg_dump --section={section} failed ({status}): {}",
+            "pg_dump --section={} failed ({status}): {}",
+            section.name(),
             redact::redact(stderr.trim())
         );
         return Err(if lost_connection(&stderr) {
@@ -207,10 +232,21 @@ async fn take_in_transaction(
     .await
     .map_err(|e| classify(&what, e))?;
     let snapshot_id: String = row.get(0);
-    let consistent_at: chrono::DateTime<chrono::Utc> = row.get(1);
     let txid_snapshot: String = row.get(2);
-    let server_version: String = row.get(3);
     let lsn: String = row.get(4);
+    let mut info = EngineInfo {
+        engine: EngineKind::Postgres,
+        target: schema.to_string(),
+        server_version: row.get(3),
+        schema_version: None,
+        consistent_at: row.get(1),
+        position: serde_json::json!({
+            "transaction_snapshot": txid_snapshot,
+            "wal_lsn": lsn,
+            "wal_lsn_before": lsn_before,
+            "isolation": "repeatable read",
+        }),
+    };
 
     let exists: bool = sqlx::query("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
         .bind(schema)
@@ -221,50 +257,56 @@ async fn take_in_transaction(
     if !exists {
         // A service before its first migration: the snapshot records that
         // the schema did not exist, which restore reproduces.
-        return Ok(EngineInfo {
-            engine: "postgres".into(),
-            target: schema.to_string(),
-            server_version,
-            schema_version: None,
-            consistent_at,
-            position: serde_json::json!({
-                "transaction_snapshot": txid_snapshot,
-                "wal_lsn": lsn,
-                "wal_lsn_before": lsn_before,
-                "isolation": "repeatable read",
-                "schema_exists": false,
-            }),
-        });
+        info.position["schema_exists"] = serde_json::json!(false);
+        return Ok(info);
     }
+    info.schema_version = schema_version(conn, schema)
+        .await
+        .map_err(|e| classify(&what, e))?;
+    let requirements = requirements(conn, schema)
+        .await
+        .map_err(|e| classify(&what, e))?;
+    info.position["requires"] = serde_json::json!(requirements);
 
+    dump_section(service, url, schema, &snapshot_id, Section::PreData, out).await?;
+    copy_tables(conn, &what, schema, out).await?;
+    write_sequences(conn, &what, schema, out).await?;
+    dump_section(service, url, schema, &snapshot_id, Section::PostData, out).await?;
+    Ok(info)
+}
+
+/// The highest applied version in the schema's history, if it has one.
+async fn schema_version(
+    conn: &mut PgConnection,
+    schema: &str,
+) -> std::result::Result<Option<u64>, sqlx::Error> {
     let has_history: bool =
         sqlx::query("SELECT to_regclass(format('%I.valero_schema_history', $1::text)) IS NOT NULL")
             .bind(schema)
             .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| classify(&what, e))?
+            .await?
             .get(0);
-    let schema_version = if has_history {
-        let v: Option<i64> = sqlx::query(&format!(
-            "SELECT max(version) FROM {}.valero_schema_history WHERE state = 'applied'",
-            quote_ident(schema)
-        ))
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| classify(&what, e))?
-        .get(0);
-        v.map(|v| v as u64)
-    } else {
-        None
-    };
+    if !has_history {
+        return Ok(None);
+    }
+    let v: Option<i64> = sqlx::query(&format!(
+        "SELECT max(version) FROM {}.valero_schema_history WHERE state = 'applied'",
+        quote_ident(schema)
+    ))
+    .fetch_one(&mut *conn)
+    .await?
+    .get(0);
+    Ok(v.map(|v| v as u64))
+}
 
-    let requirements = requirements(conn, schema)
-        .await
-        .map_err(|e| classify(&what, e))?;
-
-    dump_section(service, url, schema, &snapshot_id, "pre-data", out).await?;
-
-    // Leaf tables hold the rows; partitioned parents have none of their own.
+/// One COPY text object per table. Leaf tables hold the rows; partitioned
+/// parents have none of their own.
+async fn copy_tables(
+    conn: &mut PgConnection,
+    what: &str,
+    schema: &str,
+    out: &mut SnapshotWriter<'_>,
+) -> Result<()> {
     let tables: Vec<String> = sqlx::query(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY c.relname",
@@ -272,13 +314,15 @@ async fn take_in_transaction(
     .bind(schema)
     .fetch_all(&mut *conn)
     .await
-    .map_err(|e| classify(&what, e))?
+    .map_err(|e| classify(what, e))?
     .iter()
     .map(|r| r.get(0))
     .collect();
     for (i, table) in tables.iter().enumerate() {
         let key = format!("postgres/data/{i:05}-{}.copy.zst", key_component(table));
-        let mut sink = out.object(&key, "postgres/table", Some(table)).await?;
+        let mut sink = out
+            .object(&key, ObjectKind::PostgresTable, Some(table))
+            .await?;
         let copy = format!(
             "COPY {}.{} TO STDOUT",
             quote_ident(schema),
@@ -289,8 +333,8 @@ async fn take_in_transaction(
             let mut stream = conn
                 .copy_out_raw(&copy)
                 .await
-                .map_err(|e| classify(&what, e))?;
-            while let Some(chunk) = stream.try_next().await.map_err(|e| classify(&what, e))? {
+                .map_err(|e| classify(what, e))?;
+            while let Some(chunk) = stream.try_next().await.map_err(|e| classify(what, e))? {
                 rows += chunk.iter().filter(|b| **b == b'\n').count() as u64;
                 sink.write(&chunk).await?;
             }
@@ -305,8 +349,16 @@ async fn take_in_transaction(
         entry.rows = Some(rows);
         out.add(entry);
     }
+    Ok(())
+}
 
-    // Sequence values are data, not DDL: restore sets them after the load.
+/// Sequence values are data, not DDL: restore sets them after the load.
+async fn write_sequences(
+    conn: &mut PgConnection,
+    what: &str,
+    schema: &str,
+    out: &mut SnapshotWriter<'_>,
+) -> Result<()> {
     let sequences = sqlx::query(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = $1 AND c.relkind = 'S' ORDER BY c.relname",
@@ -314,50 +366,33 @@ async fn take_in_transaction(
     .bind(schema)
     .fetch_all(&mut *conn)
     .await
-    .map_err(|e| classify(&what, e))?;
+    .map_err(|e| classify(what, e))?;
     let mut setvals = String::new();
     for r in &sequences {
         let name: String = r.get(0);
-        let q = format!(
-            "SELECT last_value, is_called FROM {}.{}",
-            quote_ident(schema),
-            quote_ident(&name)
-        );
-        let v = sqlx::query(&q)
+        let qualified = format!("{}.{}", quote_ident(schema), quote_ident(&name));
+        let v = sqlx::query(&format!("SELECT last_value, is_called FROM {qualified}"))
             .fetch_one(&mut *conn)
             .await
-            .map_err(|e| classify(&what, e))?;
+            .map_err(|e| classify(what, e))?;
         let last: i64 = v.get(0);
         let called: bool = v.get(1);
-        let qualified = format!("{}.{}", quote_ident(schema), quote_ident(&name));
         setvals.push_str(&format!(
             "SELECT pg_catalog.setval({}, {last}, {called});\n",
             quote_literal(&qualified)
         ));
     }
     let mut sink = out
-        .object("postgres/sequences.sql.zst", "postgres/sequences", None)
+        .object(
+            "postgres/sequences.sql.zst",
+            ObjectKind::PostgresSequences,
+            None,
+        )
         .await?;
     sink.write(setvals.as_bytes()).await?;
     let entry = sink.finish().await?;
     out.add(entry);
-
-    dump_section(service, url, schema, &snapshot_id, "post-data", out).await?;
-
-    Ok(EngineInfo {
-        engine: "postgres".into(),
-        target: schema.to_string(),
-        server_version,
-        schema_version,
-        consistent_at,
-        position: serde_json::json!({
-            "transaction_snapshot": txid_snapshot,
-            "wal_lsn": lsn,
-            "wal_lsn_before": lsn_before,
-            "isolation": "repeatable read",
-            "requires": requirements,
-        }),
-    })
+    Ok(())
 }
 
 /// What the schema uses from outside itself: types of other schemas used

@@ -1,15 +1,25 @@
 //! PostgreSQL engine: one schema of one database; history in
 //! `<schema>.valero_schema_history`, a session advisory lock per service.
+//! Snapshots, restores and continuous capture live in the files beside
+//! this one; `sql` holds the driver helpers they share.
+
+pub mod capture;
+pub mod copy_binary;
+pub mod pgoutput;
+pub mod restore;
+pub mod snapshot;
+pub mod sql;
 
 use std::time::Instant;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Row};
 
+use self::sql::{classify, exec, quote_ident, quote_literal};
+use crate::config::EngineKind;
 use crate::config::PostgresTarget;
-use crate::engine::{failed, Engine, EngineKind, RepairAction, RunMeta};
+use crate::engine::seam::{failed, hostname, Engine, RepairAction, RunMeta};
 use crate::error::{Error, Result};
 use crate::migrate::files::{Body, Migration, Script};
 use crate::migrate::plan::{AppliedMigration, RowState};
@@ -27,50 +37,6 @@ pub struct PostgresEngine {
     lock_key: i32,
     /// Kept for pg_dump, which reads the same exported snapshot.
     url: String,
-}
-
-/// Runs a multi-statement script: a plain `&str` without arguments goes
-/// over the simple query protocol. (`sqlx::raw_sql`'s future is not provably
-/// `Send` inside an `async_trait` method.)
-pub fn exec<'a>(
-    conn: &'a mut PgConnection,
-    sql: &'a str,
-) -> BoxFuture<'a, std::result::Result<(), sqlx::Error>> {
-    Box::pin(async move { sqlx::Executor::execute(conn, sql).await.map(|_| ()) })
-}
-
-/// Quotes an identifier for SQL.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Quotes a string literal for SQL.
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
-/// Maps a driver error to the contract: connection trouble is exit 3.
-pub fn classify(what: &str, e: sqlx::Error) -> Error {
-    match &e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Configuration(_)
-        | sqlx::Error::Protocol(_) => Error::unreachable(what, redact::redact(&e.to_string())),
-        sqlx::Error::Database(db) if is_connection_class(db.code().as_deref()) => {
-            Error::unreachable(what, redact::redact(&e.to_string()))
-        }
-        _ => Error::internal(format!("{what}: {}", redact::redact(&e.to_string()))),
-    }
-}
-
-/// SQLSTATE classes 08 (connection), 28 (authorization), 3D (no database),
-/// 57P0x (shutdown) mean the database is not usable.
-fn is_connection_class(code: Option<&str>) -> bool {
-    code.is_some_and(|c| {
-        c.starts_with("08") || c.starts_with("28") || c == "3D000" || c.starts_with("57P0")
-    })
 }
 
 fn lock_key_for(schema: &str) -> i32 {
@@ -96,7 +62,7 @@ impl PostgresEngine {
         let options = options
             .application_name(&format!(
                 "valero-db host={} pid={}",
-                super::hostname(),
+                hostname(),
                 std::process::id()
             ))
             .log_statements(tracing::log::LevelFilter::Trace);
@@ -128,6 +94,19 @@ impl PostgresEngine {
 
     pub fn connection(&mut self) -> &mut PgConnection {
         &mut self.conn
+    }
+
+    /// One attempt at the capture lock of a replication slot: a session
+    /// advisory lock, so a killed capture's lock goes with its session.
+    pub async fn try_capture_lock(&mut self, slot: &str) -> Result<bool> {
+        let got: bool =
+            sqlx::query("SELECT pg_try_advisory_lock(hashtext('valero-db capture ' || $1))")
+                .bind(slot)
+                .fetch_one(&mut self.conn)
+                .await
+                .map_err(|e| classify(&format!("PostgreSQL of service {}", self.service), e))?
+                .get(0);
+        Ok(got)
     }
 
     async fn history_exists(&mut self) -> Result<bool> {
@@ -278,15 +257,8 @@ impl Engine for PostgresEngine {
         &mut self,
         storage: &dyn crate::storage::Storage,
         env: &str,
-    ) -> Option<crate::capture::postgres::Lag> {
-        crate::capture::postgres::reported_lag(
-            &mut self.conn,
-            storage,
-            env,
-            &self.service,
-            &self.schema,
-        )
-        .await
+    ) -> Option<crate::capture::Lag> {
+        capture::reported_lag(&mut self.conn, storage, env, &self.service, &self.schema).await
     }
 
     fn kind(&self) -> EngineKind {
@@ -541,8 +513,7 @@ impl Engine for PostgresEngine {
         &mut self,
         out: &mut crate::snapshot::SnapshotWriter<'_>,
     ) -> Result<crate::snapshot::manifest::EngineInfo> {
-        crate::snapshot::postgres::take(&mut self.conn, &self.url, &self.service, &self.schema, out)
-            .await
+        snapshot::take(&mut self.conn, &self.url, &self.service, &self.schema, out).await
     }
 
     async fn restore_prepare(
@@ -555,7 +526,7 @@ impl Engine for PostgresEngine {
             .manifest
             .engines
             .iter()
-            .find(|e| e.engine == "postgres")
+            .find(|e| e.engine == EngineKind::Postgres)
             .cloned()
             .ok_or_else(|| {
                 Error::usage(format!(
@@ -563,7 +534,7 @@ impl Engine for PostgresEngine {
                     found.manifest.id, self.service
                 ))
             })?;
-        crate::restore::postgres::prepare(
+        restore::prepare(
             &mut self.conn,
             storage,
             found,
@@ -576,10 +547,10 @@ impl Engine for PostgresEngine {
     }
 
     async fn restore_commit(&mut self) -> Result<()> {
-        crate::restore::postgres::commit(&mut self.conn, &self.service).await
+        restore::commit(&mut self.conn, &self.service).await
     }
 
     async fn restore_abort(&mut self) {
-        crate::restore::postgres::abort(&mut self.conn).await
+        restore::abort(&mut self.conn).await
     }
 }

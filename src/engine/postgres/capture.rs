@@ -16,13 +16,16 @@ use sqlx::postgres::PgConnection;
 use sqlx::Row;
 
 use super::pgoutput::{self, Message};
-use super::{
-    folder, format_lsn, parse_lsn, position_name, ReplayPlan, Segment, Stream, CHANGES,
+use super::sql::{classify, exec, quote_ident};
+use crate::capture::{
+    self, folder, format_lsn, parse_lsn, position_name, ReplayPlan, Segment, Stream, CHANGES,
     FORMAT_VERSION,
 };
-use crate::engine::postgres::{classify, exec, quote_ident};
+use crate::capture::{Lag, ReplayStats};
+use crate::config::EngineKind;
 use crate::error::{Error, Result};
-use crate::snapshot::SnapshotWriter;
+use crate::snapshot::stream::ObjectStream;
+use crate::snapshot::{ObjectKind, ObjectSink, SnapshotWriter};
 use crate::storage::Storage;
 
 /// Changes per pass; a pass always ends at a transaction boundary.
@@ -75,6 +78,55 @@ pub struct PassReport {
     pub more: bool,
 }
 
+/// What one pass read: transactions with data (or a restore of this
+/// schema), their commit times, and where the last one ended.
+#[derive(Debug, Default)]
+struct Tally {
+    transactions: u64,
+    changes: u64,
+    first_commit: Option<chrono::DateTime<chrono::Utc>>,
+    last_commit: Option<chrono::DateTime<chrono::Utc>>,
+    end: Option<u64>,
+    rows: i64,
+    in_txn_data: bool,
+    txn_commit: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Tally {
+    fn observe(&mut self, message: &Message, schema: &str) {
+        self.rows += 1;
+        match message {
+            Message::Begin { commit_time, .. } => {
+                self.in_txn_data = false;
+                self.txn_commit = Some(*commit_time);
+            }
+            Message::Commit { end_lsn, .. } => {
+                self.end = Some(*end_lsn);
+                if self.in_txn_data {
+                    self.transactions += 1;
+                    if self.first_commit.is_none() {
+                        self.first_commit = self.txn_commit;
+                    }
+                    self.last_commit = self.txn_commit;
+                }
+            }
+            Message::Insert { .. }
+            | Message::Update { .. }
+            | Message::Delete { .. }
+            | Message::Truncate { .. } => {
+                self.changes += 1;
+                self.in_txn_data = true;
+            }
+            Message::Logical {
+                prefix, content, ..
+            } if restores(prefix, content, schema) => {
+                self.in_txn_data = true;
+            }
+            _ => {}
+        }
+    }
+}
+
 pub struct Capture<'a> {
     pub conn: &'a mut PgConnection,
     pub storage: &'a dyn Storage,
@@ -93,7 +145,7 @@ impl Capture<'_> {
     }
 
     fn folder(&self) -> String {
-        folder(self.env, self.service, "postgres")
+        folder(self.env, self.service, EngineKind::Postgres)
     }
 
     /// Checks wal_level, then creates the publication and the slot if they
@@ -138,7 +190,8 @@ impl Capture<'_> {
                 .await
                 .map_err(|e| classify(&what, e))?
                 .get(0);
-        let listing = super::list(self.storage, self.env, self.service, "postgres").await?;
+        let listing =
+            capture::list(self.storage, self.env, self.service, EngineKind::Postgres).await?;
         if !exists || listing.streams.is_empty() {
             let start: String = if exists {
                 self.confirmed().await?
@@ -154,7 +207,7 @@ impl Capture<'_> {
             };
             let stream = Stream {
                 format: FORMAT_VERSION,
-                engine: "postgres".into(),
+                engine: EngineKind::Postgres,
                 slot: slot.clone(),
                 start: start.clone(),
                 started_at: chrono::Utc::now(),
@@ -204,22 +257,19 @@ impl Capture<'_> {
         Ok(())
     }
 
-    /// Ships the changes committed since the slot's position (up to
-    /// PASS_CHANGES of them) as one segment, then advances the slot.
-    pub async fn pass(&mut self) -> Result<PassReport> {
-        let what = self.what();
-        let slot = self.slot();
+    /// Where this pass starts: where the last stored segment of the current
+    /// stream ended (tick-only stretches in between hold no changes). A run
+    /// that stored a segment and died before advancing the slot is finished.
+    async fn resume_point(&mut self) -> Result<String> {
         let confirmed = parse_lsn(&self.confirmed().await?)?;
-        // The chain continues where the last stored segment of the current
-        // stream ended (tick-only stretches in between hold no changes).
-        let listing = super::list(self.storage, self.env, self.service, "postgres").await?;
+        let listing =
+            capture::list(self.storage, self.env, self.service, EngineKind::Postgres).await?;
         let stream_start = match listing.streams.last() {
             Some(s) => parse_lsn(&s.start)?,
             None => confirmed,
         };
         let (chain_end, _) = listing.chain_end(stream_start)?;
         if confirmed < chain_end {
-            // A run stored this segment, then died before advancing the slot.
             tracing::info!(
                 "{}: the last segment was stored by an interrupted run; advancing the slot to {}",
                 self.service,
@@ -227,93 +277,85 @@ impl Capture<'_> {
             );
             self.advance(&format_lsn(chain_end)).await?;
         }
-        let start = format_lsn(chain_end);
+        Ok(format_lsn(chain_end))
+    }
+
+    /// The time every change is captured up to once this pass has read
+    /// everything flushed. Decoding reads only flushed WAL: a synchronous
+    /// commit of our own that wrote WAL (a tick message) flushes every
+    /// commit record written before it, including asynchronous commits'.
+    async fn flush_wal(&mut self) -> Result<chrono::DateTime<chrono::Utc>> {
+        let what = self.what();
         let covered_until: chrono::DateTime<chrono::Utc> =
             sqlx::query("SELECT clock_timestamp() - interval '1 second'")
                 .fetch_one(&mut *self.conn)
                 .await
                 .map_err(|e| classify(&what, e))?
                 .get(0);
-        // Decoding reads only flushed WAL. A synchronous commit of our own
-        // that wrote WAL (a tick message) flushes every commit record
-        // written before it, including those of asynchronous commits.
         exec(
             self.conn,
             &format!("SET synchronous_commit = on; SELECT pg_logical_emit_message(true, '{TICK_PREFIX}', 'flush')"),
         )
         .await
         .map_err(|e| classify(&what, e))?;
+        Ok(covered_until)
+    }
+
+    /// Peeks up to PASS_CHANGES decoded changes and writes each, framed
+    /// with its LSN and xid, into the segment's object.
+    async fn read_changes(&mut self, sink: &mut ObjectSink) -> Result<Tally> {
+        let what = self.what();
+        let slot = self.slot();
+        let query = format!(
+            "SELECT lsn::text, xid::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, {PASS_CHANGES}, \
+             'proto_version', '1', 'publication_names', $2, 'messages', 'true')"
+        );
+        let mut tally = Tally::default();
+        let mut stream = sqlx::query(&query)
+            .bind(&slot)
+            .bind(&slot)
+            .fetch(&mut *self.conn);
+        while let Some(row) = stream.try_next().await.map_err(|e| classify(&what, e))? {
+            let lsn: String = row.get(0);
+            let xid: String = row.get(1);
+            let data: Vec<u8> = row.get(2);
+            tally.observe(&pgoutput::decode(&data)?, self.schema);
+            let mut record = Vec::with_capacity(16 + data.len());
+            record.extend(parse_lsn(&lsn)?.to_be_bytes());
+            record.extend(xid.parse::<u32>().unwrap_or(0).to_be_bytes());
+            record.extend((data.len() as u32).to_be_bytes());
+            record.extend(&data);
+            sink.write(&record).await?;
+        }
+        Ok(tally)
+    }
+
+    /// Ships the changes committed since the slot's position (up to
+    /// PASS_CHANGES of them) as one segment, then advances the slot.
+    pub async fn pass(&mut self) -> Result<PassReport> {
+        let start = self.resume_point().await?;
+        let covered_until = self.flush_wal().await?;
         let name = position_name(parse_lsn(&start)?);
         let base = format!("{}/{name}", self.folder());
         let mut writer = SnapshotWriter::new(self.storage, base.clone());
-        let mut sink = writer.object(CHANGES, "postgres/changes", None).await?;
-        let mut report = PassReport {
-            position: start.clone(),
-            ..Default::default()
-        };
-        let mut first_commit = None;
-        let mut last_commit = None;
-        let mut end: Option<u64> = None;
-        let mut rows = 0i64;
-        let mut in_txn_data = false;
-        let mut txn_commit = None;
-        {
-            let query = format!(
-                "SELECT lsn::text, xid::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, {PASS_CHANGES}, \
-                 'proto_version', '1', 'publication_names', $2, 'messages', 'true')"
-            );
-            let mut stream = sqlx::query(&query)
-                .bind(&slot)
-                .bind(&slot)
-                .fetch(&mut *self.conn);
-            while let Some(row) = stream.try_next().await.map_err(|e| classify(&what, e))? {
-                let lsn: String = row.get(0);
-                let xid: String = row.get(1);
-                let data: Vec<u8> = row.get(2);
-                rows += 1;
-                match pgoutput::decode(&data)? {
-                    Message::Begin { commit_time, .. } => {
-                        in_txn_data = false;
-                        txn_commit = Some(commit_time);
-                    }
-                    Message::Commit { end_lsn, .. } => {
-                        end = Some(end_lsn);
-                        if in_txn_data {
-                            report.transactions += 1;
-                            if first_commit.is_none() {
-                                first_commit = txn_commit;
-                            }
-                            last_commit = txn_commit;
-                        }
-                    }
-                    Message::Insert { .. }
-                    | Message::Update { .. }
-                    | Message::Delete { .. }
-                    | Message::Truncate { .. } => {
-                        report.changes += 1;
-                        in_txn_data = true;
-                    }
-                    Message::Logical {
-                        prefix, content, ..
-                    } if restores(&prefix, &content, self.schema) => {
-                        in_txn_data = true;
-                    }
-                    _ => {}
-                }
-                let mut record = Vec::with_capacity(16 + data.len());
-                record.extend(parse_lsn(&lsn)?.to_be_bytes());
-                record.extend(xid.parse::<u32>().unwrap_or(0).to_be_bytes());
-                record.extend((data.len() as u32).to_be_bytes());
-                record.extend(&data);
-                if let Err(e) = sink.write(&record).await {
-                    drop(stream);
-                    sink.abort().await;
-                    return Err(e);
-                }
+        let mut sink = writer
+            .object(CHANGES, ObjectKind::PostgresChanges, None)
+            .await?;
+        let tally = match self.read_changes(&mut sink).await {
+            Ok(t) => t,
+            Err(e) => {
+                sink.abort().await;
+                return Err(e);
             }
-        }
-        report.more = rows >= PASS_CHANGES as i64;
-        let Some(end) = end else {
+        };
+        let mut report = PassReport {
+            transactions: tally.transactions,
+            changes: tally.changes,
+            position: start.clone(),
+            more: tally.rows >= PASS_CHANGES as i64,
+            segment: None,
+        };
+        let Some(end) = tally.end else {
             sink.abort().await;
             self.write_progress(&start, covered_until).await?;
             return Ok(report);
@@ -332,16 +374,16 @@ impl Capture<'_> {
         writer.add(entry.clone());
         let segment = Segment {
             format: FORMAT_VERSION,
-            engine: "postgres".into(),
+            engine: EngineKind::Postgres,
             environment: self.env.to_string(),
             service: self.service.to_string(),
-            slot: slot.clone(),
+            slot: self.slot(),
             start: start.clone(),
             end: format_lsn(end),
-            first_commit,
-            last_commit,
+            first_commit: tally.first_commit,
+            last_commit: tally.last_commit,
             covered_until: if report.more {
-                last_commit.unwrap_or(covered_until)
+                tally.last_commit.unwrap_or(covered_until)
             } else {
                 covered_until
             },
@@ -351,7 +393,7 @@ impl Capture<'_> {
             object: entry.clone(),
             resume_token: None,
         };
-        super::store_segment(self.storage, &mut writer, &base, &segment).await?;
+        capture::store_segment(self.storage, &mut writer, &base, &segment).await?;
         // Durable and verified: only now may the slot forget these changes.
         self.advance(&segment.end).await?;
         self.write_progress(&segment.end, segment.covered_until)
@@ -367,7 +409,7 @@ impl Capture<'_> {
         covered_until: chrono::DateTime<chrono::Utc>,
     ) -> Result<()> {
         let slot = &self.slot();
-        super::write_progress(self.storage, &self.folder(), slot, position, covered_until).await
+        capture::write_progress(self.storage, &self.folder(), slot, position, covered_until).await
     }
 
     /// Removes the slot and the publication (`capture --drop`). Stored
@@ -439,16 +481,6 @@ pub async fn ensure_publication(
     Ok(())
 }
 
-/// The capture state of a service as `status` and metrics show it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Lag {
-    pub slot: String,
-    /// Seconds since the newest time every change is captured up to.
-    pub lag_seconds: Option<i64>,
-    /// WAL the slot keeps on the server's disk.
-    pub retained_wal_bytes: Option<i64>,
-}
-
 pub async fn lag(
     conn: &mut PgConnection,
     storage: &dyn Storage,
@@ -465,7 +497,7 @@ pub async fn lag(
     .await
     .map_err(|e| classify(&format!("PostgreSQL of service {service}"), e))?
     .and_then(|r| r.get(0));
-    let listing = super::list(storage, env, service, "postgres").await?;
+    let listing = capture::list(storage, env, service, EngineKind::Postgres).await?;
     if retained.is_none() && listing.streams.is_empty() {
         return Ok(None);
     }
@@ -500,7 +532,7 @@ pub async fn reported_lag(
                 tracing::warn!(
                     "{service}: replication slot {} keeps {} of WAL on the server; run `valero-db capture`, or remove the slot with `valero-db capture --drop -s {service}`",
                     l.slot,
-                    crate::snapshot::take::human_bytes(l.retained_wal_bytes.unwrap_or(0) as u64),
+                    crate::units::human_bytes(l.retained_wal_bytes.unwrap_or(0) as u64),
                 );
             }
             Some(l)
@@ -552,28 +584,6 @@ impl Visibility {
     }
 }
 
-/// Where replay of captured changes starts for a snapshot: the WAL
-/// position read before its transaction snapshot (older snapshots: the one
-/// read with it). None when the snapshot records neither; an error when the
-/// recorded one is not an LSN.
-pub fn snapshot_position(info: &crate::snapshot::manifest::EngineInfo) -> Result<Option<u64>> {
-    info.position
-        .get("wal_lsn_before")
-        .or_else(|| info.position.get("wal_lsn"))
-        .and_then(|v| v.as_str())
-        .map(parse_lsn)
-        .transpose()
-}
-
-/// What a replay applied.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct ReplayStats {
-    pub transactions: u64,
-    pub changes: u64,
-    /// Commit time of the last transaction applied: the exact point reached.
-    pub reached: Option<chrono::DateTime<chrono::Utc>>,
-}
-
 /// Applies the planned changes inside the caller's open transaction.
 pub async fn replay(
     conn: &mut PgConnection,
@@ -583,17 +593,61 @@ pub async fn replay(
     transaction_snapshot: &str,
     what: &str,
 ) -> Result<ReplayStats> {
-    let visible = Visibility::parse(transaction_snapshot)?;
-    let mut stats = ReplayStats::default();
-    let mut replayer = pgoutput::Replayer::default();
-    let mut checked = std::collections::HashSet::new();
     // Triggers and foreign-key checks already ran when the changes were made.
     exec(conn, "SET LOCAL session_replication_role = replica")
         .await
         .map_err(|e| classify(what, e))?;
-    let mut applying = false;
-    'segments: for (base, seg) in &plan.segments {
-        let mut stream = crate::restore::ObjectStream::open(storage, base, &seg.object).await?;
+    let mut replay = Replay {
+        conn: &mut *conn,
+        schema,
+        what,
+        at: plan.at,
+        visible: Visibility::parse(transaction_snapshot)?,
+        stats: ReplayStats::default(),
+        replayer: pgoutput::Replayer::default(),
+        checked: std::collections::HashSet::new(),
+        applying: false,
+    };
+    for (base, seg) in &plan.segments {
+        if replay.segment(storage, base, seg).await? == Flow::Stop {
+            break;
+        }
+    }
+    let stats = replay.stats;
+    exec(conn, "SET LOCAL session_replication_role = origin")
+        .await
+        .map_err(|e| classify(what, e))?;
+    bump_sequences(conn, schema, what).await?;
+    Ok(stats)
+}
+
+/// Whether replay goes on after a message.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// A transaction committed after the target time: the end.
+    Stop,
+}
+
+/// Replay's state across segments: which transaction is being applied, and
+/// which relations have been checked against the restored tables.
+struct Replay<'a> {
+    conn: &'a mut PgConnection,
+    schema: &'a str,
+    what: &'a str,
+    at: chrono::DateTime<chrono::Utc>,
+    visible: Visibility,
+    stats: ReplayStats,
+    replayer: pgoutput::Replayer,
+    checked: std::collections::HashSet<u32>,
+    applying: bool,
+}
+
+impl Replay<'_> {
+    /// Applies one segment's framed records (LSN, xid, length, pgoutput
+    /// message) in order.
+    async fn segment(&mut self, storage: &dyn Storage, base: &str, seg: &Segment) -> Result<Flow> {
+        let mut stream = ObjectStream::open(storage, base, &seg.object).await?;
         let mut buf: Vec<u8> = Vec::new();
         let mut done = false;
         while !done {
@@ -608,76 +662,10 @@ pub async fn replay(
                 if buf.len() - at - 16 < len {
                     break;
                 }
-                let data = &buf[at + 16..at + 16 + len];
+                let message = pgoutput::decode(&buf[at + 16..at + 16 + len])?;
                 at += 16 + len;
-                match pgoutput::decode(data)? {
-                    Message::Begin {
-                        commit_time, xid, ..
-                    } => {
-                        if commit_time > plan.at {
-                            break 'segments;
-                        }
-                        applying = !visible.holds(xid);
-                        if applying {
-                            stats.transactions += 1;
-                            stats.reached = Some(commit_time);
-                        }
-                    }
-                    Message::Commit { .. } => applying = false,
-                    Message::Relation(rel) => {
-                        // Checked when a change to it is applied: changes the
-                        // snapshot already holds may predate a migration.
-                        checked.remove(&rel.id);
-                        replayer.learn(rel);
-                    }
-                    Message::Logical {
-                        prefix, content, ..
-                    } if applying && restores(&prefix, &content, schema) => {
-                        return Err(Error::integrity(
-                            format!(
-                                "{what}: a restore ran at {} between the snapshot and the requested time; changes across it cannot be replayed",
-                                stats.reached.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default()
-                            ),
-                            Some("restore a time before that restore, or a snapshot taken after it".into()),
-                        ));
-                    }
-                    msg if applying => {
-                        let used: Vec<u32> = match &msg {
-                            Message::Insert { relation, .. }
-                            | Message::Update { relation, .. }
-                            | Message::Delete { relation, .. } => vec![*relation],
-                            Message::Truncate { relations, .. } => relations.clone(),
-                            _ => vec![],
-                        };
-                        for id in used {
-                            if checked.insert(id) {
-                                check_relation(conn, schema, replayer.relation(id)?, what).await?;
-                            }
-                        }
-                        if let Some(sql) = replayer.sql(schema, &msg)? {
-                            let table = match &msg {
-                                Message::Insert { relation, .. }
-                                | Message::Update { relation, .. }
-                                | Message::Delete { relation, .. } => replayer
-                                    .relation(*relation)
-                                    .map(|r| r.name.clone())
-                                    .unwrap_or_default(),
-                                _ => "several tables".into(),
-                            };
-                            exec(conn, &sql).await.map_err(|e| {
-                                Error::integrity(
-                                    format!(
-                                        "{what}: replaying a change to table {table} committed at {} failed: {}",
-                                        stats.reached.map(|t| t.to_rfc3339()).unwrap_or_default(),
-                                        crate::redact::redact(&e.to_string())
-                                    ),
-                                    Some("the table was changed outside valero-db; restore with --snapshot-only or an earlier time".into()),
-                                )
-                            })?;
-                            stats.changes += 1;
-                        }
-                    }
-                    _ => {}
+                if self.message(message).await? == Flow::Stop {
+                    return Ok(Flow::Stop);
                 }
             }
             buf.drain(..at);
@@ -688,12 +676,91 @@ pub async fn replay(
                 None,
             ));
         }
+        Ok(Flow::Continue)
     }
-    exec(conn, "SET LOCAL session_replication_role = origin")
-        .await
-        .map_err(|e| classify(what, e))?;
-    bump_sequences(conn, schema, what).await?;
-    Ok(stats)
+
+    async fn message(&mut self, message: Message) -> Result<Flow> {
+        match message {
+            Message::Begin {
+                commit_time, xid, ..
+            } => {
+                if commit_time > self.at {
+                    return Ok(Flow::Stop);
+                }
+                self.applying = !self.visible.holds(xid);
+                if self.applying {
+                    self.stats.transactions += 1;
+                    self.stats.reached = Some(commit_time);
+                }
+            }
+            Message::Commit { .. } => self.applying = false,
+            Message::Relation(rel) => {
+                // Checked when a change to it is applied: changes the
+                // snapshot already holds may predate a migration.
+                self.checked.remove(&rel.id);
+                self.replayer.learn(rel);
+            }
+            Message::Logical {
+                prefix, content, ..
+            } if self.applying && restores(&prefix, &content, self.schema) => {
+                return Err(Error::integrity(
+                    format!(
+                        "{}: a restore ran at {} between the snapshot and the requested time; changes across it cannot be replayed",
+                        self.what,
+                        self.stats.reached.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default()
+                    ),
+                    Some("restore a time before that restore, or a snapshot taken after it".into()),
+                ));
+            }
+            change if self.applying => self.change(change).await?,
+            _ => {}
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Applies one row change (or truncate) of a transaction the snapshot
+    /// does not hold, checking each relation once against the table.
+    async fn change(&mut self, msg: Message) -> Result<()> {
+        let used: Vec<u32> = match &msg {
+            Message::Insert { relation, .. }
+            | Message::Update { relation, .. }
+            | Message::Delete { relation, .. } => vec![*relation],
+            Message::Truncate { relations, .. } => relations.clone(),
+            _ => vec![],
+        };
+        for id in used {
+            if self.checked.insert(id) {
+                let relation = self.replayer.relation(id)?;
+                check_relation(self.conn, self.schema, relation, self.what).await?;
+            }
+        }
+        let Some(sql) = self.replayer.sql(self.schema, &msg)? else {
+            return Ok(());
+        };
+        let table = match &msg {
+            Message::Insert { relation, .. }
+            | Message::Update { relation, .. }
+            | Message::Delete { relation, .. } => self
+                .replayer
+                .relation(*relation)
+                .map(|r| r.name.clone())
+                .unwrap_or_default(),
+            _ => "several tables".into(),
+        };
+        exec(self.conn, &sql).await.map_err(|e| {
+            Error::integrity(
+                format!(
+                    "{}: replaying a change to table {table} committed at {} failed: {}",
+                    self.what,
+                    self.stats.reached.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                    crate::redact::redact(&e.to_string())
+                ),
+                Some("the table was changed outside valero-db; restore with --snapshot-only or an earlier time".into()),
+            )
+        })?;
+        self.stats.changes += 1;
+        Ok(())
+    }
 }
 
 /// Captured changes carry the table's columns; the restored table must

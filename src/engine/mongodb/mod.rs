@@ -1,162 +1,29 @@
 //! MongoDB engine: one database; history in the `valero_schema_history`
 //! collection, a lease document with expiry as the per-service lock.
+//! Snapshots, restores and continuous capture live in the files beside
+//! this one; `driver` and `lease` hold what they share.
 
-use std::time::{Duration, Instant};
+pub mod capture;
+pub mod driver;
+pub mod lease;
+pub mod restore;
+pub mod snapshot;
+
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bson::{doc, Bson, Document};
 use futures::TryStreamExt;
-use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection, Database};
 
-use crate::config::MongoTarget;
-use crate::engine::{failed, Engine, EngineKind, RepairAction, RunMeta};
+use self::driver::{classify, command_error_message, connect_client, is_connection_error, HISTORY};
+use self::lease::{lease_ttl, Lease, MIGRATE_LEASE};
+use crate::config::{EngineKind, MongoTarget};
+use crate::engine::seam::{failed, Engine, RepairAction, RunMeta};
 use crate::error::{Error, Result};
 use crate::migrate::files::{Body, Migration, Script};
 use crate::migrate::plan::{AppliedMigration, RowState};
 use crate::redact;
-
-pub const HISTORY: &str = "valero_schema_history";
-pub const LOCKS: &str = "valero_schema_lock";
-const LOCK_ID: &str = "migrate";
-
-/// How long a lease lives without renewal. A crashed holder blocks others
-/// for at most this long. `VALERO_DB_MONGO_LEASE_TTL` (seconds) overrides.
-pub(crate) fn lease_ttl() -> Duration {
-    std::env::var("VALERO_DB_MONGO_LEASE_TTL")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .filter(|s| *s > 0)
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(30))
-}
-
-/// A lease document in `valero_schema_lock`: the per-service lock of
-/// MongoDB (`_id: "migrate"`) and of its capture (`_id: "capture"`). A
-/// holder that dies blocks others until its lease expires.
-#[derive(Clone)]
-pub struct Lease {
-    coll: Collection<Document>,
-    id: &'static str,
-    token: String,
-    ttl: Duration,
-    service: String,
-}
-
-impl Lease {
-    pub fn new(
-        db: &Database,
-        id: &'static str,
-        service: &str,
-        token: &str,
-        ttl: Duration,
-    ) -> Lease {
-        Lease {
-            coll: db.collection(LOCKS),
-            id,
-            token: token.to_string(),
-            ttl,
-            service: service.to_string(),
-        }
-    }
-
-    pub fn service(&self) -> &str {
-        &self.service
-    }
-
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    fn what(&self) -> String {
-        format!("MongoDB of service {}", self.service)
-    }
-
-    fn expiry(&self) -> bson::DateTime {
-        bson::DateTime::from_millis(
-            bson::DateTime::now().timestamp_millis() + self.ttl.as_millis() as i64,
-        )
-    }
-
-    /// One attempt: takes the lease if it is free, expired or already
-    /// ours (and extends it); false while someone else holds it.
-    pub async fn try_acquire(&self) -> Result<bool> {
-        let now = bson::DateTime::now();
-        let filter = doc! {
-            "_id": self.id,
-            "$or": [{"expires_at": {"$lt": now}}, {"token": &self.token}],
-        };
-        let update = doc! {"$set": {
-            "token": &self.token,
-            "host": super::hostname(),
-            "pid": std::process::id() as i64,
-            "since": now,
-            "expires_at": self.expiry(),
-        }};
-        match self
-            .coll
-            .find_one_and_update(filter, update)
-            .upsert(true)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if is_duplicate_key(&e) => Ok(false),
-            Err(e) => Err(classify(&self.what(), e)),
-        }
-    }
-
-    /// Extends the lease only if it is still ours; false when it is not.
-    pub async fn extend(&self) -> Result<bool> {
-        let r = self
-            .coll
-            .update_one(
-                doc! {"_id": self.id, "token": &self.token},
-                doc! {"$set": {"expires_at": self.expiry()}},
-            )
-            .await
-            .map_err(|e| classify(&self.what(), e))?;
-        Ok(r.matched_count == 1)
-    }
-
-    /// Who else holds a live lease, for operators: host, pid, since.
-    pub async fn holder(&self) -> Result<Option<String>> {
-        let now = bson::DateTime::now();
-        let found = self
-            .coll
-            .find_one(doc! {"_id": self.id, "expires_at": {"$gte": now}})
-            .await
-            .map_err(|e| classify(&self.what(), e))?;
-        Ok(found.and_then(|d| {
-            if d.get_str("token").ok() == Some(self.token.as_str()) {
-                return None;
-            }
-            let time = |k: &str| {
-                d.get_datetime(k)
-                    .map(|t| t.to_chrono().format("%Y-%m-%dT%H:%M:%SZ").to_string())
-                    .unwrap_or_else(|_| "?".into())
-            };
-            let pid = d
-                .get_i64("pid")
-                .map(|p| p.to_string())
-                .unwrap_or_else(|_| "?".into());
-            Some(format!(
-                "valero-db host={} pid={pid} (since {}, lease expires {})",
-                d.get_str("host").unwrap_or("?"),
-                time("since"),
-                time("expires_at")
-            ))
-        }))
-    }
-
-    pub async fn release(&self) -> Result<()> {
-        self.coll
-            .delete_one(doc! {"_id": self.id, "token": &self.token})
-            .await
-            .map_err(|e| classify(&self.what(), e))?;
-        Ok(())
-    }
-}
 
 pub struct MongoEngine {
     service: String,
@@ -164,47 +31,6 @@ pub struct MongoEngine {
     db: Database,
     lock: Lease,
     renewer: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// Maps a driver error: server selection and I/O are exit 3.
-pub fn classify(what: &str, e: mongodb::error::Error) -> Error {
-    let text = redact::redact(&e.to_string());
-    match e.kind.as_ref() {
-        ErrorKind::ServerSelection { .. }
-        | ErrorKind::Io(_)
-        | ErrorKind::ConnectionPoolCleared { .. }
-        | ErrorKind::DnsResolve { .. }
-        | ErrorKind::Authentication { .. } => Error::unreachable(what, text),
-        ErrorKind::InvalidArgument { .. } => Error::usage(format!("{what}: {text}")),
-        _ => Error::internal(format!("{what}: {text}")),
-    }
-}
-
-/// The server's own words for a failed command.
-fn command_error_message(e: &mongodb::error::Error) -> String {
-    let text = match e.kind.as_ref() {
-        ErrorKind::Command(c) => format!("{} (code {} {})", c.message, c.code, c.code_name),
-        ErrorKind::Write(WriteFailure::WriteError(w)) => format!("{} (code {})", w.message, w.code),
-        _ => e.to_string(),
-    };
-    redact::redact(&text)
-}
-
-pub(crate) fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    match e.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
-        ErrorKind::Command(c) => c.code == 11000,
-        _ => e.to_string().contains("E11000"),
-    }
-}
-
-fn is_connection_error(e: &mongodb::error::Error) -> bool {
-    matches!(
-        e.kind.as_ref(),
-        ErrorKind::ServerSelection { .. }
-            | ErrorKind::Io(_)
-            | ErrorKind::ConnectionPoolCleared { .. }
-    )
 }
 
 impl MongoEngine {
@@ -220,7 +46,7 @@ impl MongoEngine {
             .map_err(|e| classify(&what, e))?;
         let lock = Lease::new(
             &db,
-            LOCK_ID,
+            MIGRATE_LEASE,
             service,
             &uuid::Uuid::new_v4().to_string(),
             lease_ttl(),
@@ -296,40 +122,14 @@ impl MongoEngine {
     }
 }
 
-/// Builds a client that fails fast when the server is not there.
-pub async fn connect_client(what: &str, url: &str) -> Result<Client> {
-    let mut options = ClientOptions::parse(url).await.map_err(|e| {
-        if matches!(e.kind.as_ref(), ErrorKind::InvalidArgument { .. }) {
-            Error::usage(format!(
-                "{what}: not a valid MongoDB URL: {}",
-                redact::redact(&e.to_string())
-            ))
-        } else {
-            classify(what, e)
-        }
-    })?;
-    if options.server_selection_timeout.is_none() {
-        options.server_selection_timeout = Some(Duration::from_secs(10));
-    }
-    if options.connect_timeout.is_none() {
-        options.connect_timeout = Some(Duration::from_secs(10));
-    }
-    options.app_name = Some(format!(
-        "valero-db host={} pid={}",
-        super::hostname(),
-        std::process::id()
-    ));
-    Client::with_options(options).map_err(|e| classify(what, e))
-}
-
 #[async_trait]
 impl Engine for MongoEngine {
     async fn capture_lag(
         &mut self,
         storage: &dyn crate::storage::Storage,
         env: &str,
-    ) -> Option<crate::capture::postgres::Lag> {
-        crate::capture::mongodb::lag(storage, env, &self.service).await
+    ) -> Option<crate::capture::Lag> {
+        crate::capture::lag_without_database(storage, env, &self.service, EngineKind::Mongodb).await
     }
 
     fn kind(&self) -> EngineKind {
@@ -565,7 +365,7 @@ impl Engine for MongoEngine {
         &mut self,
         out: &mut crate::snapshot::SnapshotWriter<'_>,
     ) -> Result<crate::snapshot::manifest::EngineInfo> {
-        crate::snapshot::mongodb::take(&self.client, &self.db, &self.service, out).await
+        snapshot::take(&self.client, &self.db, &self.service, out).await
     }
 
     async fn restore_prepare(
@@ -574,30 +374,31 @@ impl Engine for MongoEngine {
         found: &crate::snapshot::Found,
         replay: Option<&crate::capture::ReplayPlan>,
     ) -> Result<crate::restore::RestoreStats> {
-        if !found.manifest.engines.iter().any(|e| e.engine == "mongodb") {
+        if !found
+            .manifest
+            .engines
+            .iter()
+            .any(|e| e.engine == EngineKind::Mongodb)
+        {
             return Err(Error::usage(format!(
                 "snapshot {} has no MongoDB part for service {}",
                 found.manifest.id, self.service
             )));
         }
-        let (_, stats) =
-            crate::restore::mongodb::prepare(&self.db, storage, found, &self.service, replay)
-                .await?;
+        let (_, stats) = restore::prepare(&self.db, storage, found, &self.service, replay).await?;
         Ok(stats)
     }
 
     async fn restore_commit(&mut self) -> Result<()> {
-        crate::restore::mongodb::commit(&self.db, &self.service).await
+        restore::commit(&self.db, &self.service).await
     }
 
     async fn restore_abort(&mut self) {
-        crate::restore::mongodb::abort(&self.db, &self.service).await
+        restore::abort(&self.db, &self.service).await
     }
 
     async fn recover(&mut self) -> Result<()> {
-        crate::restore::mongodb::recover(&self.db, &self.service)
-            .await
-            .map(|_| ())
+        restore::recover(&self.db, &self.service).await.map(|_| ())
     }
 }
 

@@ -9,10 +9,11 @@ use bson::{doc, Bson, Document, RawDocumentBuf};
 use futures::TryStreamExt;
 use mongodb::{ClientSession, Database};
 
-use super::manifest::EngineInfo;
-use super::{key_component, SnapshotWriter};
-use crate::engine::mongodb::{classify, HISTORY, LOCKS};
+use super::driver::{classify, HISTORY, LOCKS};
+use crate::config::EngineKind;
 use crate::error::{Error, Result};
+use crate::snapshot::manifest::EngineInfo;
+use crate::snapshot::{key_component, ObjectKind, ObjectSink, SnapshotWriter};
 
 /// The documents of a command's reply cursor (first batch and getMores).
 pub async fn command_cursor(
@@ -59,7 +60,7 @@ async fn stream_collection(
     db: &Database,
     name: &str,
     session: Option<&mut ClientSession>,
-    sink: &mut super::ObjectSink,
+    sink: &mut ObjectSink,
 ) -> std::result::Result<u64, mongodb::error::Error> {
     let coll = db.collection::<RawDocumentBuf>(name);
     let mut count = 0u64;
@@ -122,92 +123,40 @@ pub async fn take(
             .cmp(b.get_str("name").unwrap_or(""))
     });
 
-    let mut session = match client.start_session().snapshot(true).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::debug!("no snapshot session: {e}");
-            None
-        }
-    };
-    let mut read_mode = if session.is_some() {
-        "snapshot session"
-    } else {
-        "per collection"
+    let mut reader = Reader {
+        db,
+        what: &what,
+        session: match client.start_session().snapshot(true).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!("no snapshot session: {e}");
+                None
+            }
+        },
     };
     let mut schema_version: Option<u64> = None;
-
     for spec in &specs {
         let name = spec.get_str("name").unwrap_or_default().to_string();
         if name.is_empty() || name == LOCKS || name.starts_with("system.") {
             continue;
         }
-        let kind = spec.get_str("type").unwrap_or("collection").to_string();
-        let options = spec.get_document("options").cloned().unwrap_or_default();
-        let uuid = match spec.get_document("info").ok().and_then(|i| i.get("uuid")) {
-            Some(Bson::Binary(b)) => hex::encode(&b.bytes),
-            _ => String::new(),
-        };
-        let indexes = if kind == "view" {
-            Vec::new()
-        } else {
-            command_cursor(db, &what, doc! {"listIndexes": &name, "cursor": {}}, &name).await?
-        };
-        let metadata = doc! {
-            "options": options,
-            "indexes": indexes.into_iter().map(Bson::Document).collect::<Vec<_>>(),
-            "uuid": uuid,
-            "collectionName": &name,
-            "type": &kind,
-        };
-        let json = serde_json::to_vec_pretty(&Bson::Document(metadata).into_relaxed_extjson())
-            .map_err(|e| Error::internal(format!("metadata of {name}: {e}")))?;
-        let base = format!("mongodb/{}", key_component(&name));
-        let mut sink = out
-            .object(
-                &format!("{base}.metadata.json.zst"),
-                "mongodb/metadata",
-                Some(&name),
-            )
-            .await?;
-        sink.write(&json).await?;
-        let entry = sink.finish().await?;
-        out.add(entry);
-        if kind == "view" {
+        let is_view = spec.get_str("type").unwrap_or("collection") == "view";
+        write_metadata(db, &what, spec, &name, out).await?;
+        if is_view {
             continue;
         }
-
-        let mut sink = out
-            .object(
-                &format!("{base}.bson.zst"),
-                "mongodb/collection",
-                Some(&name),
-            )
-            .await?;
-        let mut result = stream_collection(db, &name, session.as_mut(), &mut sink).await;
-        if result.is_err() && session.is_some() && sink.raw_bytes() == 0 {
-            // The server refused snapshot reads: fall back, and say so.
-            tracing::warn!("service {service}: MongoDB snapshot reads are not available; reading collection by collection");
-            session = None;
-            read_mode = "per collection";
-            result = stream_collection(db, &name, None, &mut sink).await;
-        }
-        let count = match result {
-            Ok(c) => c,
-            Err(e) => {
-                sink.abort().await;
-                return Err(classify(&what, e));
-            }
-        };
-        let mut entry = sink.finish().await?;
-        entry.rows = Some(count);
-        out.add(entry);
+        reader.write_documents(service, &name, out).await?;
         if name == HISTORY {
             schema_version = history_version(db).await;
         }
     }
-
+    let read_mode = if reader.session.is_some() {
+        "snapshot session"
+    } else {
+        "per collection"
+    };
     Ok(EngineInfo {
-        engine: "mongodb".into(),
+        engine: EngineKind::Mongodb,
         target: db.name().to_string(),
         server_version,
         schema_version,
@@ -217,6 +166,91 @@ pub async fn take(
             "read_mode": read_mode,
         }),
     })
+}
+
+/// One collection's options, indexes and uuid, in mongodump's layout.
+async fn write_metadata(
+    db: &Database,
+    what: &str,
+    spec: &Document,
+    name: &str,
+    out: &mut SnapshotWriter<'_>,
+) -> Result<()> {
+    let kind = spec.get_str("type").unwrap_or("collection").to_string();
+    let options = spec.get_document("options").cloned().unwrap_or_default();
+    let uuid = match spec.get_document("info").ok().and_then(|i| i.get("uuid")) {
+        Some(Bson::Binary(b)) => hex::encode(&b.bytes),
+        _ => String::new(),
+    };
+    let indexes = if kind == "view" {
+        Vec::new()
+    } else {
+        command_cursor(db, what, doc! {"listIndexes": name, "cursor": {}}, name).await?
+    };
+    let metadata = doc! {
+        "options": options,
+        "indexes": indexes.into_iter().map(Bson::Document).collect::<Vec<_>>(),
+        "uuid": uuid,
+        "collectionName": name,
+        "type": &kind,
+    };
+    let json = serde_json::to_vec_pretty(&Bson::Document(metadata).into_relaxed_extjson())
+        .map_err(|e| Error::internal(format!("metadata of {name}: {e}")))?;
+    let mut sink = out
+        .object(
+            &format!("mongodb/{}.metadata.json.zst", key_component(name)),
+            ObjectKind::MongoMetadata,
+            Some(name),
+        )
+        .await?;
+    sink.write(&json).await?;
+    let entry = sink.finish().await?;
+    out.add(entry);
+    Ok(())
+}
+
+/// Reads collections through one snapshot session while the server allows
+/// it, else collection by collection.
+struct Reader<'a> {
+    db: &'a Database,
+    what: &'a str,
+    session: Option<ClientSession>,
+}
+
+impl Reader<'_> {
+    /// One collection's documents, raw BSON one after another.
+    async fn write_documents(
+        &mut self,
+        service: &str,
+        name: &str,
+        out: &mut SnapshotWriter<'_>,
+    ) -> Result<()> {
+        let mut sink = out
+            .object(
+                &format!("mongodb/{}.bson.zst", key_component(name)),
+                ObjectKind::MongoCollection,
+                Some(name),
+            )
+            .await?;
+        let mut result = stream_collection(self.db, name, self.session.as_mut(), &mut sink).await;
+        if result.is_err() && self.session.is_some() && sink.raw_bytes() == 0 {
+            // The server refused snapshot reads: fall back, and say so.
+            tracing::warn!("service {service}: MongoDB snapshot reads are not available; reading collection by collection");
+            self.session = None;
+            result = stream_collection(self.db, name, None, &mut sink).await;
+        }
+        let count = match result {
+            Ok(c) => c,
+            Err(e) => {
+                sink.abort().await;
+                return Err(classify(self.what, e));
+            }
+        };
+        let mut entry = sink.finish().await?;
+        entry.rows = Some(count);
+        out.add(entry);
+        Ok(())
+    }
 }
 
 async fn history_version(db: &Database) -> Option<u64> {

@@ -3,11 +3,12 @@
 
 use std::time::Instant;
 
-use super::manifest::{Manifest, FORMAT_VERSION};
-use super::{new_id, read_manifest, verify, Found, SnapshotWriter, MANIFEST};
 use crate::error::{Error, Result};
-use crate::migrate::runner::Slot;
+use crate::service::session::LockedEngine;
+use crate::snapshot::manifest::{Manifest, FORMAT_VERSION};
+use crate::snapshot::{new_id, read_manifest, verify, Found, SnapshotWriter, MANIFEST};
 use crate::storage::Storage;
+use crate::units::human_bytes;
 
 pub struct Request<'a> {
     pub environment: &'a str,
@@ -21,7 +22,7 @@ pub struct Request<'a> {
 pub async fn take_service(
     storage: &dyn Storage,
     service: &str,
-    slots: &mut [Slot],
+    slots: &mut [LockedEngine],
     req: &Request<'_>,
 ) -> Result<Found> {
     let started = Instant::now();
@@ -63,10 +64,12 @@ pub async fn take_service(
         duration_ms: Some(started.elapsed().as_millis() as u64),
         engines,
         objects: writer.objects.clone(),
-        encryption: storage.key()?.map(|k| super::manifest::EncryptionInfo {
-            cipher: crate::crypto::CIPHER.to_string(),
-            key_fingerprint: k.fingerprint(),
-        }),
+        encryption: storage
+            .key()?
+            .map(|k| crate::snapshot::manifest::EncryptionInfo {
+                cipher: crate::crypto::CIPHER.to_string(),
+                key_fingerprint: k.fingerprint(),
+            }),
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::internal(format!("manifest: {e}")))?;
@@ -108,19 +111,4 @@ pub async fn take_service(
         started.elapsed().as_secs_f64()
     );
     Ok(found)
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }

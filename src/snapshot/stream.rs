@@ -1,83 +1,11 @@
-//! Restore: choosing the snapshot for a point in time (pure), reading its
-//! objects back with their checksums re-checked while they stream, and the
-//! engine-specific atomic loads (`postgres`: one transaction; `mongodb`:
-//! temporary collections, a journal, and renames).
+//! The read side of the snapshot format: one stored object streamed
+//! decrypted and decompressed, its size and sha256 checked as it streams.
 
-pub mod copy_binary;
-pub mod mongodb;
-pub mod postgres;
-
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::manifest::ObjectEntry;
 use crate::error::{Error, Result};
-use crate::snapshot::{Found, ObjectEntry};
 use crate::storage::{ObjectReader, Storage};
-
-/// Parses `--timestamp`: RFC 3339 with an explicit offset.
-pub fn parse_timestamp(text: &str) -> Result<chrono::DateTime<chrono::Utc>> {
-    chrono::DateTime::parse_from_rfc3339(text.trim())
-        .map(|t| t.to_utc())
-        .map_err(|e| {
-            let no_zone = chrono::NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%dT%H:%M:%S")
-                .is_ok()
-                || chrono::NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%dT%H:%M:%S%.f")
-                    .is_ok();
-            if no_zone {
-                Error::usage_hint(
-                    format!(
-                        "--timestamp {text} has no time zone; a restore time must be unambiguous"
-                    ),
-                    format!("add Z for UTC or an offset, e.g. {text}Z or {text}+02:00"),
-                )
-            } else {
-                Error::usage_hint(
-                    format!("--timestamp {text} is not an RFC 3339 time ({e})"),
-                    "use e.g. 2025-06-19T08:00:00Z",
-                )
-            }
-        })
-}
-
-/// The newest complete snapshot whose consistent point is at or before `at`.
-/// `found` is oldest first.
-pub fn select_at(found: &[Found], at: chrono::DateTime<chrono::Utc>) -> Option<&Found> {
-    found
-        .iter()
-        .filter(|f| f.manifest.consistent_at <= at)
-        .max_by_key(|f| f.manifest.consistent_at)
-}
-
-/// `1h 5m 3s`-style age of a snapshot relative to the requested time.
-pub fn describe_age(d: chrono::Duration) -> String {
-    let ms = d.num_milliseconds().max(0) as u64;
-    if ms == 0 {
-        return "exactly at the requested time".into();
-    }
-    let shown = if ms < 1000 {
-        std::time::Duration::from_millis(ms)
-    } else {
-        std::time::Duration::from_secs(ms / 1000)
-    };
-    format!(
-        "{} before the requested time",
-        crate::duration::format_duration(shown)
-    )
-}
-
-/// What a restore of one engine did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RestoreStats {
-    pub engine: String,
-    pub objects: u64,
-    /// Rows (PostgreSQL) or documents (MongoDB).
-    pub rows: u64,
-    /// Uncompressed bytes loaded.
-    pub bytes: u64,
-    /// Captured changes replayed on top of the snapshot.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub replayed: Option<crate::capture::postgres::ReplayStats>,
-}
 
 /// Streams one object decompressed, re-checking size and sha256 of the
 /// stored bytes; the mismatch surfaces at the end, before commit.
@@ -216,91 +144,5 @@ impl ObjectStream {
             format!("snapshot {}: object {} does not match its manifest (size or sha256) or is not valid zstd; the object is corrupt", self.base, self.entry.key),
             Some("nothing was changed; pick another snapshot with `valero-db snapshots list`".into()),
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::snapshot::manifest::Manifest;
-
-    fn found(id: &str, at: &str) -> Found {
-        let t = chrono::DateTime::parse_from_rfc3339(at).unwrap().to_utc();
-        Found {
-            base: format!("dev/svc/{id}"),
-            manifest: Manifest {
-                format: 1,
-                id: id.into(),
-                environment: "dev".into(),
-                service: "svc".into(),
-                created_at: t,
-                consistent_at: t,
-                reason: "manual".into(),
-                release: None,
-                label: None,
-                tool_version: "0".into(),
-                duration_ms: None,
-                engines: vec![],
-                objects: vec![],
-                encryption: None,
-            },
-        }
-    }
-
-    #[test]
-    fn picks_the_newest_snapshot_at_or_before_the_time() {
-        let all = vec![
-            found("a", "2025-06-19T07:00:00Z"),
-            found("b", "2025-06-19T08:00:00Z"),
-            found("c", "2025-06-19T09:00:00Z"),
-        ];
-        let at = |s: &str| parse_timestamp(s).unwrap();
-        assert_eq!(
-            select_at(&all, at("2025-06-19T08:30:00Z"))
-                .unwrap()
-                .manifest
-                .id,
-            "b"
-        );
-        assert_eq!(
-            select_at(&all, at("2025-06-19T08:00:00Z"))
-                .unwrap()
-                .manifest
-                .id,
-            "b"
-        );
-        assert_eq!(
-            select_at(&all, at("2025-06-19T10:00:00+02:00"))
-                .unwrap()
-                .manifest
-                .id,
-            "b"
-        );
-        assert!(select_at(&all, at("2025-06-19T06:59:59Z")).is_none());
-    }
-
-    #[test]
-    fn age_is_never_rounded_to_exactly() {
-        assert_eq!(
-            describe_age(chrono::Duration::milliseconds(0)),
-            "exactly at the requested time"
-        );
-        assert_eq!(
-            describe_age(chrono::Duration::milliseconds(730)),
-            "730ms before the requested time"
-        );
-        assert_eq!(
-            describe_age(chrono::Duration::seconds(3661)),
-            "1h1m1s before the requested time"
-        );
-    }
-
-    #[test]
-    fn timestamps_need_a_zone() {
-        let e = parse_timestamp("2025-06-19T08:00:00").unwrap_err();
-        assert_eq!(e.exit_code(), 2);
-        assert!(e.hint().unwrap().contains("2025-06-19T08:00:00Z"));
-        assert!(parse_timestamp("yesterday").is_err());
-        assert!(parse_timestamp("2025-06-19T08:00:00+02:00").is_ok());
     }
 }

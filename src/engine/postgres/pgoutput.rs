@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::engine::postgres::quote_literal as literal;
+use super::sql::quote_literal as literal;
 use crate::error::{Error, Result};
 
 /// Microseconds between 1970-01-01 and PostgreSQL's epoch, 2000-01-01.
@@ -270,7 +270,7 @@ pub fn decode(data: &[u8]) -> Result<Message> {
 }
 
 fn ident(name: &str) -> String {
-    crate::engine::postgres::quote_ident(name)
+    super::sql::quote_ident(name)
 }
 
 /// Turns decoded row changes into SQL against `schema`, keeping the

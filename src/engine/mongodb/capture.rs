@@ -19,13 +19,16 @@ use bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::Database;
 
-use super::{
-    folder, format_lsn, parse_lsn, position_name, ReplayPlan, Segment, Stream, CHANGES,
+use super::driver::{classify, LOCKS};
+use super::lease::Lease;
+use crate::capture::ReplayStats;
+use crate::capture::{
+    self, folder, format_lsn, parse_lsn, position_name, ReplayPlan, Segment, Stream, CHANGES,
     FORMAT_VERSION,
 };
-use crate::engine::mongodb::{classify, Lease};
+use crate::config::EngineKind;
 use crate::error::{Error, Result};
-use crate::snapshot::SnapshotWriter;
+use crate::snapshot::{ObjectKind, SnapshotWriter};
 use crate::storage::Storage;
 
 const PASS_EVENTS: u64 = 100_000;
@@ -80,10 +83,10 @@ async fn lost(lease: &Lease) -> Error {
     };
     Error::LockTimeout {
         service: lease.service().to_string(),
-        engine: "mongodb".into(),
+        engine: EngineKind::Mongodb.to_string(),
         timeout: format!(
             "its capture lease ({}; it expired before this capture renewed it)",
-            crate::duration::format_duration(lease.ttl())
+            crate::units::format_duration(lease.ttl())
         ),
         holder: capture_holder(holder),
     }
@@ -112,7 +115,7 @@ impl Capture<'_> {
     }
 
     fn folder(&self) -> String {
-        folder(self.env, self.service, "mongodb")
+        folder(self.env, self.service, EngineKind::Mongodb)
     }
 
     async fn server_time(&self) -> Result<(bson::Timestamp, chrono::DateTime<chrono::Utc>)> {
@@ -136,7 +139,8 @@ impl Capture<'_> {
 
     /// Records the start of a capture stream when there is none.
     pub async fn ensure(&mut self) -> Result<()> {
-        let listing = super::list(self.storage, self.env, self.service, "mongodb").await?;
+        let listing =
+            capture::list(self.storage, self.env, self.service, EngineKind::Mongodb).await?;
         if !listing.streams.is_empty() {
             return Ok(());
         }
@@ -144,7 +148,7 @@ impl Capture<'_> {
         let start = format_lsn(position(ts));
         let stream = Stream {
             format: FORMAT_VERSION,
-            engine: "mongodb".into(),
+            engine: EngineKind::Mongodb,
             slot: format!("change stream on {}", self.db.name()),
             start: start.clone(),
             started_at: now,
@@ -168,13 +172,11 @@ impl Capture<'_> {
         Ok(())
     }
 
-    /// Ships the events since the last stored segment as one segment.
-    pub async fn pass(&mut self) -> Result<PassReport> {
-        let what = self.what();
-        if let Some(lease) = self.lease {
-            hold(lease).await?;
-        }
-        let listing = super::list(self.storage, self.env, self.service, "mongodb").await?;
+    /// Where this pass starts: the end of the last stored segment of the
+    /// current stream, and the resume token stored with it.
+    async fn resume_point(&self) -> Result<(u64, Option<ResumeToken>)> {
+        let listing =
+            capture::list(self.storage, self.env, self.service, EngineKind::Mongodb).await?;
         let stream_start = match listing.streams.last() {
             Some(s) => parse_lsn(&s.start)?,
             None => return Err(Error::internal("capture stream not started")),
@@ -190,14 +192,21 @@ impl Capture<'_> {
                 bson::from_bson::<ResumeToken>(b).map_err(|e| invalid(e.to_string()))
             })
             .transpose()?;
-        let (_, now) = self.server_time().await?;
-        let covered_until = now - chrono::Duration::seconds(1);
-        let start = format_lsn(chain_end);
+        Ok((chain_end, token))
+    }
+
+    /// Opens the change stream after the stored token, or at the chain's
+    /// cluster time when there is none yet.
+    async fn open_stream(
+        &self,
+        chain_end: u64,
+        token: Option<ResumeToken>,
+    ) -> Result<mongodb::change_stream::ChangeStream<Document>> {
         // Lease renewals are writes too; they are not the service's data.
         let watch = self
             .db
             .watch()
-            .pipeline([doc! {"$match": {"ns.coll": {"$nin": [crate::engine::mongodb::LOCKS]}}}])
+            .pipeline([doc! {"$match": {"ns.coll": {"$nin": [LOCKS]}}}])
             .max_await_time(std::time::Duration::from_millis(300));
         // startAfter also continues after an invalidate (a dropped database).
         let watch = match token {
@@ -207,13 +216,28 @@ impl Capture<'_> {
                 increment: chain_end as u32,
             }),
         };
-        let mut cs = watch
+        Ok(watch
             .await
-            .map_err(|e| classify(&what, e))?
-            .with_type::<Document>();
+            .map_err(|e| classify(&self.what(), e))?
+            .with_type::<Document>())
+    }
+
+    /// Ships the events since the last stored segment as one segment.
+    pub async fn pass(&mut self) -> Result<PassReport> {
+        let what = self.what();
+        if let Some(lease) = self.lease {
+            hold(lease).await?;
+        }
+        let (chain_end, token) = self.resume_point().await?;
+        let (_, now) = self.server_time().await?;
+        let covered_until = now - chrono::Duration::seconds(1);
+        let start = format_lsn(chain_end);
+        let mut cs = self.open_stream(chain_end, token).await?;
         let base = format!("{}/{}", self.folder(), position_name(chain_end));
         let mut writer = SnapshotWriter::new(self.storage, base.clone());
-        let mut sink = writer.object(CHANGES, "mongodb/changes", None).await?;
+        let mut sink = writer
+            .object(CHANGES, ObjectKind::MongoChanges, None)
+            .await?;
         let mut report = PassReport {
             position: start.clone(),
             ..Default::default()
@@ -259,7 +283,7 @@ impl Capture<'_> {
         writer.add(entry.clone());
         let segment = Segment {
             format: FORMAT_VERSION,
-            engine: "mongodb".into(),
+            engine: EngineKind::Mongodb,
             environment: self.env.to_string(),
             service: self.service.to_string(),
             slot: format!("change stream on {}", self.db.name()),
@@ -283,7 +307,7 @@ impl Capture<'_> {
             // (an object without its segment.json is not a segment).
             renew(lease).await?;
         }
-        super::store_segment(self.storage, &mut writer, &base, &segment).await?;
+        capture::store_segment(self.storage, &mut writer, &base, &segment).await?;
         self.write_progress(&segment.end, segment.covered_until)
             .await?;
         report.segment = Some(base);
@@ -297,24 +321,13 @@ impl Capture<'_> {
         covered_until: chrono::DateTime<chrono::Utc>,
     ) -> Result<()> {
         let slot = &format!("change stream on {}", self.db.name());
-        super::write_progress(self.storage, &self.folder(), slot, position, covered_until).await
+        capture::write_progress(self.storage, &self.folder(), slot, position, covered_until).await
     }
 }
 
-/// The snapshot's starting cluster time as a position.
-pub fn snapshot_position(info: &crate::snapshot::manifest::EngineInfo) -> Option<u64> {
-    let ct = info.position.get("cluster_time")?;
-    let t = ct.get("t")?.as_u64()?;
-    let i = ct.get("i")?.as_u64()?;
-    Some((t << 32) | i)
-}
-
-/// What replay applied.
-pub type ReplayStats = super::postgres::ReplayStats;
-
 /// Where the restore keeps each collection until the commit point, and
 /// how replay adds, drops and renames entries of its journal.
-pub struct Targets<'a> {
+pub struct ReplayTargets<'a> {
     pub db: &'a Database,
     pub journal: &'a str,
     pub token: &'a str,
@@ -323,7 +336,7 @@ pub struct Targets<'a> {
     pub created: usize,
 }
 
-impl Targets<'_> {
+impl ReplayTargets<'_> {
     async fn target(&mut self, name: &str, what: &str) -> Result<String> {
         if let Some(t) = self.map.get(name) {
             return Ok(t.clone());
@@ -350,6 +363,21 @@ impl Targets<'_> {
                 .map_err(|e| classify(what, e))?;
         }
         self.dropped_entry_only(name, what).await
+    }
+
+    /// The database was dropped: everything goes; what is created
+    /// afterwards comes back.
+    async fn dropped_database(&mut self, what: &str) -> Result<()> {
+        let names: Vec<String> = self.map.keys().cloned().collect();
+        for name in names {
+            self.dropped(&name, what).await?;
+        }
+        self.db
+            .collection::<Document>(self.journal)
+            .update_one(doc! {"_id": "restore"}, doc! {"$set": {"keep": []}})
+            .await
+            .map_err(|e| classify(what, e))?;
+        Ok(())
     }
 
     /// The journal no longer renames or keeps `name`.
@@ -387,7 +415,7 @@ impl Targets<'_> {
 
 /// Applies the planned change events to the restore's temporaries.
 pub async fn replay(
-    targets: &mut Targets<'_>,
+    targets: &mut ReplayTargets<'_>,
     storage: &dyn Storage,
     plan: &ReplayPlan,
     from: u64,
@@ -398,7 +426,8 @@ pub async fn replay(
     let db_name = targets.db.name().to_string();
     let mut inserts = Inserts::default();
     'segments: for (base, seg) in &plan.segments {
-        let mut stream = crate::restore::ObjectStream::open(storage, base, &seg.object).await?;
+        let mut stream =
+            crate::snapshot::stream::ObjectStream::open(storage, base, &seg.object).await?;
         let mut buf: Vec<u8> = Vec::new();
         let mut done = false;
         while !done {
@@ -469,7 +498,7 @@ struct Inserts {
 }
 
 impl Inserts {
-    async fn flush(&mut self, targets: &Targets<'_>, what: &str) -> Result<()> {
+    async fn flush(&mut self, targets: &ReplayTargets<'_>, what: &str) -> Result<()> {
         if self.docs.is_empty() {
             return Ok(());
         }
@@ -488,6 +517,56 @@ impl Inserts {
     }
 }
 
+/// Applies an update event's description: truncated arrays, then `$set`
+/// and `$unset` of the changed fields (idempotent, so events the snapshot
+/// already holds converge).
+async fn apply_update(
+    c: &mongodb::Collection<Document>,
+    key: Document,
+    event: &Document,
+    what: &str,
+) -> Result<()> {
+    let err = |e| classify(what, e);
+    let desc = event
+        .get_document("updateDescription")
+        .cloned()
+        .unwrap_or_default();
+    if let Ok(truncated) = desc.get_array("truncatedArrays") {
+        for t in truncated.iter().filter_map(Bson::as_document) {
+            if let (Ok(field), Some(size)) =
+                (t.get_str("field"), t.get("newSize").and_then(Bson::as_i32))
+            {
+                c.update_one(
+                    key.clone(),
+                    doc! {"$push": {field: {"$each": [], "$slice": size}}},
+                )
+                .await
+                .map_err(err)?;
+            }
+        }
+    }
+    let mut update = Document::new();
+    if let Ok(set) = desc.get_document("updatedFields") {
+        if !set.is_empty() {
+            update.insert("$set", set.clone());
+        }
+    }
+    if let Ok(removed) = desc.get_array("removedFields") {
+        if !removed.is_empty() {
+            let unset: Document = removed
+                .iter()
+                .filter_map(Bson::as_str)
+                .map(|f| (f.to_string(), Bson::String(String::new())))
+                .collect();
+            update.insert("$unset", unset);
+        }
+    }
+    if !update.is_empty() {
+        c.update_one(key, update).await.map_err(err)?;
+    }
+    Ok(())
+}
+
 fn only_duplicates(e: &mongodb::error::Error) -> bool {
     match e.kind.as_ref() {
         mongodb::error::ErrorKind::InsertMany(m) => {
@@ -501,7 +580,7 @@ fn only_duplicates(e: &mongodb::error::Error) -> bool {
 }
 
 async fn apply(
-    targets: &mut Targets<'_>,
+    targets: &mut ReplayTargets<'_>,
     inserts: &mut Inserts,
     event: &Document,
     db_name: &str,
@@ -569,44 +648,8 @@ async fn apply(
         }
         "update" => {
             let tmp = targets.target(&coll, what).await?;
-            let desc = event
-                .get_document("updateDescription")
-                .cloned()
-                .unwrap_or_default();
             let c = targets.db.collection::<Document>(&tmp);
-            if let Ok(truncated) = desc.get_array("truncatedArrays") {
-                for t in truncated.iter().filter_map(Bson::as_document) {
-                    if let (Ok(field), Some(size)) =
-                        (t.get_str("field"), t.get("newSize").and_then(Bson::as_i32))
-                    {
-                        c.update_one(
-                            key.clone(),
-                            doc! {"$push": {field: {"$each": [], "$slice": size}}},
-                        )
-                        .await
-                        .map_err(err)?;
-                    }
-                }
-            }
-            let mut update = Document::new();
-            if let Ok(set) = desc.get_document("updatedFields") {
-                if !set.is_empty() {
-                    update.insert("$set", set.clone());
-                }
-            }
-            if let Ok(removed) = desc.get_array("removedFields") {
-                if !removed.is_empty() {
-                    let unset: Document = removed
-                        .iter()
-                        .filter_map(Bson::as_str)
-                        .map(|f| (f.to_string(), Bson::String(String::new())))
-                        .collect();
-                    update.insert("$unset", unset);
-                }
-            }
-            if !update.is_empty() {
-                c.update_one(key, update).await.map_err(err)?;
-            }
+            apply_update(&c, key, event, what).await?;
         }
         "delete" => {
             let tmp = targets.target(&coll, what).await?;
@@ -629,43 +672,10 @@ async fn apply(
             targets.dropped_entry_only(&coll, what).await?;
             targets.adopt(&to, tmp, what).await?;
         }
-        "dropDatabase" => {
-            // Everything goes; what is created afterwards comes back.
-            let names: Vec<String> = targets.map.keys().cloned().collect();
-            for name in names {
-                targets.dropped(&name, what).await?;
-            }
-            targets
-                .db
-                .collection::<Document>(targets.journal)
-                .update_one(doc! {"_id": "restore"}, doc! {"$set": {"keep": []}})
-                .await
-                .map_err(err)?;
-        }
+        "dropDatabase" => targets.dropped_database(what).await?,
         _ => {}
     }
     Ok(())
-}
-
-/// The capture lag of a service's MongoDB database, if it is captured.
-pub async fn lag(storage: &dyn Storage, env: &str, service: &str) -> Option<super::postgres::Lag> {
-    let listing = match super::list(storage, env, service, "mongodb").await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!("{service}: MongoDB capture state: {e}");
-            return None;
-        }
-    };
-    let stream = listing.streams.last()?;
-    let covered = listing
-        .progress
-        .map(|p| p.covered_until)
-        .or_else(|| listing.segments.last().map(|(_, s)| s.covered_until));
-    Some(super::postgres::Lag {
-        slot: stream.slot.clone(),
-        lag_seconds: covered.map(|c| (chrono::Utc::now() - c).num_seconds()),
-        retained_wal_bytes: None,
-    })
 }
 
 #[cfg(test)]

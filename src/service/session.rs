@@ -1,21 +1,23 @@
-//! The runner shared by `migrate`, `rollback`, `baseline`, `repair`, dry
-//! runs and (later) deploy: connects a service's engines, takes their
-//! locks, checks history against the files, and applies plans.
+//! The locked service session shared by `migrate`, `rollback`, `baseline`,
+//! `repair`, dry runs, snapshots, restores and deploy: connects a service's
+//! engines, takes their locks, checks history against the files, and
+//! applies plans.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::config::EngineKind;
 use crate::config::Service;
-use crate::duration::format_duration;
-use crate::engine::{connect_service, Engine, EngineKind, RunMeta};
+use crate::engine::{connect_service, Engine, RunMeta};
 use crate::error::{Error, Result};
 use crate::migrate::files::{self, Migration};
 use crate::migrate::plan::{analyze, Analysis, AppliedMigration};
+use crate::units::format_duration;
 
-/// One engine of a service, with its migration files.
-pub struct Slot {
+/// One engine of a locked service, with its migration files.
+pub struct LockedEngine {
     pub engine: Box<dyn Engine>,
     pub local: Vec<Migration>,
 }
@@ -23,7 +25,7 @@ pub struct Slot {
 /// A service whose engines are connected and locked.
 pub struct LockedService {
     pub service: Service,
-    pub slots: Vec<Slot>,
+    pub engines: Vec<LockedEngine>,
 }
 
 /// Reads the migration files of every engine a service has.
@@ -47,14 +49,46 @@ pub fn discover_service(
     Ok(out)
 }
 
+/// Waiting for a lock: polls every 250 ms up to `--lock-timeout`, the same
+/// for migration locks, capture locks and leases.
+pub struct LockWait {
+    timeout: Duration,
+    deadline: Instant,
+}
+
+impl LockWait {
+    pub fn new(timeout: Duration) -> LockWait {
+        LockWait {
+            timeout,
+            deadline: Instant::now() + timeout,
+        }
+    }
+
+    /// Sleeps until the next attempt; false once the time is up.
+    pub async fn pause(&self) -> bool {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return false;
+        }
+        tokio::time::sleep((self.deadline - now).min(Duration::from_millis(250))).await;
+        true
+    }
+
+    pub fn timed_out(&self, service: &str, engine: EngineKind, holder: String) -> Error {
+        Error::LockTimeout {
+            service: service.to_string(),
+            engine: engine.to_string(),
+            timeout: format_duration(self.timeout),
+            holder,
+        }
+    }
+}
+
 /// Waits for the lock, naming the holder once, up to `timeout`.
 pub async fn acquire(engine: &mut dyn Engine, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
+    let wait = LockWait::new(timeout);
     let mut announced = false;
-    loop {
-        if engine.try_lock().await? {
-            return Ok(());
-        }
+    while !engine.try_lock().await? {
         let holder = engine
             .lock_holder()
             .await?
@@ -68,17 +102,11 @@ pub async fn acquire(engine: &mut dyn Engine, timeout: Duration) -> Result<()> {
             );
             announced = true;
         }
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(Error::LockTimeout {
-                service: engine.service().to_string(),
-                engine: engine.kind().to_string(),
-                timeout: format_duration(timeout),
-                holder,
-            });
+        if !wait.pause().await {
+            return Err(wait.timed_out(engine.service(), engine.kind(), holder));
         }
-        tokio::time::sleep((deadline - now).min(Duration::from_millis(250))).await;
     }
+    Ok(())
 }
 
 impl LockedService {
@@ -89,30 +117,30 @@ impl LockedService {
         mut local: Vec<(EngineKind, Vec<Migration>)>,
         lock_timeout: Duration,
     ) -> Result<LockedService> {
-        let engines = connect_service(service).await?;
-        let mut slots: Vec<Slot> = Vec::with_capacity(engines.len());
-        for engine in engines {
+        let connected = connect_service(service).await?;
+        let mut unlocked: Vec<LockedEngine> = Vec::with_capacity(connected.len());
+        for engine in connected {
             let idx = local.iter().position(|(k, _)| *k == engine.kind());
             let files = idx.map(|i| local.swap_remove(i).1).unwrap_or_default();
-            slots.push(Slot {
+            unlocked.push(LockedEngine {
                 engine,
                 local: files,
             });
         }
         let mut locked = LockedService {
             service: service.clone(),
-            slots: Vec::new(),
+            engines: Vec::new(),
         };
-        for mut slot in slots {
-            if let Err(e) = acquire(slot.engine.as_mut(), lock_timeout).await {
+        for mut part in unlocked {
+            if let Err(e) = acquire(part.engine.as_mut(), lock_timeout).await {
                 locked.release().await;
                 return Err(e);
             }
-            locked.slots.push(slot);
+            locked.engines.push(part);
         }
         // An interrupted restore is finished or undone before anything else.
-        for i in 0..locked.slots.len() {
-            if let Err(e) = locked.slots[i].engine.recover().await {
+        for i in 0..locked.engines.len() {
+            if let Err(e) = locked.engines[i].engine.recover().await {
                 locked.release().await;
                 return Err(e);
             }
@@ -124,7 +152,7 @@ impl LockedService {
     /// database releases a dead session's lock (PostgreSQL) or the lease
     /// expires (MongoDB) anyway.
     pub async fn release(&mut self) {
-        for slot in &mut self.slots {
+        for slot in &mut self.engines {
             if let Err(e) = slot.engine.unlock().await {
                 tracing::warn!(
                     "releasing the lock of service {} ({}) failed: {e}",
@@ -179,7 +207,7 @@ pub fn ensure_consistent(service: &str, engine: EngineKind, analysis: &Analysis)
 }
 
 /// Reads the history and checks it against the files.
-pub async fn inspect(slot: &mut Slot) -> Result<(Vec<AppliedMigration>, Analysis)> {
+pub async fn inspect(slot: &mut LockedEngine) -> Result<(Vec<AppliedMigration>, Analysis)> {
     let applied = slot.engine.history().await?;
     let analysis = analyze(&slot.local, &applied);
     Ok((applied, analysis))
@@ -196,7 +224,7 @@ pub struct Step {
 /// Applies the given versions in order; returns the steps that completed
 /// and the error that stopped the run, if any.
 pub async fn apply_up(
-    slot: &mut Slot,
+    slot: &mut LockedEngine,
     versions: &[u64],
     meta: &RunMeta,
 ) -> (Vec<Step>, Option<Error>) {
@@ -229,7 +257,7 @@ pub async fn apply_up(
 }
 
 /// Runs down migrations for the given versions, newest first as given.
-pub async fn apply_down(slot: &mut Slot, versions: &[u64]) -> (Vec<Step>, Option<Error>) {
+pub async fn apply_down(slot: &mut LockedEngine, versions: &[u64]) -> (Vec<Step>, Option<Error>) {
     let mut steps = Vec::new();
     for v in versions {
         let Some(m) = slot.local.iter().find(|m| m.version == *v) else {

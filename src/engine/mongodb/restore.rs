@@ -10,11 +10,13 @@
 use bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::Database;
 
-use super::{ObjectStream, RestoreStats};
-use crate::engine::mongodb::{classify, LOCKS};
+use super::driver::{classify, LOCKS};
+use super::snapshot::command_cursor;
+use crate::config::EngineKind;
 use crate::error::{Error, Result};
-use crate::snapshot::mongodb::command_cursor;
-use crate::snapshot::Found;
+use crate::restore::RestoreStats;
+use crate::snapshot::stream::ObjectStream;
+use crate::snapshot::{Found, ObjectKind};
 use crate::storage::Storage;
 
 pub const JOURNAL: &str = "valero_restore_journal";
@@ -45,7 +47,7 @@ async fn plan(storage: &dyn Storage, found: &Found) -> Result<Vec<Planned>> {
         .manifest
         .objects
         .iter()
-        .filter(|o| o.kind == "mongodb/metadata")
+        .filter(|o| o.kind == ObjectKind::MongoMetadata)
     {
         let bytes = ObjectStream::open(storage, &found.base, meta)
             .await?
@@ -71,7 +73,9 @@ async fn plan(storage: &dyn Storage, found: &Found) -> Result<Vec<Planned>> {
             .manifest
             .objects
             .iter()
-            .find(|o| o.kind == "mongodb/collection" && o.name.as_deref() == Some(name.as_str()))
+            .find(|o| {
+                o.kind == ObjectKind::MongoCollection && o.name.as_deref() == Some(name.as_str())
+            })
             .cloned();
         out.push(Planned {
             kind: d.get_str("type").unwrap_or("collection").to_string(),
@@ -271,10 +275,7 @@ pub async fn prepare(
         })
         .await
         .map_err(|e| classify(&what, e))?;
-    let mut stats = RestoreStats {
-        engine: "mongodb".into(),
-        ..Default::default()
-    };
+    let mut stats = RestoreStats::new(EngineKind::Mongodb);
     let loaded: Result<()> = async {
         for (i, p) in planned.iter().enumerate() {
             if p.kind == "view" {
@@ -296,15 +297,15 @@ pub async fn prepare(
                 .manifest
                 .engines
                 .iter()
-                .find(|e| e.engine == "mongodb")
-                .and_then(crate::capture::mongodb::snapshot_position)
+                .find(|e| e.engine == EngineKind::Mongodb)
+                .and_then(|info| crate::capture::snapshot_position(info).ok().flatten())
                 .ok_or_else(|| {
                     Error::integrity(
                         format!("snapshot {} does not record its cluster time", found.base),
                         None,
                     )
                 })?;
-            let mut targets = crate::capture::mongodb::Targets {
+            let mut targets = super::capture::ReplayTargets {
                 db,
                 journal: JOURNAL,
                 token: &token,
@@ -319,8 +320,7 @@ pub async fn prepare(
             let skip =
                 |c: &str| c == LOCKS || c.starts_with(TMP_PREFIX) || c.starts_with("system.");
             stats.replayed = Some(
-                crate::capture::mongodb::replay(&mut targets, storage, plan, from, &skip, &what)
-                    .await?,
+                super::capture::replay(&mut targets, storage, plan, from, &skip, &what).await?,
             );
         }
         Ok(())

@@ -16,13 +16,11 @@
 //! consecutive segments chain (`end` of one is `start` of the next), so a
 //! missing segment is a visible gap.
 
-pub mod mongodb;
-pub mod pgoutput;
-pub mod postgres;
-
 use serde::{Deserialize, Serialize};
 
+use crate::config::EngineKind;
 use crate::error::{Error, Result};
+use crate::snapshot::manifest::EngineInfo;
 use crate::snapshot::ObjectEntry;
 use crate::storage::Storage;
 
@@ -31,7 +29,7 @@ pub const SEGMENT_MANIFEST: &str = "segment.json";
 pub const CHANGES: &str = "changes.zst";
 
 /// The folder of one service's captured changes for one engine.
-pub fn folder(env: &str, service: &str, engine: &str) -> String {
+pub fn folder(env: &str, service: &str, engine: EngineKind) -> String {
     format!("{env}/.capture/{service}/{engine}")
 }
 
@@ -40,7 +38,7 @@ pub fn folder(env: &str, service: &str, engine: &str) -> String {
 #[serde(deny_unknown_fields)]
 pub struct Stream {
     pub format: u32,
-    pub engine: String,
+    pub engine: EngineKind,
     pub slot: String,
     /// Position from which every committed change is captured.
     pub start: String,
@@ -52,7 +50,7 @@ pub struct Stream {
 #[serde(deny_unknown_fields)]
 pub struct Segment {
     pub format: u32,
-    pub engine: String,
+    pub engine: EngineKind,
     pub environment: String,
     pub service: String,
     pub slot: String,
@@ -78,7 +76,7 @@ pub struct Segment {
 /// changes).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct Progress {
+pub struct CoveredUntil {
     pub format: u32,
     pub slot: String,
     pub position: String,
@@ -122,7 +120,7 @@ pub async fn write_progress(
     position: &str,
     covered_until: chrono::DateTime<chrono::Utc>,
 ) -> Result<()> {
-    let progress = Progress {
+    let progress = CoveredUntil {
         format: FORMAT_VERSION,
         slot: slot.to_string(),
         position: position.to_string(),
@@ -138,12 +136,13 @@ pub async fn write_progress(
 }
 
 /// A PostgreSQL LSN `X/Y` as a number.
+/// Parses a position written like a PostgreSQL LSN (`16/B374D848`); a
+/// malformed one in a stored record is an integrity failure.
 pub fn parse_lsn(text: &str) -> Result<u64> {
-    let (hi, lo) = text
-        .split_once('/')
-        .ok_or_else(|| Error::internal(format!("'{text}' is not an LSN")))?;
-    let hi = u64::from_str_radix(hi, 16).map_err(|_| Error::internal(format!("bad LSN {text}")))?;
-    let lo = u64::from_str_radix(lo, 16).map_err(|_| Error::internal(format!("bad LSN {text}")))?;
+    let bad = || Error::integrity(format!("'{text}' is not a capture position (an LSN)"), None);
+    let (hi, lo) = text.split_once('/').ok_or_else(bad)?;
+    let hi = u64::from_str_radix(hi, 16).map_err(|_| bad())?;
+    let lo = u64::from_str_radix(lo, 16).map_err(|_| bad())?;
     Ok((hi << 32) | lo)
 }
 
@@ -169,7 +168,7 @@ pub struct Listing {
     pub streams: Vec<Stream>,
     /// Complete segments (their manifest exists), by start position.
     pub segments: Vec<(String, Segment)>,
-    pub progress: Option<Progress>,
+    pub progress: Option<CoveredUntil>,
 }
 
 impl Listing {
@@ -192,7 +191,7 @@ pub async fn list(
     storage: &dyn Storage,
     env: &str,
     service: &str,
-    engine: &str,
+    engine: EngineKind,
 ) -> Result<Listing> {
     let base = folder(env, service, engine);
     let objects = storage.list(&format!("{base}/")).await?;
@@ -231,6 +230,19 @@ pub async fn list(
     Ok(listing)
 }
 
+/// Whether any engine of a service has ever been captured (a stream began);
+/// a storage that cannot be read counts as not captured.
+pub async fn is_captured(storage: &dyn Storage, env: &str, service: &str) -> bool {
+    for engine in EngineKind::all() {
+        if let Ok(l) = list(storage, env, service, engine).await {
+            if !l.streams.is_empty() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// What a restore to `at` replays on top of a snapshot, worked out before
 /// anything is touched.
 #[derive(Debug, Clone)]
@@ -240,6 +252,46 @@ pub struct ReplayPlan {
     pub segments: Vec<(String, Segment)>,
 }
 
+/// The capture state of a service as `status` and metrics show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Lag {
+    pub slot: String,
+    /// Seconds since the newest time every change is captured up to.
+    pub lag_seconds: Option<i64>,
+    /// WAL the slot keeps on the server's disk.
+    pub retained_wal_bytes: Option<i64>,
+}
+
+/// What a replay applied.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ReplayStats {
+    pub transactions: u64,
+    pub changes: u64,
+    /// Commit time of the last transaction applied: the exact point reached.
+    pub reached: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Listing {
+    /// The newest time every change is captured up to.
+    pub fn covered_until(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.progress
+            .as_ref()
+            .map(|p| p.covered_until)
+            .or_else(|| self.segments.last().map(|(_, s)| s.covered_until))
+    }
+
+    /// Lag as of now under the given slot name.
+    pub fn lag(&self, slot: String, retained_wal_bytes: Option<i64>) -> Lag {
+        Lag {
+            slot,
+            lag_seconds: self
+                .covered_until()
+                .map(|c| (chrono::Utc::now() - c).num_seconds()),
+            retained_wal_bytes,
+        }
+    }
+}
+
 /// The capture state that can be read without a database session, for a
 /// service whose database is unreachable: only MongoDB's, which lives in
 /// the storage alone (PostgreSQL's needs the slot).
@@ -247,11 +299,41 @@ pub async fn lag_without_database(
     storage: &dyn Storage,
     env: &str,
     service: &str,
-    engine: crate::engine::EngineKind,
-) -> Option<postgres::Lag> {
-    match engine {
-        crate::engine::EngineKind::Mongodb => mongodb::lag(storage, env, service).await,
-        crate::engine::EngineKind::Postgres => None,
+    engine: EngineKind,
+) -> Option<Lag> {
+    if engine == EngineKind::Postgres {
+        return None;
+    }
+    let listing = match list(storage, env, service, engine).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("{service}: {engine} capture state: {e}");
+            return None;
+        }
+    };
+    let slot = listing.streams.last()?.slot.clone();
+    Some(listing.lag(slot, None))
+}
+
+/// Where replay of captured changes starts for a snapshot, as a position of
+/// its engine: PostgreSQL's WAL position read before its transaction
+/// snapshot (older snapshots: the one read with it), MongoDB's starting
+/// cluster time. None when the snapshot records none; an error when the
+/// recorded one is malformed.
+pub fn snapshot_position(info: &EngineInfo) -> Result<Option<u64>> {
+    match info.engine {
+        EngineKind::Postgres => info
+            .position
+            .get("wal_lsn_before")
+            .or_else(|| info.position.get("wal_lsn"))
+            .and_then(|v| v.as_str())
+            .map(parse_lsn)
+            .transpose(),
+        EngineKind::Mongodb => Ok(info.position.get("cluster_time").and_then(|ct| {
+            let t = ct.get("t")?.as_u64()?;
+            let i = ct.get("i")?.as_u64()?;
+            Some((t << 32) | i)
+        })),
     }
 }
 
@@ -338,4 +420,173 @@ pub fn plan(
         at,
         segments: chosen,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::ObjectKind;
+
+    fn t(minute: u32) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::parse_from_rfc3339(&format!("2025-06-19T08:{minute:02}:00Z"))
+            .unwrap()
+            .to_utc()
+    }
+
+    fn stream(start: u64, minute: u32) -> Stream {
+        Stream {
+            format: FORMAT_VERSION,
+            engine: EngineKind::Postgres,
+            slot: "slot".into(),
+            start: format_lsn(start),
+            started_at: t(minute),
+        }
+    }
+
+    /// A segment from `start` to `end` whose commits happened in minutes
+    /// `first..=last`, covering everything up to minute `covered`.
+    fn segment(start: u64, end: u64, first: u32, last: u32, covered: u32) -> (String, Segment) {
+        let seg = Segment {
+            format: FORMAT_VERSION,
+            engine: EngineKind::Postgres,
+            environment: "dev".into(),
+            service: "svc".into(),
+            slot: "slot".into(),
+            start: format_lsn(start),
+            end: format_lsn(end),
+            first_commit: Some(t(first)),
+            last_commit: Some(t(last)),
+            covered_until: t(covered),
+            transactions: 1,
+            changes: 1,
+            created_at: t(covered),
+            object: ObjectEntry {
+                key: CHANGES.into(),
+                kind: ObjectKind::PostgresChanges,
+                name: None,
+                size: 0,
+                sha256: String::new(),
+                raw_size: 0,
+                rows: None,
+                encrypted: false,
+            },
+            resume_token: None,
+        };
+        (
+            format!("dev/.capture/svc/postgres/{}", position_name(start)),
+            seg,
+        )
+    }
+
+    fn chosen(plan: &ReplayPlan) -> Vec<String> {
+        plan.segments.iter().map(|(_, s)| s.start.clone()).collect()
+    }
+
+    #[test]
+    fn a_service_never_captured_has_no_plan() {
+        let listing = Listing::default();
+        assert!(plan(&listing, 100, "snap", t(30)).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_plan_takes_the_segments_after_the_snapshot_up_to_the_time() {
+        let listing = Listing {
+            streams: vec![stream(10, 0)],
+            segments: vec![
+                segment(10, 20, 1, 2, 3),
+                segment(20, 30, 4, 5, 6),
+                segment(30, 40, 7, 8, 9),
+                segment(40, 50, 20, 21, 22),
+            ],
+            progress: None,
+        };
+        // Snapshot at position 25 (inside the second segment), time minute
+        // 9: covered exactly by the third; the fourth starts later.
+        let p = plan(&listing, 25, "snap", t(9)).unwrap().unwrap();
+        assert_eq!(chosen(&p), [format_lsn(20), format_lsn(30)]);
+        // Minute 10 is not covered by the third: the fourth may hold it.
+        let p = plan(&listing, 25, "snap", t(10)).unwrap().unwrap();
+        assert_eq!(chosen(&p), [format_lsn(20), format_lsn(30), format_lsn(40)]);
+    }
+
+    #[test]
+    fn capture_started_after_the_snapshot_is_a_gap() {
+        let listing = Listing {
+            streams: vec![stream(50, 5)],
+            segments: vec![segment(50, 60, 6, 7, 8)],
+            progress: None,
+        };
+        let e = plan(&listing, 40, "snap", t(7)).unwrap_err();
+        assert_eq!(e.exit_code(), 5);
+        assert!(e.to_string().contains("capture started at"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_segment_is_a_gap() {
+        let listing = Listing {
+            streams: vec![stream(10, 0)],
+            segments: vec![segment(10, 20, 1, 2, 3), segment(30, 40, 7, 8, 9)],
+            progress: None,
+        };
+        let e = plan(&listing, 10, "snap", t(8)).unwrap_err();
+        assert_eq!(e.exit_code(), 5);
+        assert!(e.to_string().contains("gap"), "{e}");
+    }
+
+    #[test]
+    fn a_time_after_the_coverage_is_refused_and_progress_extends_it() {
+        let mut listing = Listing {
+            streams: vec![stream(10, 0)],
+            segments: vec![segment(10, 20, 1, 2, 3)],
+            progress: None,
+        };
+        let e = plan(&listing, 10, "snap", t(30)).unwrap_err();
+        assert!(e.to_string().contains("captured only up to"), "{e}");
+        // A pass that found nothing new still moves the coverage on.
+        listing.progress = Some(CoveredUntil {
+            format: FORMAT_VERSION,
+            slot: "slot".into(),
+            position: format_lsn(20),
+            covered_until: t(40),
+            updated_at: t(40),
+        });
+        let p = plan(&listing, 10, "snap", t(30)).unwrap().unwrap();
+        assert_eq!(chosen(&p), [format_lsn(10)]);
+    }
+
+    #[test]
+    fn progress_at_another_position_does_not_extend_the_coverage() {
+        let listing = Listing {
+            streams: vec![stream(10, 0)],
+            segments: vec![segment(10, 20, 1, 2, 3)],
+            progress: Some(CoveredUntil {
+                format: FORMAT_VERSION,
+                slot: "slot".into(),
+                position: format_lsn(99),
+                covered_until: t(40),
+                updated_at: t(40),
+            }),
+        };
+        assert!(plan(&listing, 10, "snap", t(30)).is_err());
+    }
+
+    #[test]
+    fn segments_pruned_before_the_snapshot_are_not_needed() {
+        let listing = Listing {
+            streams: vec![stream(10, 0)],
+            // 10..20 was pruned; the snapshot is at 25.
+            segments: vec![segment(20, 30, 4, 5, 6), segment(30, 40, 7, 8, 9)],
+            progress: None,
+        };
+        let p = plan(&listing, 25, "snap", t(9)).unwrap().unwrap();
+        assert_eq!(chosen(&p), [format_lsn(20), format_lsn(30)]);
+    }
+
+    #[test]
+    fn lsns_round_trip_through_their_text_form() {
+        for lsn in [0u64, 1, 0x16_B374_D848, u64::MAX] {
+            assert_eq!(parse_lsn(&format_lsn(lsn)).unwrap(), lsn);
+        }
+        assert!(parse_lsn("not an lsn").is_err());
+    }
 }

@@ -1,0 +1,7 @@
+//! One service, locked: the session every command that touches a service's
+//! databases works through (open, lock, recover, inspect, apply), taking its
+//! snapshots, and reading its status.
+
+pub mod session;
+pub mod status;
+pub mod take;
