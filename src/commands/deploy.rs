@@ -61,7 +61,14 @@ fn render(rec: &DeploymentRecord) -> String {
         let versions: Vec<String> = s
             .engines
             .iter()
-            .map(|e| format!("{} {} -> {}", e.engine, v(e.before), v(e.after)))
+            .map(|e| {
+                format!(
+                    "{} {} -> {}",
+                    e.engine,
+                    version_text(e.before),
+                    version_text(e.after)
+                )
+            })
             .collect();
         out.push_str(&format!(
             "  {}: {}{}\n",
@@ -76,7 +83,8 @@ fn render(rec: &DeploymentRecord) -> String {
     out
 }
 
-fn v(x: Option<u64>) -> String {
+/// A version for people: `-` for none.
+fn version_text(x: Option<u64>) -> String {
     x.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
@@ -131,10 +139,8 @@ async fn pre_deploy(ctx: &Context, rec: &mut DeploymentRecord) -> Result<()> {
         });
     }
     for s in &result.snapshots {
-        if let (Some(service), Some(id)) = (s["service"].as_str(), s["id"].as_str()) {
-            if let Some(entry) = by_service.get_mut(service) {
-                entry.snapshot = Some(id.to_string());
-            }
+        if let Some(entry) = by_service.get_mut(&s.service) {
+            entry.snapshot = Some(s.id.clone());
         }
     }
     rec.services = by_service.into_values().collect();
@@ -460,7 +466,7 @@ pub async fn releases(ctx: &Context) -> Outcome {
                                     s.service,
                                     s.engines
                                         .iter()
-                                        .map(|e| format!("{}={}", e.engine, v(e.after)))
+                                        .map(|e| format!("{}={}", e.engine, version_text(e.after)))
                                         .collect::<Vec<_>>()
                                         .join("/")
                                 )

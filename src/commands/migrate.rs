@@ -18,6 +18,7 @@ use crate::service::session::{
     self as session, discover_service, ensure_consistent, inspect, LockedService, Step,
 };
 use crate::service::take::{take_service, Request};
+use crate::snapshot::Summary;
 use crate::storage::Storage;
 
 #[derive(Debug, Serialize)]
@@ -132,7 +133,7 @@ fn outcome(
 /// What a migrate run did: per engine, and the pre-migrate snapshots.
 pub struct MigrateResult {
     pub runs: Vec<EngineRun>,
-    pub snapshots: Vec<serde_json::Value>,
+    pub snapshots: Vec<Summary>,
     pub error: Option<Error>,
 }
 
@@ -209,13 +210,13 @@ pub async fn run_migrate(ctx: &Context, args: MigrateArgs) -> MigrateResult {
 struct PreMigrate<'a> {
     storage: Option<&'a dyn Storage>,
     environment: &'a str,
-    taken: &'a mut Vec<serde_json::Value>,
+    taken: &'a mut Vec<Summary>,
 }
 
 fn migrate_outcome(
     ctx: &Context,
     runs: Vec<EngineRun>,
-    snapshots: Vec<serde_json::Value>,
+    snapshots: Vec<Summary>,
     dry_run: bool,
     error: Option<Error>,
 ) -> Outcome {
@@ -224,13 +225,12 @@ fn migrate_outcome(
     for s in &snapshots {
         human.push_str(&format!(
             "{}: pre-migrate snapshot {} (verified)\n",
-            s["service"].as_str().unwrap_or("?"),
-            s["id"].as_str().unwrap_or("?")
+            s.service, s.id
         ));
     }
     o.human = human + &o.human;
     if let serde_json::Value::Object(m) = &mut o.report {
-        m.insert("snapshots".into(), serde_json::Value::Array(snapshots));
+        m.insert("snapshots".into(), json!(snapshots));
     }
     o
 }
@@ -301,7 +301,7 @@ async fn migrate_locked(
             label: None,
         };
         let found = take_service(storage, &name, &mut locked.engines, &req).await?;
-        pre.taken.push(super::snapshot::summary(&found));
+        pre.taken.push(found.summary());
     }
     let first_run = runs.len() - plans.len();
     for (i, (slot, plan)) in locked.engines.iter_mut().zip(plans.iter()).enumerate() {
