@@ -235,6 +235,30 @@ pub struct MigrateArgs {
     pub yes: bool,
 }
 
+#[derive(Debug, Clone, Default, Args)]
+pub struct RollbackArgs {
+    /// Version to go back to (0 undoes everything)
+    #[arg(
+        long,
+        value_name = "VERSION",
+        required_unless_present = "release",
+        conflicts_with = "release"
+    )]
+    pub to: Option<u64>,
+    /// Go back to the versions a release was deployed with
+    #[arg(long, value_name = "TAG")]
+    pub release: Option<String>,
+    /// Print the plan and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Skip the pre-rollback snapshot (needs --yes)
+    #[arg(long)]
+    pub no_snapshot: bool,
+    /// Confirm (required when not interactive or in a protected environment)
+    #[arg(long)]
+    pub yes: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check, snapshot, migrate, run the rollout, verify; roll the databases back on failure
@@ -294,25 +318,7 @@ pub enum Command {
     /// Apply pending migrations (after a verified snapshot)
     Migrate(MigrateArgs),
     /// Run down migrations back to a version
-    Rollback {
-        /// Version to go back to (0 undoes everything)
-        #[arg(
-            long,
-            value_name = "VERSION",
-            required_unless_present = "release",
-            conflicts_with = "release"
-        )]
-        to: Option<u64>,
-        /// Go back to the versions a release was deployed with
-        #[arg(long, value_name = "TAG")]
-        release: Option<String>,
-        /// Print the plan and change nothing
-        #[arg(long)]
-        dry_run: bool,
-        /// Confirm (required when not interactive or in a protected environment)
-        #[arg(long)]
-        yes: bool,
-    },
+    Rollback(RollbackArgs),
     /// Create the next migration file pair
     New {
         /// Service from the configuration

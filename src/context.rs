@@ -50,6 +50,15 @@ impl Context {
     }
 }
 
+/// Shows the plan on a terminal, then asks like [`confirm`]. Without a
+/// terminal the plan is part of the command's output.
+pub fn confirm_plan(ctx: &Context, action: &str, plan: &str, yes: bool) -> Result<()> {
+    if !yes && std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+        eprint!("{plan}");
+    }
+    confirm(ctx, action, yes)
+}
+
 /// Asks on a terminal; without one, `--yes` is required. Protected
 /// environments always need `--yes`.
 pub fn confirm(ctx: &Context, action: &str, yes: bool) -> Result<()> {

@@ -4,7 +4,10 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = valero_db::cli::Cli::parse();
+    let cli = match valero_db::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return valero_db::output::argument_error(e),
+    };
     valero_db::output::init_logging(cli.global.verbose, cli.global.quiet);
     valero_db::progress::init(cli.global.no_progress, cli.global.quiet);
     let format = cli.global.output;

@@ -94,6 +94,38 @@ pub fn emit(outcome: &Outcome, format: OutputFormat) -> u8 {
     outcome.exit_code()
 }
 
+/// A command line clap refused: `--help` and `--version` print as usual;
+/// an error is exit 2, and with `--output json` it is one JSON document on
+/// stdout like every other error.
+pub fn argument_error(e: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+        || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        || !json_requested(std::env::args())
+    {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let message = text
+        .lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_string();
+    let error = Error::usage_hint(message, "see `valero-db --help`");
+    let outcome = Outcome::failed(error);
+    std::process::ExitCode::from(emit(&outcome, OutputFormat::Json))
+}
+
+/// Whether the raw arguments ask for JSON output.
+fn json_requested(args: impl Iterator<Item = String>) -> bool {
+    let args: Vec<String> = args.collect();
+    args.iter().any(|a| a == "--output=json")
+        || args
+            .windows(2)
+            .any(|w| w[0] == "--output" && w[1] == "json")
+}
+
 pub fn print_error(e: &Error) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "error: {}", redact::redact(&e.to_string()));

@@ -196,6 +196,74 @@ fn json_output_is_exactly_one_document_even_on_error() {
 }
 
 #[test]
+fn argument_errors_are_one_json_document_with_json_output() {
+    let p = Project::new("json_args");
+    for args in [
+        &["status", "--output", "json", "--bogus"][..],
+        &["--output=json", "migrate", "--lock-timeout", "5"],
+        &["--output", "json", "restore", "--timestamp"],
+        &["--output", "json", "rollback"],
+    ] {
+        let run = p.run(args);
+        run.expect_code(2);
+        let doc = run.json();
+        assert_eq!(doc["error"]["kind"], "usage", "{args:?}");
+        assert_eq!(doc["error"]["exit_code"], 2, "{args:?}");
+        assert!(doc["error"]["message"].as_str().unwrap().len() > 5);
+    }
+    // Without --output json, clap's own text.
+    let run = p.run(&["status", "--bogus"]);
+    run.expect_code(2)
+        .stderr_has("unexpected argument '--bogus'");
+    assert!(run.stdout.is_empty());
+}
+
+#[test]
+fn every_error_class_is_one_json_document_with_its_exit_code() {
+    let p = Project::new("json_all");
+    p.migration("postgres", "0001_a.up.sql", "CREATE TABLE a (id int);\n");
+    let expect = |args: &[&str], code: i32, kind: &str| {
+        let mut all = vec!["--output", "json"];
+        all.extend(args);
+        let run = p.run(&all);
+        run.expect_code(code);
+        let doc = run.json();
+        assert_eq!(doc["error"]["exit_code"], code, "{args:?}: {doc}");
+        assert_eq!(doc["error"]["kind"], kind, "{args:?}: {doc}");
+    };
+    expect(&["-s", "nope", "status"], 2, "usage");
+    expect(&["-e", "deads3", "snapshot"], 3, "unreachable");
+    expect(&["status", "--check"], 9, "not_ready");
+    expect(
+        &["restore", "--timestamp", "2000-01-01T00:00:00Z", "--yes"],
+        8,
+        "no_snapshot",
+    );
+    p.migrate_now();
+    p.migration("postgres", "0001_a.up.sql", "CREATE TABLE a (id bigint);\n");
+    expect(&["migrate", "--no-snapshot", "--yes"], 5, "integrity");
+    p.migration("postgres", "0001_a.up.sql", "CREATE TABLE a (id int);\n");
+    p.migration(
+        "postgres",
+        "0002_b.up.sql",
+        "CREATE TABLE b (id nosuchtype);\n",
+    );
+    expect(
+        &["migrate", "--no-snapshot", "--yes"],
+        6,
+        "migration_failed",
+    );
+    std::fs::remove_file(p.path().join("migrations/svc/postgres/0002_b.up.sql")).unwrap();
+    expect(
+        &["deploy", "--release", "v1", "--", "false"],
+        7,
+        "deploy_failed",
+    );
+    p.write_raw_config("[environments.dev]\nstorage = 3\n");
+    expect(&["status"], 2, "config");
+}
+
+#[test]
 fn new_creates_the_next_pair_in_the_existing_style() {
     let p = Project::new("new");
     p.migration("postgres", "0007_x.up.sql", "SELECT 1;");

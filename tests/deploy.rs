@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::oracle::snapshot_ids;
+
 use common::{psql, Project};
 
 fn v1(p: &Project) {
@@ -120,6 +122,12 @@ fn a_deploy_whose_rollout_fails_is_rolled_back_with_down_migrations_on_request()
     ]);
     run.expect_code(7).stderr_has("exited with 42");
     assert_eq!(state(&p), before);
+    // The down migrations ran after a verified snapshot of what they dropped.
+    let reasons: Vec<String> = snapshot_ids(&p, "dev")
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    assert!(reasons.iter().any(|r| r == "pre-rollback"), "{reasons:?}");
 }
 
 #[test]

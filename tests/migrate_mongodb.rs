@@ -210,3 +210,78 @@ async fn malformed_extended_json_is_exit_2_before_anything_runs() {
     let db = mongo(&p.mongo_db).await;
     assert!(history(&db).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_mongodb_dry_run_writes_nothing_not_even_a_lease() {
+    let p = Project::new("m_dry");
+    p.migration("mongodb", "0001_customers.up.json", CUSTOMERS);
+    let db = mongo(&p.mongo_db).await;
+    let run = p.run(&["migrate", "--dry-run", "--output", "json"]);
+    run.ok();
+    assert_eq!(
+        collections(&db).await,
+        Vec::<String>::new(),
+        "a dry run on a fresh database creates nothing"
+    );
+    let plan = run.json();
+    let mongo_run = plan["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["engine"] == "mongodb")
+        .unwrap()
+        .clone();
+    assert_eq!(mongo_run["planned"], serde_json::json!([1]));
+    // A rollback plan is read-only too.
+    p.run(&["rollback", "--to", "0", "--dry-run"]).ok();
+    assert_eq!(collections(&db).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_dry_run_reports_a_pending_recovery_instead_of_doing_it() {
+    let p = Project::new("m_dry_rec");
+    p.migration(
+        "mongodb",
+        "0001_c.up.json",
+        r#"[{"create": "c"}, {"insert": "c", "documents": [{"_id": 1, "v": "old"}]}]"#,
+    );
+    p.migrate_now();
+    let db = mongo(&p.mongo_db).await;
+    let journal = db.collection::<bson::Document>("valero_restore_journal");
+    db.collection::<bson::Document>("valero_tmp_dead0009_0")
+        .insert_one(doc! {"_id": 1, "v": "new"})
+        .await
+        .unwrap();
+    journal
+        .insert_one(doc! {"_id": "restore", "state": "swapping", "token": "dead0009", "snapshot": "z",
+            "renames": [{"tmp": "valero_tmp_dead0009_0", "name": "c"}], "views": [], "keep": ["c", "valero_schema_history"]})
+        .await
+        .unwrap();
+    let before = collections(&db).await;
+    p.migration("mongodb", "0002_d.up.json", r#"[{"create": "d"}]"#);
+    let run = p.run(&["migrate", "--dry-run", "--output", "json"]);
+    run.ok();
+    let notes = run.json()["notes"].to_string();
+    assert!(
+        notes.contains("interrupted restore of snapshot z is pending")
+            && notes.contains("complete it"),
+        "{notes}"
+    );
+    assert_eq!(
+        collections(&db).await,
+        before,
+        "nothing recovered, nothing created"
+    );
+    assert!(journal.find_one(doc! {}).await.unwrap().is_some());
+    let c = db
+        .collection::<bson::Document>("c")
+        .find_one(doc! {})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.get_str("v").unwrap(), "old");
+    // The real run recovers first, then migrates.
+    p.run(&["migrate", "--no-snapshot", "--yes"])
+        .ok()
+        .stderr_has("completing the interrupted restore");
+}

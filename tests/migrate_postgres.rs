@@ -113,6 +113,16 @@ fn edited_applied_file_is_drift_exit_5_naming_file_and_checksums() {
         "the applied checksum is named: {}",
         run.stderr
     );
+    let on_disk = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b"CREATE TABLE a (id bigint);\n"))
+    };
+    assert_ne!(on_disk, applied);
+    assert!(
+        run.stderr.contains(&on_disk),
+        "the file's checksum is named too: {}",
+        run.stderr
+    );
     assert!(
         !table_exists(&p, "c"),
         "nothing is applied when drift is found"
@@ -222,13 +232,58 @@ fn rollback_refuses_before_changing_anything_when_a_down_file_is_missing() {
 }
 
 #[test]
+fn rollback_takes_a_verified_pre_rollback_snapshot_that_undoes_it() {
+    let p = Project::new("prerb");
+    two_migrations(&p);
+    p.migrate_now();
+    psql(&format!("INSERT INTO \"{}\".b VALUES (1)", p.schema));
+    let run = p.run(&["rollback", "--to", "1", "--yes", "--output", "json"]);
+    run.ok();
+    let doc = run.json();
+    assert_eq!(doc["snapshots"][0]["reason"], "pre-rollback");
+    let id = doc["snapshots"][0]["id"].as_str().unwrap().to_string();
+    assert!(!table_exists(&p, "b"));
+    assert_eq!(versions(&p), "1:applied");
+    // What the down migration dropped is in that snapshot.
+    p.run(&["restore", "--snapshot", &id, "--yes"]).ok();
+    assert_eq!(versions(&p), "1:applied,2:applied");
+    assert_eq!(
+        psql(&format!("SELECT count(*) FROM \"{}\".b", p.schema)),
+        "1"
+    );
+}
+
+#[test]
+fn rollback_without_usable_storage_changes_nothing_unless_told_no_snapshot() {
+    let p = Project::new("rbnostore");
+    two_migrations(&p);
+    p.migrate_now();
+    p.run(&["-e", "deads3", "rollback", "--to", "1", "--yes"])
+        .expect_code(3);
+    assert_eq!(versions(&p), "1:applied,2:applied");
+    p.run(&[
+        "-e",
+        "deads3",
+        "rollback",
+        "--to",
+        "1",
+        "--no-snapshot",
+        "--yes",
+    ])
+    .ok();
+    assert_eq!(versions(&p), "1:applied");
+}
+
+#[test]
 fn rollback_needs_yes_without_a_terminal_and_in_protected_envs() {
     let p = Project::new("confirm");
     two_migrations(&p);
     p.migrate_now();
+    // The plan is shown with the refusal, so the operator sees what --yes does.
     p.run(&["rollback", "--to", "1"])
         .expect_code(2)
-        .stderr_has("--yes");
+        .stderr_has("--yes")
+        .stdout_has("would revert 1 migration(s), 2 -> 1");
     p.run(&["-e", "prod", "rollback", "--to", "1"])
         .expect_code(2)
         .stderr_has("protected");

@@ -192,9 +192,19 @@ fn a_snapshot_without_manifest_does_not_exist_and_prune_removes_it() {
     std::fs::write(leftover.join("pre-data.sql.zst"), b"partial").unwrap();
     let list = p.run(&["snapshots", "list", "--output", "json"]).json();
     assert_eq!(list["snapshots"].as_array().unwrap().len(), 3);
-    p.run(&["snapshots", "prune", "--keep-last", "1"])
+    // Refused without --yes, showing what it would remove; nothing goes.
+    let refused = p.run(&["snapshots", "prune", "--keep-last", "1"]);
+    refused
         .expect_code(2)
-        .stderr_has("--yes");
+        .stderr_has("--yes")
+        .stdout_has("would remove incomplete leftover");
+    let shown = refused
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("would remove 20"))
+        .count();
+    assert_eq!(shown, 2, "{}", refused.stdout);
+    assert_eq!(snapshot_dirs(&p.path().join("backups/dev")).len(), 4);
     let dry = p.run(&["snapshots", "prune", "--keep-last", "1", "--dry-run"]);
     dry.ok();
     assert!(dry.stdout.contains("would remove"), "{}", dry.stdout);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::cli::{DeployArgs, MigrateArgs, RestoreArgs};
-use crate::commands::migrate::{run_migrate, run_rollback};
+use crate::commands::migrate::{apply_rollback, run_migrate};
 use crate::commands::restore::run_restore;
 use crate::context::Context;
 use crate::deploy::{
@@ -255,8 +255,8 @@ async fn roll_back(
         }
         OnFailure::Down => {
             let targets = RollbackTargets::PerEngine(rec.versions(Moment::Before));
-            let (_, error) = run_rollback(ctx, &targets, false).await;
-            match error {
+            let r = apply_rollback(ctx, &targets, false).await;
+            match r.error {
                 None => Ok("down migrations back to the pre-deploy versions".into()),
                 Some(e) => Err(e.to_string()),
             }

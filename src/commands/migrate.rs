@@ -4,10 +4,10 @@
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cli::{MigrateArgs, RepairAs};
+use crate::cli::{MigrateArgs, RepairAs, RollbackArgs};
 use crate::config::EngineKind;
 use crate::config::Service;
-use crate::context::{confirm, Context};
+use crate::context::{confirm, confirm_plan, Context};
 use crate::deploy;
 use crate::engine::{identity, RepairAction, RunMeta};
 use crate::error::{Error, Result};
@@ -130,25 +130,27 @@ fn outcome(
     .with_error(error)
 }
 
-/// What a migrate run did: per engine, and the pre-migrate snapshots.
+/// What a migrate run did: per engine, and the pre-migrate snapshots; a
+/// dry run's notes (locks held by others, recovery pending).
+#[derive(Default)]
 pub struct MigrateResult {
     pub runs: Vec<EngineRun>,
     pub snapshots: Vec<Summary>,
+    pub notes: Vec<String>,
     pub error: Option<Error>,
 }
 
 pub async fn migrate(ctx: &Context, args: MigrateArgs) -> Outcome {
     let dry_run = args.dry_run;
     let r = run_migrate(ctx, args).await;
-    migrate_outcome(ctx, r.runs, r.snapshots, dry_run, r.error)
+    migrate_outcome(ctx, r, dry_run)
 }
 
 /// The migrate path shared by `migrate`, `deploy` and `hook pre-deploy`.
 pub async fn run_migrate(ctx: &Context, args: MigrateArgs) -> MigrateResult {
     let failed = |e| MigrateResult {
-        runs: Vec::new(),
-        snapshots: Vec::new(),
         error: Some(e),
+        ..MigrateResult::default()
     };
     if args.no_snapshot && !args.dry_run {
         if let Err(e) = confirm(ctx, "migrating without a pre-migrate snapshot", args.yes) {
@@ -183,80 +185,79 @@ pub async fn run_migrate(ctx: &Context, args: MigrateArgs) -> MigrateResult {
             Err(e) => return failed(e),
         }
     };
-    let mut runs = Vec::new();
-    let mut snapshots = Vec::new();
+    let mut result = MigrateResult::default();
     for (service, local) in discovered {
-        let pre = PreMigrate {
+        let run = Run {
+            args: &args,
+            meta: &meta,
             storage: storage.as_deref(),
             environment: &ctx.env.name,
-            taken: &mut snapshots,
         };
-        if let Err(e) = migrate_service(ctx, &service, local, &args, &meta, &mut runs, pre).await {
-            return MigrateResult {
-                runs,
-                snapshots,
-                error: Some(e),
-            };
+        if let Err(e) = migrate_service(ctx, &service, local, &run, &mut result).await {
+            result.error = Some(e);
+            return result;
         }
     }
-    MigrateResult {
-        runs,
-        snapshots,
-        error: None,
-    }
+    result
 }
 
-/// Where the pre-migrate snapshot goes (None: no snapshot) and what was taken.
-struct PreMigrate<'a> {
+/// One migrate run's settings: where the pre-migrate snapshot goes (None:
+/// no snapshot, or a dry run).
+struct Run<'a> {
+    args: &'a MigrateArgs,
+    meta: &'a RunMeta,
     storage: Option<&'a dyn Storage>,
     environment: &'a str,
-    taken: &'a mut Vec<Summary>,
 }
 
-fn migrate_outcome(
-    ctx: &Context,
-    runs: Vec<EngineRun>,
-    snapshots: Vec<Summary>,
-    dry_run: bool,
-    error: Option<Error>,
-) -> Outcome {
-    let mut o = outcome(ctx, "migrate", runs, dry_run, error);
+fn migrate_outcome(ctx: &Context, r: MigrateResult, dry_run: bool) -> Outcome {
+    let mut o = outcome(ctx, "migrate", r.runs, dry_run, r.error);
     let mut human = String::new();
-    for s in &snapshots {
+    for s in &r.snapshots {
         human.push_str(&format!(
             "{}: pre-migrate snapshot {} (verified)\n",
             s.service, s.id
         ));
     }
-    o.human = human + &o.human;
+    o.human = human + &o.human + &notes_text(&r.notes);
     if let serde_json::Value::Object(m) = &mut o.report {
-        m.insert("snapshots".into(), json!(snapshots));
+        m.insert("snapshots".into(), json!(r.snapshots));
+        m.insert("notes".into(), json!(r.notes));
     }
     o
+}
+
+/// A dry run's notes, one line each.
+fn notes_text(notes: &[String]) -> String {
+    notes.iter().map(|n| format!("note: {n}\n")).collect()
 }
 
 async fn migrate_service(
     ctx: &Context,
     service: &Service,
     local: Vec<(EngineKind, Vec<Migration>)>,
-    args: &MigrateArgs,
-    meta: &RunMeta,
-    runs: &mut Vec<EngineRun>,
-    pre: PreMigrate<'_>,
+    run: &Run<'_>,
+    out: &mut MigrateResult,
 ) -> Result<()> {
-    let mut locked = LockedService::open(service, local, ctx.global.lock_timeout).await?;
-    let result = migrate_locked(&mut locked, args, meta, runs, pre).await;
+    // A dry run locks nothing and recovers nothing: it writes nothing.
+    let mut locked = if run.args.dry_run {
+        LockedService::open_read_only(service, local).await?
+    } else {
+        LockedService::open(service, local, ctx.global.lock_timeout).await?
+    };
+    out.notes.append(&mut locked.notes);
+    let result = migrate_locked(&mut locked, run, out).await;
     locked.release().await;
     result
 }
 
 async fn migrate_locked(
     locked: &mut LockedService,
-    args: &MigrateArgs,
-    meta: &RunMeta,
-    runs: &mut Vec<EngineRun>,
-    pre: PreMigrate<'_>,
+    run: &Run<'_>,
+    out: &mut MigrateResult,
 ) -> Result<()> {
+    let (args, meta) = (run.args, run.meta);
+    let runs = &mut out.runs;
     let name = locked.service.name.clone();
     // Plan every engine before changing any.
     let mut plans: Vec<Vec<u64>> = Vec::new();
@@ -293,15 +294,15 @@ async fn migrate_locked(
         return Ok(());
     }
     // A verified snapshot of the whole service before anything changes.
-    if let Some(storage) = pre.storage {
+    if let Some(storage) = run.storage {
         let req = Request {
-            environment: pre.environment,
+            environment: run.environment,
             reason: "pre-migrate",
             release: args.release.clone(),
             label: None,
         };
         let found = take_service(storage, &name, &mut locked.engines, &req).await?;
-        pre.taken.push(found.summary());
+        out.snapshots.push(found.summary());
     }
     let first_run = runs.len() - plans.len();
     for (i, (slot, plan)) in locked.engines.iter_mut().zip(plans.iter()).enumerate() {
@@ -316,10 +317,10 @@ async fn migrate_locked(
             return Err(e);
         }
     }
-    if let Some(storage) = pre.storage {
+    if let Some(storage) = run.storage {
         let after = After {
             storage,
-            environment: pre.environment,
+            environment: run.environment,
             reason: "post-migrate",
             release: args.release.clone(),
         };
@@ -363,28 +364,53 @@ impl After<'_> {
     }
 }
 
-pub async fn rollback(
-    ctx: &Context,
-    to: Option<u64>,
-    release: Option<String>,
-    dry_run: bool,
-    yes: bool,
-) -> Outcome {
-    let targets = match (to, release) {
+/// `rollback`: plans every service, shows the plan, asks, then takes a
+/// verified pre-rollback snapshot of each service it changes and runs the
+/// down migrations.
+pub async fn rollback(ctx: &Context, args: RollbackArgs) -> Outcome {
+    let targets = match (args.to, &args.release) {
         (Some(v), _) => RollbackTargets::All(v),
-        (None, Some(tag)) => match release_targets(ctx, &tag).await {
+        (None, Some(tag)) => match release_targets(ctx, tag).await {
             Ok(t) => t,
             Err(e) => return Outcome::failed(e),
         },
         (None, None) => return Outcome::failed(Error::usage("rollback needs --to or --release")),
     };
-    if !dry_run {
-        if let Err(e) = confirm(ctx, "rollback", yes) {
-            return Outcome::failed(e);
-        }
+    let mut planned = plan_rollback(ctx, &targets).await;
+    if args.dry_run || planned.error.is_some() {
+        return rollback_outcome(ctx, planned, true);
     }
-    let (runs, error) = run_rollback(ctx, &targets, dry_run).await;
-    outcome(ctx, "rollback", runs, dry_run, error)
+    if planned.runs.iter().all(|r| r.planned.is_empty()) {
+        return rollback_outcome(ctx, planned, false);
+    }
+    let plan = render(&planned.runs, true, "revert");
+    let mut action = String::from("rollback");
+    if args.no_snapshot {
+        action.push_str(" without a pre-rollback snapshot");
+    }
+    if let Err(e) = confirm_plan(ctx, &action, &plan, args.yes) {
+        planned.error = Some(e);
+        return rollback_outcome(ctx, planned, true);
+    }
+    let r = apply_rollback(ctx, &targets, args.no_snapshot).await;
+    rollback_outcome(ctx, r, false)
+}
+
+/// The outcome of a rollback (or its plan), with its pre-rollback
+/// snapshots and notes.
+fn rollback_outcome(ctx: &Context, r: RollbackResult, plan_only: bool) -> Outcome {
+    let mut o = outcome(ctx, "rollback", r.runs, plan_only, r.error);
+    let taken: String = r
+        .snapshots
+        .iter()
+        .map(|s| format!("{}: pre-rollback snapshot {} (verified)\n", s.service, s.id))
+        .collect();
+    o.human = taken + &o.human + &notes_text(&r.notes);
+    if let serde_json::Value::Object(m) = &mut o.report {
+        m.insert("snapshots".into(), json!(r.snapshots));
+        m.insert("notes".into(), json!(r.notes));
+    }
+    o
 }
 
 /// The versions a release was deployed with, per service and engine.
@@ -394,76 +420,114 @@ async fn release_targets(ctx: &Context, release: &str) -> Result<RollbackTargets
     Ok(RollbackTargets::PerEngine(versions))
 }
 
-/// Plans every service first (a dry run), so a missing down file anywhere
-/// stops the rollback before any service is changed; then applies.
-pub async fn run_rollback(
+/// What an applied rollback did: per engine, and the pre-rollback
+/// snapshots.
+#[derive(Default)]
+pub struct RollbackResult {
+    pub runs: Vec<EngineRun>,
+    pub snapshots: Vec<Summary>,
+    /// A plan's notes (locks held by others, recovery pending).
+    pub notes: Vec<String>,
+    pub error: Option<Error>,
+}
+
+/// Plans every service (changing nothing), so a missing down file anywhere
+/// stops the rollback before any service is changed.
+pub async fn plan_rollback(ctx: &Context, targets: &RollbackTargets) -> RollbackResult {
+    let mut out = RollbackResult::default();
+    rollback_pass(ctx, targets, &RollbackPass::Plan, &mut out).await;
+    out
+}
+
+/// Plans every service first, then per service under its lock: a verified pre-rollback
+/// snapshot (unless `no_snapshot`), the down migrations, and the
+/// post-rollback snapshot of captured services. Without usable storage
+/// nothing is changed, as for `migrate`.
+pub async fn apply_rollback(
     ctx: &Context,
     targets: &RollbackTargets,
-    dry_run: bool,
-) -> (Vec<EngineRun>, Option<Error>) {
-    let (planned, error) = rollback_pass(ctx, targets, &RollbackPass::Plan).await;
-    if dry_run || error.is_some() {
-        return (planned, error);
+    no_snapshot: bool,
+) -> RollbackResult {
+    let planned = plan_rollback(ctx, targets).await;
+    if planned.error.is_some() {
+        return planned;
     }
-    // For the post-rollback snapshot of captured services; a rollback is
-    // an emergency tool and does not wait for storage.
-    let storage = match ctx.storage().await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(
-                "storage is not usable ({e}); captured services get no post-rollback snapshot, \
-                 take one after the rollback (`valero-db snapshot`)"
-            );
-            None
+    let storage = if no_snapshot {
+        tracing::warn!("--no-snapshot: rolling back without a pre-rollback snapshot");
+        None
+    } else {
+        match ctx.storage().await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                return RollbackResult {
+                    error: Some(e),
+                    ..RollbackResult::default()
+                }
+            }
         }
     };
-    let after = storage.as_deref().map(|storage| After {
+    let snapshot_to = storage.as_deref().map(|storage| After {
         storage,
         environment: &ctx.env.name,
         reason: "post-rollback",
         release: None,
     });
-    rollback_pass(ctx, targets, &RollbackPass::Apply(after)).await
+    let pass = RollbackPass::Apply(snapshot_to);
+    let mut out = RollbackResult::default();
+    rollback_pass(ctx, targets, &pass, &mut out).await;
+    out
 }
 
-/// What a rollback pass does: plan only (a dry run), or apply and then take
-/// the post-rollback snapshot, when storage is usable.
+/// What a rollback pass does: plan only (a dry run), or apply with the
+/// pre- and post-rollback snapshots going to this storage (None: none).
 enum RollbackPass<'a> {
     Plan,
     Apply(Option<After<'a>>),
 }
 
+/// One pass over every service; the first error ends it (in `out.error`).
 async fn rollback_pass(
     ctx: &Context,
     targets: &RollbackTargets,
     pass: &RollbackPass<'_>,
-) -> (Vec<EngineRun>, Option<Error>) {
+    out: &mut RollbackResult,
+) {
     let discovered = match discover_all(ctx) {
         Ok(d) => d,
-        Err(e) => return (Vec::new(), Some(e)),
+        Err(e) => {
+            out.error = Some(e);
+            return;
+        }
     };
-    let mut runs = Vec::new();
     for (service, local) in discovered {
         let result = async {
-            let mut locked = LockedService::open(&service, local, ctx.global.lock_timeout).await?;
-            let r = rollback_locked(&mut locked, targets, pass, &mut runs).await;
+            // A plan locks nothing and recovers nothing: it writes nothing.
+            let mut locked = match pass {
+                RollbackPass::Plan => LockedService::open_read_only(&service, local).await?,
+                RollbackPass::Apply(_) => {
+                    LockedService::open(&service, local, ctx.global.lock_timeout).await?
+                }
+            };
+            out.notes.append(&mut locked.notes);
+            let r = rollback_locked(&mut locked, targets, pass, out).await;
             locked.release().await;
             r
         }
         .await;
         if let Err(e) = result {
-            return (runs, Some(e));
+            out.error = Some(e);
+            return;
         }
     }
-    (runs, None)
 }
 
 async fn rollback_locked(
     locked: &mut LockedService,
     targets: &RollbackTargets,
     pass: &RollbackPass<'_>,
-    runs: &mut Vec<EngineRun>,
+    out: &mut RollbackResult,
 ) -> Result<()> {
+    let runs = &mut out.runs;
     let name = locked.service.name.clone();
     let mut plans = Vec::new();
     let mut applied_versions = Vec::new();
@@ -501,6 +565,20 @@ async fn rollback_locked(
     let RollbackPass::Apply(after) = pass else {
         return Ok(());
     };
+    if plans.iter().all(Vec::is_empty) {
+        return Ok(());
+    }
+    // A down migration drops what it undoes: a verified snapshot first.
+    if let Some(to) = after {
+        let req = Request {
+            environment: to.environment,
+            reason: "pre-rollback",
+            release: None,
+            label: None,
+        };
+        let found = take_service(to.storage, &name, &mut locked.engines, &req).await?;
+        out.snapshots.push(found.summary());
+    }
     let first_run = runs.len() - plans.len();
     for (i, (slot, plan)) in locked.engines.iter_mut().zip(plans.iter()).enumerate() {
         if plan.is_empty() {
@@ -522,9 +600,7 @@ async fn rollback_locked(
         }
     }
     if let Some(after) = after {
-        if plans.iter().any(|p| !p.is_empty()) {
-            after.snapshot(&name, locked).await;
-        }
+        after.snapshot(&name, locked).await;
     }
     Ok(())
 }

@@ -69,12 +69,7 @@ async fn run_command(ctx: &Context, command: Command) -> Outcome {
         Command::Check { max_age } => deploy::check(ctx, max_age).await,
         Command::Status { check } => status::run(ctx, check).await,
         Command::Migrate(args) => migrate::migrate(ctx, args).await,
-        Command::Rollback {
-            to,
-            release,
-            dry_run,
-            yes,
-        } => migrate::rollback(ctx, to, release, dry_run, yes).await,
+        Command::Rollback(args) => migrate::rollback(ctx, args).await,
         Command::Baseline {
             baseline_version,
             engine,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::config::EngineKind;
-use crate::context::{confirm, Context};
+use crate::context::{confirm_plan, Context};
 use crate::error::{Error, Result};
 use crate::output::{table, Outcome};
 use crate::service::session::LockedService;
@@ -170,6 +170,40 @@ pub async fn verify(ctx: &Context, id: Option<String>, all: bool) -> Outcome {
     }
 }
 
+/// What `prune` removes (or would remove) and keeps.
+struct Pruned {
+    removed: Vec<String>,
+    kept: Vec<String>,
+    leftovers: Vec<String>,
+    segments: Vec<String>,
+}
+
+impl Pruned {
+    fn outcome(&self, dry_run: bool) -> Outcome {
+        let verb = if dry_run { "would remove" } else { "removed" };
+        let mut human = String::new();
+        for id in &self.removed {
+            human.push_str(&format!("{verb} {id}\n"));
+        }
+        for base in &self.leftovers {
+            human.push_str(&format!("{verb} incomplete leftover {base}\n"));
+        }
+        if !self.segments.is_empty() {
+            human.push_str(&format!(
+                "{verb} {} capture segment(s) older than every kept snapshot\n",
+                self.segments.len()
+            ));
+        }
+        human.push_str(&format!("kept {} snapshot(s)\n", self.kept.len()));
+        Outcome::ok(
+            json!({"command": "snapshots prune", "dry_run": dry_run, "removed": self.removed, "kept": self.kept, "leftovers_removed": self.leftovers, "capture_segments_removed": self.segments}),
+            human,
+        )
+    }
+}
+
+/// `snapshots prune`: works out what goes, shows it and asks, then removes
+/// it service by service under the lock.
 pub async fn prune(
     ctx: &Context,
     keep_last: usize,
@@ -177,84 +211,87 @@ pub async fn prune(
     dry_run: bool,
     yes: bool,
 ) -> Outcome {
-    let result = async {
-        let storage = ctx.storage().await?;
-        if !dry_run {
-            confirm(ctx, "prune snapshots", yes)?;
-        }
-        let mut removed = Vec::new();
-        let mut kept = Vec::new();
-        let mut leftovers = Vec::new();
-        let mut segments = Vec::new();
-        for service in ctx.services()? {
-            let mut locked =
-                LockedService::open(&service, Vec::new(), ctx.global.lock_timeout).await?;
-            let r = async {
-                let (found, incomplete) =
-                    snapshot::list_service(storage.as_ref(), &ctx.env.name, &service.name).await?;
-                let keep = retention::keep(&found, keep_last, keep_within, chrono::Utc::now());
-                segments.extend(
-                    prune_segments(
-                        storage.as_ref(),
-                        &ctx.env.name,
-                        &service.name,
-                        &found,
-                        &keep,
-                        dry_run,
-                    )
-                    .await?,
-                );
-                for (f, k) in found.iter().zip(keep) {
-                    if k {
-                        kept.push(f.manifest.id.clone());
-                        continue;
-                    }
-                    removed.push(f.manifest.id.clone());
-                    if !dry_run {
-                        delete_snapshot(storage.as_ref(), &f.base).await?;
-                    }
-                }
-                // Under the lock no snapshot is running: folders without a
-                // manifest are leftovers of interrupted ones.
-                for base in incomplete {
-                    leftovers.push(base.clone());
-                    if !dry_run {
-                        delete_snapshot(storage.as_ref(), &base).await?;
-                    }
-                }
-                Ok::<_, Error>(())
-            }
-            .await;
-            locked.release().await;
-            r?;
-        }
-        Ok::<_, Error>((removed, kept, leftovers, segments))
+    let plan = match prune_pass(ctx, keep_last, keep_within, true).await {
+        Ok(p) => p,
+        Err(e) => return Outcome::failed(e),
+    };
+    if dry_run {
+        return plan.outcome(true);
     }
-    .await;
-    match result {
-        Ok((removed, kept, leftovers, segments)) => {
-            let verb = if dry_run { "would remove" } else { "removed" };
-            let mut human = String::new();
-            for id in &removed {
-                human.push_str(&format!("{verb} {id}\n"));
-            }
-            for base in &leftovers {
-                human.push_str(&format!("{verb} incomplete leftover {base}\n"));
-            }
-            if !segments.is_empty() {
-                human.push_str(&format!(
-                    "{verb} {} capture segment(s) older than every kept snapshot\n",
-                    segments.len()
-                ));
-            }
-            human.push_str(&format!("kept {} snapshot(s)\n", kept.len()));
-            Outcome::ok(
-                json!({"command": "snapshots prune", "dry_run": dry_run, "removed": removed, "kept": kept, "leftovers_removed": leftovers, "capture_segments_removed": segments}),
-                human,
-            )
-        }
+    let shown = plan.outcome(true);
+    if let Err(e) = confirm_plan(ctx, "prune snapshots", &shown.human, yes) {
+        return shown.with_error(Some(e));
+    }
+    match prune_pass(ctx, keep_last, keep_within, false).await {
+        Ok(done) => done.outcome(false),
         Err(e) => Outcome::failed(e),
     }
+}
+
+async fn prune_pass(
+    ctx: &Context,
+    keep_last: usize,
+    keep_within: Option<Duration>,
+    dry_run: bool,
+) -> Result<Pruned> {
+    let storage = ctx.storage().await?;
+    let mut pruned = Pruned {
+        removed: Vec::new(),
+        kept: Vec::new(),
+        leftovers: Vec::new(),
+        segments: Vec::new(),
+    };
+    for service in ctx.services()? {
+        let mut locked = LockedService::open(&service, Vec::new(), ctx.global.lock_timeout).await?;
+        let r = prune_service(
+            ctx,
+            storage.as_ref(),
+            &service.name,
+            keep_last,
+            keep_within,
+            dry_run,
+            &mut pruned,
+        )
+        .await;
+        locked.release().await;
+        r?;
+    }
+    Ok(pruned)
+}
+
+async fn prune_service(
+    ctx: &Context,
+    storage: &dyn Storage,
+    service: &str,
+    keep_last: usize,
+    keep_within: Option<Duration>,
+    dry_run: bool,
+    pruned: &mut Pruned,
+) -> Result<()> {
+    let env = &ctx.env.name;
+    let (found, incomplete) = snapshot::list_service(storage, env, service).await?;
+    let keep = retention::keep(&found, keep_last, keep_within, chrono::Utc::now());
+    let segments = prune_segments(storage, env, service, &found, &keep, dry_run).await?;
+    pruned.segments.extend(segments);
+    for (f, k) in found.iter().zip(keep) {
+        if k {
+            pruned.kept.push(f.manifest.id.clone());
+            continue;
+        }
+        pruned.removed.push(f.manifest.id.clone());
+        if !dry_run {
+            delete_snapshot(storage, &f.base).await?;
+        }
+    }
+    // Under the lock no snapshot is running: folders without a manifest
+    // are leftovers of interrupted ones.
+    for base in incomplete {
+        pruned.leftovers.push(base.clone());
+        if !dry_run {
+            delete_snapshot(storage, &base).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Captured changes are needed only from the oldest kept snapshot on:

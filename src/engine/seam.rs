@@ -92,6 +92,12 @@ pub trait Engine: Send {
         Ok(())
     }
 
+    /// What `recover` would do, read without changing anything (dry runs);
+    /// None when nothing is pending.
+    async fn pending_recovery(&mut self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Continuous capture's state here (lag, WAL kept), or None when the
     /// service is not captured; read through this engine's own session.
     async fn capture_lag(&mut self, _storage: &dyn Storage, _env: &str) -> Option<Lag> {

@@ -22,10 +22,15 @@ pub struct LockedEngine {
     pub local: Vec<Migration>,
 }
 
-/// A service whose engines are connected and locked.
+/// A service whose engines are connected and locked — or, for a dry run,
+/// connected only: a dry run writes nothing, not even a lease.
 pub struct LockedService {
     pub service: Service,
     pub engines: Vec<LockedEngine>,
+    /// What a dry run found instead of acting: locks held by others,
+    /// interrupted restores the next real run would recover.
+    pub notes: Vec<String>,
+    locked: bool,
 }
 
 /// Reads the migration files of every engine a service has.
@@ -130,6 +135,8 @@ impl LockedService {
         let mut locked = LockedService {
             service: service.clone(),
             engines: Vec::new(),
+            notes: Vec::new(),
+            locked: true,
         };
         for mut part in unlocked {
             if let Err(e) = acquire(part.engine.as_mut(), lock_timeout).await {
@@ -148,10 +155,49 @@ impl LockedService {
         Ok(locked)
     }
 
+    /// Connects every engine without locking or recovering anything (dry
+    /// runs): who holds a lock and what recovery is pending become notes.
+    pub async fn open_read_only(
+        service: &Service,
+        mut local: Vec<(EngineKind, Vec<Migration>)>,
+    ) -> Result<LockedService> {
+        let connected = connect_service(service).await?;
+        let mut session = LockedService {
+            service: service.clone(),
+            engines: Vec::new(),
+            notes: Vec::new(),
+            locked: false,
+        };
+        for mut engine in connected {
+            let kind = engine.kind();
+            if let Some(holder) = engine.lock_holder().await? {
+                session.notes.push(format!(
+                    "{} ({kind}) is locked by {holder}; a real run waits for it up to --lock-timeout",
+                    service.name
+                ));
+            }
+            if let Some(pending) = engine.pending_recovery().await? {
+                session
+                    .notes
+                    .push(format!("{} ({kind}): {pending}", service.name));
+            }
+            let idx = local.iter().position(|(k, _)| *k == kind);
+            let files = idx.map(|i| local.swap_remove(i).1).unwrap_or_default();
+            session.engines.push(LockedEngine {
+                engine,
+                local: files,
+            });
+        }
+        Ok(session)
+    }
+
     /// Releases every lock; errors are logged, not raised, because the
     /// database releases a dead session's lock (PostgreSQL) or the lease
     /// expires (MongoDB) anyway.
     pub async fn release(&mut self) {
+        if !self.locked {
+            return;
+        }
         for slot in &mut self.engines {
             if let Err(e) = slot.engine.unlock().await {
                 tracing::warn!(

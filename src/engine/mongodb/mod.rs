@@ -400,6 +400,10 @@ impl Engine for MongoEngine {
     async fn recover(&mut self) -> Result<()> {
         restore::recover(&self.db, &self.service).await.map(|_| ())
     }
+
+    async fn pending_recovery(&mut self) -> Result<Option<String>> {
+        restore::pending_recovery(&self.db, &self.service).await
+    }
 }
 
 impl Drop for MongoEngine {

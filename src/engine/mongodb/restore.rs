@@ -441,6 +441,29 @@ async fn finish_swap(db: &Database, what: &str) -> Result<()> {
 
 /// Finishes or undoes a restore that was interrupted; `None` when there was
 /// none. Called before any command works on the service.
+/// What `recover` would do, read without changing anything: None when no
+/// restore was interrupted.
+pub async fn pending_recovery(db: &Database, service: &str) -> Result<Option<String>> {
+    let what = format!("MongoDB of service {service}");
+    let journal = db.collection::<Document>(JOURNAL);
+    let Some(j) = journal
+        .find_one(doc! {"_id": "restore"})
+        .await
+        .map_err(|e| classify(&what, e))?
+    else {
+        return Ok(None);
+    };
+    let snapshot = j.get_str("snapshot").unwrap_or("?");
+    let verb = if j.get_str("state").ok() == Some("swapping") {
+        "complete"
+    } else {
+        "undo"
+    };
+    Ok(Some(format!(
+        "an interrupted restore of snapshot {snapshot} is pending; the next command that takes the lock will {verb} it"
+    )))
+}
+
 pub async fn recover(db: &Database, service: &str) -> Result<Option<&'static str>> {
     let what = format!("MongoDB of service {service}");
     let journal = db.collection::<Document>(JOURNAL);
