@@ -140,8 +140,13 @@ pub enum HookCommand {
         #[arg(long, value_name = "TAG")]
         release: String,
         /// What post-deploy --result failure does with the databases
+        /// (`restore`, the default, discards what was written during the rollout)
         #[arg(long, value_enum, default_value = "restore")]
         on_failure: crate::deploy::OnFailure,
+        /// Confirm a deploy into a protected environment, the rollback of
+        /// post-deploy --result failure included
+        #[arg(long)]
+        yes: bool,
     },
     /// Close the deployment; on failure roll the databases back
     PostDeploy {
@@ -178,12 +183,17 @@ pub struct DeployArgs {
     /// Command run first when the deploy fails (e.g. the service rollback script)
     #[arg(long, value_name = "CMD")]
     pub rollback_cmd: Option<String>,
-    /// What happens to the databases when the deploy fails
+    /// What happens to the databases when the deploy fails (`restore`, the
+    /// default, discards what was written during the rollout)
     #[arg(long, value_enum, default_value = "restore")]
     pub on_failure: crate::deploy::OnFailure,
     /// Limit for the rollout command (units required: 10m)
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
+    /// Confirm a deploy into a protected environment, its automatic
+    /// database rollback included
+    #[arg(long)]
+    pub yes: bool,
     /// The rollout command, after `--`
     #[arg(last = true, required = true, value_name = "ROLLOUT")]
     pub command: Vec<String>,
@@ -333,8 +343,17 @@ pub enum Command {
     /// Adopt an existing database: mark versions up to V as applied without running them
     Baseline {
         /// Highest version to mark as applied
-        #[arg(long = "version", value_name = "VERSION")]
-        baseline_version: u64,
+        #[arg(
+            long = "version",
+            value_name = "VERSION",
+            required_unless_present = "release"
+        )]
+        baseline_version: Option<u64>,
+        /// Record the versions (after marking, or as they are) as this
+        /// release, deployed before valero-db: `rollback --release` can go
+        /// back to it
+        #[arg(long, value_name = "TAG")]
+        release: Option<String>,
         /// Only this engine
         #[arg(long, value_enum)]
         engine: Option<EngineArg>,

@@ -303,7 +303,11 @@ impl Config {
             Some(RawEncryption {
                 key_env: Some(var),
                 key_file: None,
-            }) => Some(KeySource::Env(var.clone())),
+            }) => Some(KeySource::Env(
+                // Expanded like every other string: `${KEY_VAR:-VALERO_KEY}`
+                // picks the variable's name per deployment.
+                self.expand(&what("encryption.key_env"), var)?,
+            )),
             Some(RawEncryption {
                 key_env: None,
                 key_file: Some(path),
@@ -610,6 +614,16 @@ mod tests {
         );
         assert!(c.environment("b").is_err());
         assert!(c.environment("zzz").is_err());
+    }
+
+    #[test]
+    fn encryption_key_env_is_expanded_like_every_string() {
+        let text = "[environments.a]\nstorage = \"file://b\"\nencryption = { key_env = \"${VALERO_TEST_UNSET_KEY_NAME:-SNAPSHOT_KEY_A}\" }\n";
+        let c = Config::parse(Path::new("/tmp/v.toml"), text).unwrap();
+        assert_eq!(
+            c.environment("a").unwrap().encryption,
+            Some(KeySource::Env("SNAPSHOT_KEY_A".into()))
+        );
     }
 
     #[test]

@@ -131,6 +131,56 @@ fn a_deploy_whose_rollout_fails_is_rolled_back_with_down_migrations_on_request()
 }
 
 #[test]
+fn a_deploy_into_a_protected_environment_needs_yes_up_front() {
+    let p = Project::new("d_prot");
+    v1(&p);
+    let marker = p.path().join("rolled-out");
+    let touch = format!("touch {}", marker.display());
+    p.run(&[
+        "-e",
+        "prod",
+        "deploy",
+        "--release",
+        "v1.0.0",
+        "--",
+        "sh",
+        "-c",
+        &touch,
+    ])
+    .expect_code(2)
+    .stderr_has("protected")
+    .stderr_has("restores them to the pre-deploy snapshots")
+    .stderr_has("--yes");
+    p.run(&["-e", "prod", "hook", "pre-deploy", "--release", "v1.0.0"])
+        .expect_code(2)
+        .stderr_has("protected");
+    assert!(!marker.exists(), "no rollout ran");
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = '{}'",
+            p.schema
+        )),
+        "0",
+        "nothing was migrated"
+    );
+    p.run(&[
+        "-e",
+        "prod",
+        "deploy",
+        "--release",
+        "v1.0.0",
+        "--yes",
+        "--",
+        "sh",
+        "-c",
+        &touch,
+    ])
+    .ok();
+    assert!(marker.exists());
+    assert_eq!(state(&p), "1 | a=100,b=250 | 2");
+}
+
+#[test]
 fn a_failed_preflight_changes_nothing_and_runs_no_rollout() {
     let p = Project::new("d_pre");
     v1(&p);

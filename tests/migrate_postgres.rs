@@ -314,6 +314,25 @@ fn dry_run_changes_nothing() {
 }
 
 #[test]
+fn a_release_deployed_before_valero_db_is_recorded_by_baseline_and_rolled_back_to() {
+    let p = Project::new("blrel");
+    two_migrations(&p);
+    // v0.9.0 went live at version 1, before valero-db recorded releases.
+    p.run(&["migrate", "--no-snapshot", "--yes", "--to", "1"])
+        .ok();
+    p.run(&["rollback", "--release", "v0.9.0", "--yes"])
+        .expect_code(2)
+        .stderr_has("baseline --release v0.9.0");
+    p.run(&["baseline", "--release", "v0.9.0"])
+        .ok()
+        .stdout_has("recorded release v0.9.0");
+    p.migrate_now();
+    assert_eq!(versions(&p), "1:applied,2:applied");
+    p.run(&["rollback", "--release", "v0.9.0", "--yes"]).ok();
+    assert_eq!(versions(&p), "1:applied");
+}
+
+#[test]
 fn baseline_adopts_an_existing_schema() {
     let p = Project::new("baseline");
     two_migrations(&p);

@@ -192,6 +192,15 @@ fn a_snapshot_without_manifest_does_not_exist_and_prune_removes_it() {
     std::fs::write(leftover.join("pre-data.sql.zst"), b"partial").unwrap();
     let list = p.run(&["snapshots", "list", "--output", "json"]).json();
     assert_eq!(list["snapshots"].as_array().unwrap().len(), 3);
+    // An incomplete snapshot named by id is an integrity failure.
+    p.run(&[
+        "restore",
+        "--snapshot",
+        "20200101T000000.000Z-dead00",
+        "--yes",
+    ])
+    .expect_code(5)
+    .stderr_has("incomplete");
     // Refused without --yes, showing what it would remove; nothing goes.
     let refused = p.run(&["snapshots", "prune", "--keep-last", "1"]);
     refused
@@ -502,4 +511,32 @@ fn types_from_other_schemas_and_extensions_are_recorded_as_requirements() {
         "DROP SCHEMA \"{}\" CASCADE; DROP SCHEMA \"{other}\" CASCADE",
         p.schema
     ));
+}
+
+#[test]
+fn storage_keys_start_with_the_environment_under_the_configured_url() {
+    let p = Project::new("layout");
+    seed(&p);
+    p.write_config("\n[environments.nested]\nstorage = \"file://backups/nested\"\n");
+    p.migrate_now();
+    let id = p.snapshot_in("nested");
+    // The URL is the root; the environment's name comes first in every key.
+    let manifest = p
+        .path()
+        .join(format!("backups/nested/nested/svc/{id}/manifest.json"));
+    assert!(manifest.is_file(), "{}", manifest.display());
+    let id = p.snapshot_in("dev");
+    assert!(p
+        .path()
+        .join(format!("backups/dev/svc/{id}/manifest.json"))
+        .is_file());
+    // S3: PREFIX/<env>/<service>/<id>/ in the bucket.
+    let id = p.snapshot_in("s3");
+    let data_dir = common::env_or_fail("VALERO_S3_DATA_DIR");
+    let bucket = common::env_or_fail("VALERO_S3_BUCKET");
+    let key = Path::new(&data_dir)
+        .join(bucket)
+        .join(&p.schema)
+        .join(format!("s3/svc/{id}/manifest.json"));
+    assert!(key.is_file(), "{}", key.display());
 }

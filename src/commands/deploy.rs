@@ -12,10 +12,7 @@ use crate::cli::{DeployArgs, MigrateArgs, RestoreArgs};
 use crate::commands::migrate::{apply_rollback, run_migrate};
 use crate::commands::restore::run_restore;
 use crate::context::Context;
-use crate::deploy::{
-    self, shell, DeployState, DeploymentRecord, EngineVersions, Moment, OnFailure, RunEnd,
-    ServiceVersions,
-};
+use crate::deploy::{self, shell, DeployState, DeploymentRecord, Moment, OnFailure, RunEnd};
 use crate::error::{Error, Result};
 use crate::migrate::plan::RollbackTargets;
 use crate::output::{table, Outcome};
@@ -123,27 +120,15 @@ async fn pre_deploy(ctx: &Context, rec: &mut DeploymentRecord) -> Result<()> {
         },
     )
     .await;
-    let mut by_service: BTreeMap<String, ServiceVersions> = BTreeMap::new();
+    rec.services.clear();
     for r in &result.runs {
-        let entry = by_service
-            .entry(r.service.clone())
-            .or_insert_with(|| ServiceVersions {
-                service: r.service.clone(),
-                engines: Vec::new(),
-                snapshot: None,
-            });
-        entry.engines.push(EngineVersions {
-            engine: r.engine,
-            before: r.from_version,
-            after: r.to_version,
-        });
+        rec.add_versions(&r.service, r.engine, r.from_version, r.to_version);
     }
     for s in &result.snapshots {
-        if let Some(entry) = by_service.get_mut(&s.service) {
+        if let Some(entry) = rec.services.iter_mut().find(|e| e.service == s.service) {
             entry.snapshot = Some(s.id.clone());
         }
     }
-    rec.services = by_service.into_values().collect();
     let outcome = match &result.error {
         Some(e) => Err(e.to_string()),
         None => Ok(()),
@@ -301,8 +286,10 @@ async fn begin(
     ctx: &Context,
     release: &str,
     on_failure: OnFailure,
+    yes: bool,
 ) -> std::result::Result<(Box<dyn Storage>, DeploymentRecord), Outcome> {
     deploy::validate_release(release).map_err(Outcome::failed)?;
+    consent(ctx, on_failure, yes).map_err(Outcome::failed)?;
     let storage = ctx.storage().await.map_err(Outcome::failed)?;
     let mut rec = DeploymentRecord::new(&ctx.env.name, release, on_failure);
     let started = Instant::now();
@@ -340,11 +327,33 @@ async fn conclude(
     Outcome::ok(report(&rec), render(&rec)).with_error(error)
 }
 
+/// A deploy into a protected environment changes its databases and, when
+/// the rollout fails, rolls them back without asking: `--yes` up front is
+/// the consent for both (given to `deploy` or `hook pre-deploy`; the
+/// post-deploy hook acts on the deployment it opened).
+fn consent(ctx: &Context, on_failure: OnFailure, yes: bool) -> Result<()> {
+    if !ctx.env.protected || yes {
+        return Ok(());
+    }
+    let rollback = match on_failure {
+        OnFailure::Restore => ", and on failure restores them to the pre-deploy snapshots",
+        OnFailure::Down => ", and on failure runs down migrations",
+        OnFailure::None => "",
+    };
+    Err(Error::usage_hint(
+        format!(
+            "environment '{}' is protected: a deploy migrates its databases{rollback}; it needs --yes",
+            ctx.env.name
+        ),
+        "review with `valero-db migrate --dry-run`, then repeat with --yes",
+    ))
+}
+
 pub async fn deploy(ctx: &Context, args: DeployArgs) -> Outcome {
     if args.command.is_empty() {
         return Outcome::failed(Error::usage("deploy needs the rollout command after `--`"));
     }
-    let (storage, mut rec) = match begin(ctx, &args.release, args.on_failure).await {
+    let (storage, mut rec) = match begin(ctx, &args.release, args.on_failure, args.yes).await {
         Ok(started) => started,
         Err(outcome) => return outcome,
     };
@@ -382,8 +391,8 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> Outcome {
     .await
 }
 
-pub async fn hook_pre(ctx: &Context, release: &str, on_failure: OnFailure) -> Outcome {
-    let (storage, mut rec) = match begin(ctx, release, on_failure).await {
+pub async fn hook_pre(ctx: &Context, release: &str, on_failure: OnFailure, yes: bool) -> Outcome {
+    let (storage, mut rec) = match begin(ctx, release, on_failure, yes).await {
         Ok(started) => started,
         Err(outcome) => return outcome,
     };

@@ -8,7 +8,7 @@ use crate::cli::{MigrateArgs, RepairAs, RollbackArgs};
 use crate::config::EngineKind;
 use crate::config::Service;
 use crate::context::{confirm, confirm_plan, Context};
-use crate::deploy;
+use crate::deploy::{self, DeployState, DeploymentRecord, OnFailure};
 use crate::engine::{identity, RepairAction, RunMeta};
 use crate::error::{Error, Result};
 use crate::migrate::files::Migration;
@@ -605,66 +605,136 @@ async fn rollback_locked(
     Ok(())
 }
 
-pub async fn baseline(ctx: &Context, version: u64, only: Option<EngineKind>) -> Outcome {
+/// `baseline`: adopts existing databases (marks versions up to `version`
+/// as applied), and with `--release` records the versions they are at as
+/// that release, so `rollback --release` can go back to a release deployed
+/// before valero-db.
+pub async fn baseline(
+    ctx: &Context,
+    version: Option<u64>,
+    release: Option<String>,
+    only: Option<EngineKind>,
+) -> Outcome {
     let discovered = match discover_all(ctx) {
         Ok(d) => d,
         Err(e) => return Outcome::failed(e),
     };
-    let meta = RunMeta {
-        applied_by: format!("{} (baseline)", identity()),
-        release: None,
-    };
+    if let Some(tag) = &release {
+        if let Err(e) = deploy::validate_release(tag) {
+            return Outcome::failed(e);
+        }
+    }
     let mut runs = Vec::new();
     for (service, mut local) in discovered {
         if let Some(k) = only {
             local.retain(|(kind, _)| *kind == k);
-            if local.is_empty() {
-                return outcome(
-                    ctx,
-                    "baseline",
-                    runs,
-                    false,
-                    Some(Error::usage(format!(
-                        "service {} has no {k} database",
-                        service.name
-                    ))),
-                );
-            }
         }
-        for (kind, files) in &local {
-            if !files.iter().any(|m| m.version == version) {
-                let hint = if only.is_none() && local.len() > 1 {
-                    "; pick the engine with --engine"
-                } else {
-                    ""
-                };
-                return outcome(
-                    ctx,
-                    "baseline",
-                    runs,
-                    false,
-                    Some(Error::usage(format!(
-                        "service {} ({kind}) has no migration file with version {version}{hint}",
-                        service.name
-                    ))),
-                );
-            }
-        }
-        let result = async {
-            let mut locked = LockedService::open(&service, local, ctx.global.lock_timeout).await?;
-            locked
-                .engines
-                .retain(|s| only.is_none_or(|k| s.engine.kind() == k));
-            let r = baseline_locked(&mut locked, version, &meta, &mut runs).await;
-            locked.release().await;
-            r
-        }
-        .await;
+        let result = match version {
+            Some(v) => baseline_service(ctx, &service, local, v, only, &mut runs).await,
+            None => current_versions(&service, local, only, &mut runs).await,
+        };
         if let Err(e) = result {
             return outcome(ctx, "baseline", runs, false, Some(e));
         }
     }
-    outcome(ctx, "baseline", runs, false, None)
+    let recorded = match &release {
+        Some(tag) => Some(record_release(ctx, tag, &runs).await),
+        None => None,
+    };
+    let mut o = outcome(ctx, "baseline", runs, false, None);
+    match (release, recorded) {
+        (Some(tag), Some(Ok(id))) => o.human.push_str(&format!(
+            "recorded release {tag} at these versions (deployment {id}); `valero-db rollback --release {tag}` goes back to them\n"
+        )),
+        (_, Some(Err(e))) => return o.with_error(Some(e)),
+        _ => {}
+    }
+    o
+}
+
+/// Marks the versions up to `version` of one service as applied.
+async fn baseline_service(
+    ctx: &Context,
+    service: &Service,
+    local: Vec<(EngineKind, Vec<Migration>)>,
+    version: u64,
+    only: Option<EngineKind>,
+    runs: &mut Vec<EngineRun>,
+) -> Result<()> {
+    if local.is_empty() {
+        let k = only.map(|k| k.to_string()).unwrap_or_default();
+        return Err(Error::usage(format!(
+            "service {} has no {k} database",
+            service.name
+        )));
+    }
+    for (kind, files) in &local {
+        if !files.iter().any(|m| m.version == version) {
+            let hint = if only.is_none() && local.len() > 1 {
+                "; pick the engine with --engine"
+            } else {
+                ""
+            };
+            return Err(Error::usage(format!(
+                "service {} ({kind}) has no migration file with version {version}{hint}",
+                service.name
+            )));
+        }
+    }
+    let meta = RunMeta {
+        applied_by: format!("{} (baseline)", identity()),
+        release: None,
+    };
+    let mut locked = LockedService::open(service, local, ctx.global.lock_timeout).await?;
+    locked
+        .engines
+        .retain(|s| only.is_none_or(|k| s.engine.kind() == k));
+    let r = baseline_locked(&mut locked, version, &meta, runs).await;
+    locked.release().await;
+    r
+}
+
+/// The versions one service is at now (for `baseline --release` alone).
+async fn current_versions(
+    service: &Service,
+    local: Vec<(EngineKind, Vec<Migration>)>,
+    only: Option<EngineKind>,
+    runs: &mut Vec<EngineRun>,
+) -> Result<()> {
+    let mut session = LockedService::open_read_only(service, local).await?;
+    for part in session.engines.iter_mut() {
+        let kind = part.engine.kind();
+        if only.is_some_and(|k| k != kind) {
+            continue;
+        }
+        let (_, analysis) = inspect(part).await?;
+        ensure_consistent(&service.name, kind, &analysis)?;
+        runs.push(EngineRun {
+            service: service.name.clone(),
+            engine: kind,
+            from_version: analysis.current,
+            to_version: analysis.current,
+            planned: Vec::new(),
+            steps: Vec::new(),
+        });
+    }
+    Ok(())
+}
+
+/// Stores a successful deployment record of `tag` at the versions the
+/// baseline left the engines at.
+async fn record_release(ctx: &Context, tag: &str, runs: &[EngineRun]) -> Result<String> {
+    let storage = ctx.storage().await?;
+    let started = std::time::Instant::now();
+    let mut rec = DeploymentRecord::new(&ctx.env.name, tag, OnFailure::None);
+    for r in runs {
+        rec.add_versions(&r.service, r.engine, r.to_version, r.to_version);
+    }
+    rec.step("baseline (deployed before valero-db)", started, Ok(()));
+    rec.state = DeployState::Succeeded;
+    rec.finished_at = Some(chrono::Utc::now());
+    rec.save(storage.as_ref()).await?;
+    Ok(rec.id)
 }
 
 async fn baseline_locked(

@@ -72,8 +72,12 @@ async fn run_command(ctx: &Context, command: Command) -> Outcome {
         Command::Rollback(args) => migrate::rollback(ctx, args).await,
         Command::Baseline {
             baseline_version,
+            release,
             engine,
-        } => migrate::baseline(ctx, baseline_version, engine.map(Into::into)).await,
+        } => {
+            let engine = engine.map(Into::into);
+            migrate::baseline(ctx, baseline_version, release, engine).await
+        }
         Command::Repair {
             engine,
             repair_version,
@@ -99,7 +103,8 @@ async fn hook(ctx: &Context, command: HookCommand) -> Outcome {
         HookCommand::PreDeploy {
             release,
             on_failure,
-        } => deploy::hook_pre(ctx, &release, on_failure).await,
+            yes,
+        } => deploy::hook_pre(ctx, &release, on_failure, yes).await,
         HookCommand::PostDeploy {
             release,
             result,

@@ -173,6 +173,32 @@ impl DeploymentRecord {
         });
     }
 
+    /// Records one engine's versions before and after the deployment.
+    pub fn add_versions(
+        &mut self,
+        service: &str,
+        engine: EngineKind,
+        before: Option<u64>,
+        after: Option<u64>,
+    ) {
+        let at = match self.services.iter().position(|s| s.service == service) {
+            Some(i) => i,
+            None => {
+                self.services.push(ServiceVersions {
+                    service: service.to_string(),
+                    engines: Vec::new(),
+                    snapshot: None,
+                });
+                self.services.len() - 1
+            }
+        };
+        self.services[at].engines.push(EngineVersions {
+            engine,
+            before,
+            after,
+        });
+    }
+
     /// The version of every engine of every service the deployment
     /// touched, before or after it.
     pub fn versions(&self, moment: Moment) -> BTreeMap<(String, EngineKind), u64> {
@@ -232,7 +258,10 @@ pub async fn release_versions(
                 format!(
                     "no successful deployment of release {release} in environment {environment}"
                 ),
-                "`valero-db releases` lists the deployments",
+                format!(
+                    "`valero-db releases` lists the deployments; a release deployed before valero-db \
+                     is recorded with `valero-db baseline --release {release}` while the databases are at its versions"
+                ),
             )
         })?;
     Ok(rec.versions(Moment::After))

@@ -386,7 +386,7 @@ pub async fn read_checked(
 }
 
 /// Why snapshot `id` of the services is not usable, if a folder by that
-/// name exists but was rejected.
+/// name exists but was rejected or is incomplete (both integrity failures).
 pub async fn rejection(
     storage: &dyn Storage,
     env: &str,
@@ -398,6 +398,12 @@ pub async fn rejection(
         let wanted = format!("{env}/{service}/{id}");
         if let Some((_, e)) = listing.rejected.into_iter().find(|(b, _)| *b == wanted) {
             return Ok(Some(e));
+        }
+        if listing.incomplete.contains(&wanted) {
+            return Ok(Some(Error::integrity(
+                format!("snapshot {id} of service {service} is incomplete: it has no manifest (an interrupted snapshot)"),
+                Some("nothing was changed; pick a complete one with `valero-db snapshots list`; `snapshots prune` removes leftovers".into()),
+            )));
         }
     }
     Ok(None)
