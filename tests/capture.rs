@@ -204,9 +204,28 @@ fn restore_to_a_time_replays_captured_changes_exactly_and_capture_goes_on() {
         ),
         "{text}"
     );
+    let wal_sample = |text: &str| -> f64 {
+        let series =
+            "valero_db_capture_retained_wal_bytes{env=\"dev\",service=\"svc\",engine=\"postgres\"} ";
+        text.lines()
+            .find_map(|l| l.strip_prefix(series))
+            .unwrap_or_else(|| panic!("no retained-WAL sample in:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let kept_before = wal_sample(&text);
+    // Changes the capture has not shipped keep WAL on the server: the
+    // sample grows with them.
+    sql(
+        &p,
+        "INSERT INTO $S.notes SELECT g, repeat('wal', 200) FROM generate_series(1, 20000) g",
+    );
+    p.run(&["status", "--metrics-file", metrics.to_str().unwrap()])
+        .ok();
+    let kept_after = wal_sample(&std::fs::read_to_string(&metrics).unwrap());
     assert!(
-        text.contains("valero_db_capture_retained_wal_bytes"),
-        "{text}"
+        kept_after > kept_before + 1_000_000.0,
+        "retained WAL {kept_before} -> {kept_after}"
     );
     drop_capture(&p);
     let status = p.run(&["status", "--output", "json"]).json();

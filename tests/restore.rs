@@ -243,40 +243,102 @@ fn restore_from_another_environment_refreshes_this_one() {
     );
 }
 
-#[test]
-fn kill_9_during_a_postgres_restore_leaves_the_old_state() {
+/// Starts `restore --snapshot ID`, waits until its PostgreSQL session
+/// matches `point` (a condition on pg_stat_activity), then kill -9s it and
+/// waits until the server has rolled the session back.
+fn kill_restore_at(p: &Project, id: &str, point: &str) {
+    let mut child = p.spawn(&["restore", "--snapshot", id, "--yes"]);
+    let session = format!(
+        "application_name LIKE 'valero-db host=% pid={}' AND datname = current_database()",
+        child.id()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let hit = psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE {session} AND {point}"
+        ));
+        if hit != "0" {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the restore ended ({status}) before reaching: {point}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restore never reached: {point}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The server notices the dead client and rolls the transaction back.
+    let mut tries = 0;
+    while psql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE {session}"
+    )) != "0"
+    {
+        assert!(tries < 300, "the killed restore's session did not end");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        tries += 1;
+    }
+}
+
+#[tokio::test]
+async fn kill_9_at_every_stage_of_a_restore_leaves_the_old_state() {
     let p = Project::new("r_kill");
     p.migration(
         "postgres",
         "0001_big.up.sql",
-        "CREATE TABLE big (id int PRIMARY KEY, blob text); INSERT INTO big SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, 200000) g;",
+        "CREATE TABLE big (id int PRIMARY KEY, blob text); \
+         INSERT INTO big SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, 200000) g; \
+         CREATE INDEX big_blob ON big (blob);",
     );
-    let id = p.migrate_and_snapshot();
+    // Enough MongoDB documents that PostgreSQL waits for its commit while
+    // MongoDB loads (PostgreSQL commits only after every engine is loaded).
+    p.migration("mongodb", "0001_docs.up.json", r#"[{"create": "docs"}]"#);
+    p.migrate_now();
+    let db = common::mongo(&p.mongo_db).await;
+    let docs: Vec<Document> = (0..8_000)
+        .map(|i| doc! {"_id": i, "v": "x".repeat(200)})
+        .collect();
+    db.collection::<Document>("docs")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    let id = p.snapshot_in("dev");
     psql(&format!("DELETE FROM \"{}\".big WHERE id > 10", p.schema));
+    db.collection::<Document>("docs")
+        .delete_many(doc! {"_id": {"$gte": 10}})
+        .await
+        .unwrap();
     let before = data_fingerprint(&p.schema);
-    for delay_ms in [300u64, 900] {
-        let mut child = p.spawn(&["restore", "--snapshot", &id, "--yes"]);
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        // The server notices the dead client and rolls back.
-        let mut tries = 0;
-        while psql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'valero-db%' AND pid <> pg_backend_pid() AND datname = current_database() AND state <> 'idle'") != "0" && tries < 100 {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            tries += 1;
-        }
-        let now = data_fingerprint(&p.schema);
-        let restored = now.contains("big=200000:");
-        assert!(
-            now == before || restored,
-            "a mix after kill -9 at {delay_ms} ms:\n{now}"
+    let mongo_before = raw_documents(&db, "docs").await;
+    for point in [
+        // Loading rows (the pre-restore snapshot's COPYs go TO STDOUT).
+        "query LIKE 'COPY %big% FROM STDIN%' AND state = 'active'",
+        // Building an index (post-data).
+        "pid IN (SELECT pid FROM pg_stat_progress_create_index)",
+        // Everything loaded, waiting for the commit while MongoDB loads.
+        "state = 'idle in transaction' AND query LIKE '%relkind = ''m''%'",
+    ] {
+        kill_restore_at(&p, &id, point);
+        assert_eq!(data_fingerprint(&p.schema), before, "killed at: {point}");
+        assert_eq!(
+            raw_documents(&db, "docs").await,
+            mongo_before,
+            "killed at: {point}"
         );
-        if restored {
-            break;
-        }
+        // The next locking command drops MongoDB's unfinished temporaries.
+        p.run(&["snapshot"]).ok();
+        let names = db.list_collection_names().await.unwrap();
+        assert!(
+            !names.iter().any(|n| n.starts_with("valero_tmp_")),
+            "killed at: {point}: {names:?}"
+        );
     }
     p.run(&["restore", "--snapshot", &id, "--yes"]).ok();
     assert!(data_fingerprint(&p.schema).contains("big=200000:"));
+    assert_eq!(raw_documents(&db, "docs").await.len(), 8_000);
 }
 
 fn awkward_documents() -> Vec<Document> {
@@ -533,7 +595,7 @@ async fn kill_9_during_a_mongodb_restore_leaves_old_or_new_after_the_next_comman
     p.migrate_now();
     let db = common::mongo(&p.mongo_db).await;
     let c = db.collection::<Document>("c");
-    let docs: Vec<Document> = (0..20_000)
+    let docs: Vec<Document> = (0..8_000)
         .map(|i| doc! {"_id": i, "v": "new", "pad": "x".repeat(200)})
         .collect();
     c.insert_many(docs).await.unwrap();
