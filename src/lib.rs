@@ -40,9 +40,15 @@ pub async fn run(cli: Cli) -> Outcome {
     }
     tokio::select! {
         outcome = commands::dispatch(cli) => outcome,
-        // Dropping the command's future closes its connections: PostgreSQL
-        // rolls back the open transaction and frees the advisory lock.
-        _ = termination() => Outcome::failed(Error::Interrupted),
+        // Dropping the command's future closes its connections, but a
+        // backend busy with a long statement notices only when it ends: the
+        // sessions are ended on the server first (while the command's
+        // future still holds them), so the open transaction rolls back and
+        // the locks go now.
+        _ = async {
+            termination().await;
+            engine::postgres::sessions::terminate_all().await;
+        } => Outcome::failed(Error::Interrupted),
     }
 }
 

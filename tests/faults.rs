@@ -335,6 +335,101 @@ fn flaky_s3(upstream: u16, fail: usize) -> (u16, std::sync::Arc<std::sync::atomi
     (port, served)
 }
 
+/// An S3 front that passes everything to the real server except reads of
+/// stored objects (GetObject), which it answers with `500 InternalError`:
+/// writes succeed and the read-back fails. One request per connection.
+fn unreadable_s3(upstream: u16) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut client) = conn else { continue };
+            std::thread::spawn(move || {
+                let _ = client.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                let mut data = Vec::new();
+                let mut buf = [0u8; 64 << 10];
+                let head_end = loop {
+                    if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match client.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => data.extend_from_slice(&buf[..k]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&data[..head_end]).to_string();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while data.len() < head_end + length {
+                    match client.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => data.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let request_line = head.lines().next().unwrap_or_default().to_string();
+                if request_line.starts_with("GET ") && !request_line.contains("list-type") {
+                    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>";
+                    let _ = write!(
+                        client,
+                        "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    return;
+                }
+                // Forward with `Connection: close`, so the server ends the
+                // connection after its answer.
+                let mut forwarded: String = head
+                    .trim_end_matches("\r\n")
+                    .split("\r\n")
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .map(|l| format!("{l}\r\n"))
+                    .collect();
+                forwarded.push_str("Connection: close\r\n\r\n");
+                let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                let _ = server.write_all(forwarded.as_bytes());
+                let _ = server.write_all(&data[head_end..]);
+                let _ = std::io::copy(&mut server, &mut client);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_failed_read_back_of_the_pre_migrate_snapshot_blocks_the_migration() {
+    let p = Project::new("f_readback");
+    let port = unreadable_s3(s3_port());
+    p.write_config(&format!(
+        "[environments.readfail]\nstorage = \"s3://${{VALERO_S3_BUCKET}}/{0}\"\ns3 = {{ endpoint = \"http://127.0.0.1:{port}\", force_path_style = true, region = \"us-east-1\" }}\n",
+        p.schema
+    ));
+    p.migration(
+        "postgres",
+        "0001_t.up.sql",
+        "CREATE TABLE t (v int);\nINSERT INTO t VALUES (1);\n",
+    );
+    p.run(&["-e", "readfail", "migrate"])
+        .expect_code(3)
+        .stderr_has("HTTP 500");
+    assert_eq!(
+        psql(&format!("SELECT to_regclass('\"{}\".t') IS NULL", p.schema)),
+        "t",
+        "no migration was applied"
+    );
+    // Nothing that looks complete was left behind in the bucket.
+    let list = p.run(&["-e", "s3", "snapshots", "list", "--output", "json"]);
+    list.ok().stdout_has("\"snapshots\": []");
+}
+
 fn s3_port() -> u16 {
     let endpoint = common::env_or_fail("VALERO_S3_ENDPOINT");
     url::Url::parse(&endpoint).unwrap().port().unwrap()
@@ -507,4 +602,93 @@ fn postgres_restarting_mid_migration_leaves_nothing_half_applied_and_a_rerun_suc
         "1"
     );
     psql_restartable(&format!("DROP SCHEMA \"{s}\" CASCADE"));
+}
+
+/// Waits until the valero-db process `pid` has a PostgreSQL session
+/// matching `condition` (on pg_stat_activity).
+fn wait_for_session(pid: u32, condition: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while psql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'valero-db host=% pid={pid}' AND {condition}"
+    )) == "0"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "valero-db never reached: {condition}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on a child we spawned and have not reaped.
+    let r = unsafe { libc::kill(child.id() as i32, sig) };
+    assert_eq!(r, 0, "kill failed");
+}
+
+#[test]
+fn sigterm_and_sigint_are_exit_130_with_the_open_transaction_rolled_back() {
+    let p = Project::new("f_signal");
+    p.migration(
+        "postgres",
+        "0001_slow.up.sql",
+        "CREATE TABLE t (v int);\nINSERT INTO t VALUES (1);\nSELECT pg_sleep(60);\n",
+    );
+    let mut child = p.spawn(&["migrate", "--no-snapshot", "--yes"]);
+    wait_for_session(child.id(), "query LIKE '%pg_sleep%' AND state = 'active'");
+    signal(&child, libc::SIGTERM);
+    let pid = child.id();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status}");
+    // Its session is ended on the server at once, not when pg_sleep is
+    // over: the transaction is rolled back and the lock is free.
+    let mut tries = 0;
+    while psql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'valero-db host=% pid={pid}'"
+    )) != "0"
+    {
+        assert!(tries < 50, "the interrupted migration's session lives on");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        tries += 1;
+    }
+    assert_eq!(
+        psql(&format!("SELECT to_regclass('\"{}\".t') IS NULL", p.schema)),
+        "t",
+        "no table, no history row"
+    );
+    let status = p.run(&["status", "--output", "json"]).json();
+    assert!(status["services"][0]["dirty"].is_null(), "{status}");
+
+    // SIGINT while a restore loads: the old state stays.
+    p.migration("postgres", "0001_slow.up.sql", "CREATE TABLE t (v int);\n");
+    p.migration(
+        "postgres",
+        "0002_big.up.sql",
+        "CREATE TABLE big (id int PRIMARY KEY, blob text);\nINSERT INTO big SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, 200000) g;\n",
+    );
+    let id = p.migrate_and_snapshot();
+    psql(&format!("DELETE FROM \"{}\".big WHERE id > 10", p.schema));
+    let mut child = p.spawn(&["restore", "--snapshot", &id, "--yes"]);
+    wait_for_session(
+        child.id(),
+        "query LIKE 'COPY %big% FROM STDIN%' AND state = 'active'",
+    );
+    signal(&child, libc::SIGINT);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status}");
+    let mut tries = 0;
+    while psql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'valero-db host=% pid={}'",
+        child.id()
+    )) != "0"
+    {
+        assert!(tries < 50, "the interrupted restore's session did not end");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        tries += 1;
+    }
+    assert_eq!(
+        psql(&format!("SELECT count(*) FROM \"{}\".big", p.schema)),
+        "10",
+        "the old state stays"
+    );
 }

@@ -7,6 +7,7 @@ pub mod capture;
 pub mod copy_binary;
 pub mod pgoutput;
 pub mod restore;
+pub mod sessions;
 pub mod snapshot;
 pub mod sql;
 
@@ -37,6 +38,8 @@ pub struct PostgresEngine {
     lock_key: i32,
     /// Kept for pg_dump, which reads the same exported snapshot.
     url: String,
+    /// Ends the session on the server if valero-db is interrupted.
+    _registered: sessions::Registered,
 }
 
 fn lock_key_for(schema: &str) -> i32 {
@@ -67,16 +70,22 @@ impl PostgresEngine {
             ))
             .log_statements(tracing::log::LevelFilter::Trace);
         let connect_timeout = std::time::Duration::from_secs(15);
-        let conn = tokio::time::timeout(connect_timeout, options.connect())
+        let mut conn = tokio::time::timeout(connect_timeout, options.connect())
             .await
             .map_err(|_| Error::unreachable(&what, "connection timed out after 15s"))?
             .map_err(|e| classify(&what, e))?;
+        let pid: i32 = sqlx::query("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| classify(&what, e))?
+            .get(0);
         Ok(PostgresEngine {
             service: service.to_string(),
             lock_key: lock_key_for(&target.schema),
             schema: target.schema.clone(),
             conn,
             url: target.url.clone(),
+            _registered: sessions::register(&options, pid),
         })
     }
 
