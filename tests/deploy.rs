@@ -403,3 +403,61 @@ fn metrics_are_pushed_to_a_pushgateway() {
         "{request}"
     );
 }
+
+#[test]
+fn a_rollout_that_overruns_its_timeout_is_stopped_and_rolled_back() {
+    let p = Project::new("d_timeout");
+    v1(&p);
+    p.run(&["deploy", "--release", "v1.0.0", "--", "true"]).ok();
+    let before = state(&p);
+    v2(&p);
+    let started = std::time::Instant::now();
+    p.run(&[
+        "deploy",
+        "--release",
+        "v1.1.0",
+        "--timeout",
+        "1s",
+        "--",
+        "sleep",
+        "60",
+    ])
+    .expect_code(7)
+    .stderr_has("timed out");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "the rollout was stopped, not waited for"
+    );
+    assert_eq!(state(&p), before);
+}
+
+#[test]
+fn sigterm_during_the_rollout_is_forwarded_and_the_databases_are_rolled_back() {
+    let p = Project::new("d_signal");
+    v1(&p);
+    p.run(&["deploy", "--release", "v1.0.0", "--", "true"]).ok();
+    let before = state(&p);
+    v2(&p);
+    let running = p.path().join("rollout-running");
+    let got_term = p.path().join("rollout-got-term");
+    let script = format!(
+        "trap 'touch {term}; exit 143' TERM; touch {run}; sleep 60 & wait",
+        term = got_term.display(),
+        run = running.display()
+    );
+    let mut child = p.spawn(&["deploy", "--release", "v1.1.0", "--", "sh", "-c", &script]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !running.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rollout never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on a child we spawned and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert!(got_term.exists(), "the rollout received the SIGTERM");
+    assert_eq!(status.code(), Some(7), "{status}");
+    assert_eq!(state(&p), before, "the databases were rolled back");
+}

@@ -147,7 +147,7 @@ fn restore_and_deploy_meet_a_held_lock_with_exit_4_naming_the_holder() {
         .as_str()
         .unwrap()
         .to_string();
-    p.migration("postgres", "0002_slow.up.sql", "SELECT pg_sleep(5);\n");
+    p.migration("postgres", "0002_slow.up.sql", "SELECT pg_sleep(8);\n");
     let mut holder = p.spawn(&["migrate", "--no-snapshot", "--yes"]);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     p.run(&[
@@ -171,6 +171,11 @@ fn restore_and_deploy_meet_a_held_lock_with_exit_4_naming_the_holder() {
     ])
     .expect_code(4)
     .stderr_has("held by");
+    let json = p.run(&["--output", "json", "snapshot", "--lock-timeout", "1s"]);
+    json.expect_code(4);
+    let doc = json.json();
+    assert_eq!(doc["error"]["kind"], "lock_timeout", "{doc}");
+    assert_eq!(doc["error"]["exit_code"], 4, "{doc}");
     assert!(holder.wait().unwrap().success());
     assert_eq!(
         psql(&format!(

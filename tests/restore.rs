@@ -790,3 +790,83 @@ fn text_the_converter_does_not_know_loads_as_text_after_a_partial_binary_load() 
         "300001 300001 2030-01-01 10:00:00"
     );
 }
+
+#[tokio::test]
+async fn a_failed_postgres_commit_leaves_mongodb_untouched() {
+    let p = Project::new("r_pgfail");
+    p.migration(
+        "postgres",
+        "0001_t.up.sql",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000);",
+    );
+    p.migration("mongodb", "0001_docs.up.json", r#"[{"create": "docs"}]"#);
+    p.migrate_now();
+    let db = common::mongo(&p.mongo_db).await;
+    let docs: Vec<Document> = (0..8_000)
+        .map(|i| doc! {"_id": i, "v": "x".repeat(200)})
+        .collect();
+    db.collection::<Document>("docs")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    let id = p.snapshot_in("dev");
+    psql(&format!("DELETE FROM \"{}\".t WHERE id > 10", p.schema));
+    db.collection::<Document>("docs")
+        .delete_many(doc! {"_id": {"$gte": 10}})
+        .await
+        .unwrap();
+    let before = data_fingerprint(&p.schema);
+    let mongo_before = raw_documents(&db, "docs").await;
+    // PostgreSQL is loaded and waits for its commit while MongoDB loads;
+    // its session dies there, so its commit fails.
+    let mut child = p
+        .std_cmd()
+        .args(["restore", "--snapshot", &id, "--yes"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let session = format!(
+        "application_name LIKE 'valero-db host=% pid={}' AND datname = current_database()",
+        child.id()
+    );
+    let waiting = "state = 'idle in transaction' AND query LIKE '%relkind = ''m''%'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while psql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE {session} AND {waiting}"
+    )) == "0"
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended early"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached the commit wait"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    psql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {session} AND {waiting}"
+    ));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(data_fingerprint(&p.schema), before);
+    assert_eq!(
+        raw_documents(&db, "docs").await,
+        mongo_before,
+        "MongoDB commits only after PostgreSQL did"
+    );
+    let names = db.list_collection_names().await.unwrap();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("valero_tmp_") || n == "valero_restore_journal"),
+        "{names:?}"
+    );
+}

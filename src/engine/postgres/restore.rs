@@ -162,14 +162,24 @@ pub fn strip_psql_meta(sql: &str) -> String {
         .join("\n")
 }
 
+/// A statement of the restore failed: the transaction is rolled back, so
+/// nothing changed; a lost connection is exit 3 like any other.
 fn sql_failed(what: &str, step: &str, e: sqlx::Error) -> Error {
-    match e {
-        sqlx::Error::Database(db) => Error::internal(format!(
-            "{what}: restoring {step} failed: {} (SQLSTATE {}); the transaction was rolled back, nothing changed",
-            crate::redact::redact(db.message()),
-            db.code().unwrap_or_default()
-        )),
-        other => classify(what, other),
+    match classify(what, e) {
+        Error::Database {
+            what,
+            class,
+            message,
+            sqlstate,
+        } => Error::Database {
+            what,
+            class,
+            message: format!(
+                "restoring {step} failed: {message}; the transaction was rolled back, nothing changed"
+            ),
+            sqlstate,
+        },
+        other => other,
     }
 }
 
