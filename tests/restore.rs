@@ -595,7 +595,7 @@ async fn kill_9_during_a_mongodb_restore_leaves_old_or_new_after_the_next_comman
     p.migrate_now();
     let db = common::mongo(&p.mongo_db).await;
     let c = db.collection::<Document>("c");
-    let docs: Vec<Document> = (0..8_000)
+    let docs: Vec<Document> = (0..20_000)
         .map(|i| doc! {"_id": i, "v": "new", "pad": "x".repeat(200)})
         .collect();
     c.insert_many(docs).await.unwrap();

@@ -161,6 +161,16 @@ mongodb = {{ url = "${{VALERO_MONGO_URL}}", database = "{db}" }}
             .expect("spawn valero-db")
     }
 
+    /// `run` with extra environment variables.
+    pub fn run_with_env(&self, env: &[(&str, &str)], args: &[&str]) -> Run {
+        self.std_cmd()
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .expect("run valero-db")
+            .into()
+    }
+
     pub fn run(&self, args: &[&str]) -> Run {
         let out = self.cmd().args(args).output().expect("run valero-db");
         Run::from(out)

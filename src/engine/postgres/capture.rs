@@ -157,6 +157,20 @@ impl Capture<'_> {
             .await
             .map_err(|e| classify(&what, e))?
             .get(0);
+        let version_num: i32 = sqlx::query("SELECT current_setting('server_version_num')::int")
+            .fetch_one(&mut *self.conn)
+            .await
+            .map_err(|e| classify(&what, e))?
+            .get(0);
+        if version_num < 150000 {
+            return Err(Error::usage_hint(
+                format!(
+                    "{what}: continuous capture needs PostgreSQL 15 or newer (schema publications); the server runs {}",
+                    version_num / 10000
+                ),
+                "snapshots and restores work on PostgreSQL 14; upgrade the server to capture every change",
+            ));
+        }
         if level != "logical" {
             return Err(Error::usage_hint(
                 format!("{what}: capture needs wal_level = logical, the server has wal_level = {level}"),

@@ -42,6 +42,24 @@ pub struct PostgresEngine {
     _registered: sessions::Registered,
 }
 
+/// The server versions valero-db is tested with and supports.
+pub const SUPPORTED: std::ops::RangeInclusive<i32> = 14..=18;
+
+/// Refuses a server outside the supported versions, naming its version.
+fn supported_server(what: &str, version_num: i32, version: &str) -> Result<()> {
+    if SUPPORTED.contains(&(version_num / 10000)) {
+        return Ok(());
+    }
+    Err(Error::usage_hint(
+        format!(
+            "{what} runs PostgreSQL {version}; valero-db supports PostgreSQL {} to {}",
+            SUPPORTED.start(),
+            SUPPORTED.end()
+        ),
+        "upgrade the server (or use a valero-db release that supports it); nothing was changed",
+    ))
+}
+
 fn lock_key_for(schema: &str) -> i32 {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(format!("valero-db:{schema}").as_bytes());
@@ -74,11 +92,13 @@ impl PostgresEngine {
             .await
             .map_err(|_| Error::unreachable(&what, "connection timed out after 15s"))?
             .map_err(|e| classify(&what, e))?;
-        let pid: i32 = sqlx::query("SELECT pg_backend_pid()")
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| classify(&what, e))?
-            .get(0);
+        let (pid, version_num, version): (i32, i32, String) = sqlx::query_as(
+            "SELECT pg_backend_pid(), current_setting('server_version_num')::int, current_setting('server_version')",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| classify(&what, e))?;
+        supported_server(&what, version_num, &version)?;
         Ok(PostgresEngine {
             service: service.to_string(),
             lock_key: lock_key_for(&target.schema),

@@ -7,7 +7,7 @@
 use sqlx::postgres::PgConnection;
 use sqlx::Row;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::copy_binary::{Converter, Kind, Unconvertible};
 use super::sql::{classify, exec, quote_ident};
@@ -18,6 +18,39 @@ use crate::snapshot::manifest::EngineInfo;
 use crate::snapshot::stream::ObjectStream;
 use crate::snapshot::{Found, ObjectEntry, ObjectKind};
 use crate::storage::Storage;
+
+/// The major version in a `server_version` text (`17.2 (Debian …)` → 17).
+fn major_of(version: &str) -> Option<u32> {
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|m| m.parse().ok())
+}
+
+/// Session settings the server knows: lines of pg_dump's script that set
+/// others (a newer pg_dump writes `SET transaction_timeout = 0;`, which
+/// PostgreSQL 16 and older reject) are left out when it is replayed.
+async fn known_settings(conn: &mut PgConnection, what: &str) -> Result<HashSet<String>> {
+    let rows = sqlx::query("SELECT name FROM pg_settings")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| classify(what, e))?;
+    Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+}
+
+/// Drops `SET name = value;` lines whose setting the server does not have.
+pub fn fit_settings(sql: &str, known: &HashSet<String>) -> String {
+    sql.lines()
+        .filter(|line| {
+            let Some(rest) = line.strip_prefix("SET ") else {
+                return true;
+            };
+            let name = rest.split([' ', '=']).next().unwrap_or_default();
+            known.contains(name) || !line.trim_end().ends_with(';')
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 /// Objects outside the schema that depend on it would be dropped by the
 /// restore; valero-db changes nothing outside the service, so it refuses.
@@ -91,6 +124,25 @@ pub async fn preflight(
     info: &EngineInfo,
 ) -> Result<()> {
     let what = format!("PostgreSQL of service {service}");
+    let (server_num, server_version): (i32, String) = sqlx::query_as(
+        "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| classify(&what, e))?;
+    let snapshot_major = major_of(&info.server_version);
+    if snapshot_major.is_some_and(|m| m > (server_num / 10000) as u32) {
+        return Err(Error::usage_hint(
+            format!(
+                "service {service}: the snapshot was taken on PostgreSQL {}, the target server runs {server_version}; a snapshot restores into the same major version or a newer one",
+                info.server_version
+            ),
+            format!(
+                "restore into a PostgreSQL {} server or newer; nothing was changed",
+                snapshot_major.unwrap_or_default()
+            ),
+        ));
+    }
     let deps = outside_dependents(conn, schema)
         .await
         .map_err(|e| classify(&what, e))?;
@@ -200,6 +252,7 @@ async fn load(
         storage,
         found,
         what,
+        settings: known_settings(conn, what).await?,
     };
     mark_as_restore(conn, found, what, schema).await?;
     let publications = publications_of(conn, what, schema).await?;
@@ -265,6 +318,8 @@ struct Source<'a> {
     storage: &'a dyn Storage,
     found: &'a Found,
     what: &'a str,
+    /// The target server's settings (see `fit_settings`).
+    settings: HashSet<String>,
 }
 
 impl Source<'_> {
@@ -284,7 +339,7 @@ impl Source<'_> {
             .read_all()
             .await?;
         let sql = String::from_utf8(bytes)
-            .map(|s| strip_psql_meta(&s))
+            .map(|s| fit_settings(&strip_psql_meta(&s), &self.settings))
             .map_err(|_| {
                 Error::integrity(
                     format!(
@@ -335,6 +390,17 @@ async fn mark_as_restore(
 /// The publications the schema belongs to (capture's), which dropping the
 /// schema leaves without it.
 async fn publications_of(conn: &mut PgConnection, what: &str, schema: &str) -> Result<Vec<String>> {
+    // Schema publications (and their catalog) exist from PostgreSQL 15 on;
+    // capture is refused on 14, so there is nothing to keep.
+    let has_catalog: bool =
+        sqlx::query("SELECT to_regclass('pg_catalog.pg_publication_namespace') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| classify(what, e))?
+            .get(0);
+    if !has_catalog {
+        return Ok(Vec::new());
+    }
     let rows = sqlx::query(
         "SELECT p.pubname::text FROM pg_publication p JOIN pg_publication_namespace pn ON pn.pnpubid = p.oid \
          JOIN pg_namespace n ON n.oid = pn.pnnspid WHERE n.nspname = $1",
@@ -622,7 +688,29 @@ fn newlines(buf: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_psql_meta;
+    use super::{fit_settings, major_of, strip_psql_meta};
+    use std::collections::HashSet;
+
+    #[test]
+    fn settings_the_server_lacks_are_left_out_of_the_script() {
+        let known: HashSet<String> = ["statement_timeout", "search_path"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let script = "SET statement_timeout = 0;\nSET transaction_timeout = 0;\nSELECT pg_catalog.set_config('search_path', '', false);\nCREATE TABLE t (\"SET x\" int);";
+        assert_eq!(
+            fit_settings(script, &known),
+            "SET statement_timeout = 0;\nSELECT pg_catalog.set_config('search_path', '', false);\nCREATE TABLE t (\"SET x\" int);"
+        );
+    }
+
+    #[test]
+    fn major_versions_are_read_from_server_version_texts() {
+        assert_eq!(major_of("17.2"), Some(17));
+        assert_eq!(major_of("15.18 (Debian 15.18-0+deb12u1)"), Some(15));
+        assert_eq!(major_of("18beta1"), Some(18));
+        assert_eq!(major_of("unknown"), None);
+    }
 
     #[test]
     fn psql_restrict_lines_are_removed() {

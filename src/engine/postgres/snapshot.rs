@@ -43,6 +43,58 @@ pub fn pg_tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// The version of a PostgreSQL client tool, as it prints it
+/// (`pg_dump (PostgreSQL) 18.6` → (18, "18.6")).
+pub async fn tool_version(tool: &std::path::Path) -> Result<(u32, String)> {
+    let out = tokio::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .await
+        .map_err(|e| {
+            Error::usage_hint(
+                format!("{} cannot be run: {e}", tool.display()),
+                "install PostgreSQL 18's client tools (they dump every supported server), or point VALERO_DB_PG_DUMP at a pg_dump",
+            )
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string();
+    let major = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "{} printed no version: {}",
+                tool.display(),
+                text.trim()
+            ))
+        })?;
+    Ok((major, version))
+}
+
+/// `pg_dump` must be at least as new as the server: checked before
+/// anything is written, naming both versions.
+async fn checked_pg_dump(server_major: u32, server_version: &str) -> Result<String> {
+    let tool = pg_tool("pg_dump");
+    let (major, version) = tool_version(&tool).await?;
+    if major < server_major {
+        return Err(Error::usage_hint(
+            format!(
+                "{} is version {version}, older than the PostgreSQL {server_version} server it must read; nothing was written",
+                tool.display()
+            ),
+            format!(
+                "install PostgreSQL {server_major}'s client tools or newer (18 serves every supported server), or point VALERO_DB_PG_DUMP at one"
+            ),
+        ));
+    }
+    Ok(version)
+}
+
 /// Splits a URL into one without the password and the password, so that
 /// the password reaches pg_dump through its environment, not its argv.
 pub fn libpq_url(url: &str) -> (String, Option<String>) {
@@ -200,6 +252,13 @@ pub async fn take(
     out: &mut SnapshotWriter<'_>,
 ) -> Result<EngineInfo> {
     let what = format!("PostgreSQL of service {service}");
+    let (server_num, server_version): (i32, String) = sqlx::query_as(
+        "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| classify(&what, e))?;
+    let pg_dump_version = checked_pg_dump((server_num / 10000) as u32, &server_version).await?;
     // Read before the snapshot: every transaction the snapshot does not
     // hold commits after this position (replay of captured changes starts here).
     let lsn_before: String = sqlx::query("SELECT pg_current_wal_insert_lsn()::text")
@@ -212,7 +271,9 @@ pub async fn take(
         .map_err(|e| classify(&what, e))?;
     let result = take_in_transaction(conn, url, service, schema, out, &lsn_before).await;
     let _ = exec(conn, "ROLLBACK").await;
-    result
+    let mut info = result?;
+    info.position["pg_dump_version"] = serde_json::json!(pg_dump_version);
+    Ok(info)
 }
 
 async fn take_in_transaction(

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The supported-version matrix: the PostgreSQL end-to-end core (migrations,
+# locks, snapshot and restore fidelity, the COPY binary load, continuous
+# capture and restore to a time, cross-version restores, pg_dump checks) run
+# against PostgreSQL 14, 16, 17 and 18, one after another, reusing the test
+# binaries already built. PostgreSQL 15 (Debian's) runs the whole suite
+# through the README's test command.
+#
+#   scripts/pg-matrix.sh            every version
+#   scripts/pg-matrix.sh 17 18      only these
+#
+# Each version gets its own services (VALERO_PG_VERSION, state in
+# .services-pgN), stopped afterwards; the time each took is printed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+versions=("$@")
+[[ ${#versions[@]} -gt 0 ]] || versions=(14 16 17 18)
+
+# The tests whose subject is PostgreSQL; MongoDB-only tests are skipped.
+core=(--test migrate_postgres --test restore --test capture --test pg_versions)
+skip=(--skip mongodb)
+
+summary=()
+for v in "${versions[@]}"; do
+  started=$SECONDS
+  echo "=== PostgreSQL $v ===" >&2
+  status=0
+  VALERO_PG_VERSION="$v" scripts/services.sh run cargo test "${core[@]}" -- "${skip[@]}" || status=$?
+  VALERO_PG_VERSION="$v" scripts/services.sh stop || true
+  summary+=("PostgreSQL $v: $([[ $status == 0 ]] && echo passed || echo FAILED) in $((SECONDS - started)) s")
+  if [[ $status != 0 ]]; then
+    printf '%s\n' "${summary[@]}" >&2
+    exit "$status"
+  fi
+done
+printf '%s\n' "${summary[@]}" >&2
