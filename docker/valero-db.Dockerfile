@@ -12,13 +12,17 @@ RUN cargo build --release --locked && strip target/release/valero-db
 
 FROM debian:bookworm-slim
 # pg_dump generates the schema DDL of snapshots; it must be at least as new
-# as the PostgreSQL server (use PGDG's postgresql-client-NN for newer servers).
+# as the PostgreSQL server. PostgreSQL 18's client (from the PostgreSQL
+# project's apt repository, set up by Debian's postgresql-common script)
+# serves every supported server, 14 to 18.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates postgresql-client-15 zstd \
+ && apt-get install -y --no-install-recommends ca-certificates postgresql-common zstd \
+ && /usr/share/postgresql-common/pgdg/apt.postgresql.org.sh -y \
+ && apt-get install -y --no-install-recommends postgresql-client-18 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --user-group --create-home --home-dir /home/valero valero
 COPY --from=build /src/target/release/valero-db /usr/local/bin/valero-db
-ENV VALERO_DB_PG_DUMP=/usr/lib/postgresql/15/bin/pg_dump
+ENV VALERO_DB_PG_DUMP=/usr/lib/postgresql/18/bin/pg_dump
 WORKDIR /work
 USER 10001:10001
 ENTRYPOINT ["valero-db"]
