@@ -26,7 +26,11 @@ for v in "${versions[@]}"; do
   started=$SECONDS
   echo "=== PostgreSQL $v ===" >&2
   status=0
-  VALERO_PG_VERSION="$v" scripts/services.sh run cargo test "${core[@]}" -- "${skip[@]}" || status=$?
+  tests=("${core[@]}")
+  # PostgreSQL 14 has no schema publications: capture is refused there
+  # (tests/pg_versions.rs checks that), so its capture tests do not apply.
+  [[ "$v" == 14 ]] && tests=(--test migrate_postgres --test restore --test pg_versions)
+  VALERO_PG_VERSION="$v" scripts/services.sh run cargo test "${tests[@]}" -- "${skip[@]}" || status=$?
   VALERO_PG_VERSION="$v" scripts/services.sh stop || true
   summary+=("PostgreSQL $v: $([[ $status == 0 ]] && echo passed || echo FAILED) in $((SECONDS - started)) s")
   if [[ $status != 0 ]]; then

@@ -583,3 +583,21 @@ impl Engine for PostgresEngine {
         restore::abort(&mut self.conn).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::supported_server;
+
+    #[test]
+    fn servers_outside_14_to_18_are_refused_naming_their_version() {
+        for (num, text) in [(140_023, "14.23"), (150_018, "15.18"), (180_004, "18.4")] {
+            assert!(supported_server("PostgreSQL of service x", num, text).is_ok());
+        }
+        for (num, text) in [(130_020, "13.20"), (90_624, "9.6.24"), (190_000, "19devel")] {
+            let e = supported_server("PostgreSQL of service x", num, text).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().contains(text), "{e}");
+            assert!(e.to_string().contains("14 to 18"), "{e}");
+        }
+    }
+}
