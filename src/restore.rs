@@ -95,22 +95,7 @@ mod tests {
         let t = chrono::DateTime::parse_from_rfc3339(at).unwrap().to_utc();
         Found {
             base: format!("dev/svc/{id}"),
-            manifest: Manifest {
-                format: 1,
-                id: id.into(),
-                environment: "dev".into(),
-                service: "svc".into(),
-                created_at: t,
-                consistent_at: t,
-                reason: "manual".into(),
-                release: None,
-                label: None,
-                tool_version: "0".into(),
-                duration_ms: None,
-                engines: vec![],
-                objects: vec![],
-                encryption: None,
-            },
+            manifest: Manifest::empty_for_test(id, t),
         }
     }
 

@@ -22,6 +22,15 @@ fn v2(p: &Project) {
     );
 }
 
+/// Release v1.0.0 deployed, v2's migration waiting; the state at v1.
+fn v1_deployed_then_v2_pending(p: &Project) -> String {
+    v1(p);
+    p.run(&["deploy", "--release", "v1.0.0", "--", "true"]).ok();
+    let before = state(p);
+    v2(p);
+    before
+}
+
 fn state(p: &Project) -> String {
     psql(&format!(
         "SELECT (SELECT string_agg(version::text, ',' ORDER BY version) FROM \"{s}\".valero_schema_history) || ' | ' || \
@@ -72,10 +81,7 @@ fn a_deploy_whose_rollout_succeeds_migrates_and_records_the_release() {
 #[test]
 fn a_deploy_whose_verify_fails_runs_the_rollback_command_and_restores_the_databases_exactly() {
     let p = Project::new("d_verify");
-    v1(&p);
-    p.run(&["deploy", "--release", "v1.0.0", "--", "true"]).ok();
-    let before = state(&p);
-    v2(&p);
+    let before = v1_deployed_then_v2_pending(&p);
     let rollback_marker = p.path().join("rollback-ran");
     let run = p.run(&[
         "deploy",
@@ -105,10 +111,7 @@ fn a_deploy_whose_verify_fails_runs_the_rollback_command_and_restores_the_databa
 #[test]
 fn a_deploy_whose_rollout_fails_is_rolled_back_with_down_migrations_on_request() {
     let p = Project::new("d_rollout");
-    v1(&p);
-    p.run(&["deploy", "--release", "v1.0.0", "--", "true"]).ok();
-    let before = state(&p);
-    v2(&p);
+    let before = v1_deployed_then_v2_pending(&p);
     let run = p.run(&[
         "deploy",
         "--release",
@@ -407,10 +410,7 @@ fn metrics_are_pushed_to_a_pushgateway() {
 #[test]
 fn a_rollout_that_overruns_its_timeout_is_stopped_and_rolled_back() {
     let p = Project::new("d_timeout");
-    v1(&p);
-    p.run(&["deploy", "--release", "v1.0.0", "--", "true"]).ok();
-    let before = state(&p);
-    v2(&p);
+    let before = v1_deployed_then_v2_pending(&p);
     let started = std::time::Instant::now();
     p.run(&[
         "deploy",
@@ -434,10 +434,7 @@ fn a_rollout_that_overruns_its_timeout_is_stopped_and_rolled_back() {
 #[test]
 fn sigterm_during_the_rollout_is_forwarded_and_the_databases_are_rolled_back() {
     let p = Project::new("d_signal");
-    v1(&p);
-    p.run(&["deploy", "--release", "v1.0.0", "--", "true"]).ok();
-    let before = state(&p);
-    v2(&p);
+    let before = v1_deployed_then_v2_pending(&p);
     let running = p.path().join("rollout-running");
     let got_term = p.path().join("rollout-got-term");
     let script = format!(

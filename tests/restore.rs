@@ -243,6 +243,34 @@ fn restore_from_another_environment_refreshes_this_one() {
     );
 }
 
+/// Adds 8000 MongoDB documents to a project whose PostgreSQL migration is
+/// written (enough that PostgreSQL waits for its commit while MongoDB loads:
+/// PostgreSQL commits only after every engine is loaded), migrates,
+/// snapshots, then deletes most rows of `table` and most documents. Returns
+/// the snapshot's id and the MongoDB database.
+async fn two_engine_snapshot_then_changes(p: &Project, table: &str) -> (String, mongodb::Database) {
+    p.migration("mongodb", "0001_docs.up.json", r#"[{"create": "docs"}]"#);
+    p.migrate_now();
+    let db = common::mongo(&p.mongo_db).await;
+    let docs: Vec<Document> = (0..8_000)
+        .map(|i| doc! {"_id": i, "v": "x".repeat(200)})
+        .collect();
+    db.collection::<Document>("docs")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    let id = p.snapshot_in("dev");
+    psql(&format!(
+        "DELETE FROM \"{}\".{table} WHERE id > 10",
+        p.schema
+    ));
+    db.collection::<Document>("docs")
+        .delete_many(doc! {"_id": {"$gte": 10}})
+        .await
+        .unwrap();
+    (id, db)
+}
+
 /// Starts `restore --snapshot ID`, waits until its PostgreSQL session
 /// matches `point` (a condition on pg_stat_activity), then kill -9s it and
 /// waits until the server has rolled the session back.
@@ -293,24 +321,7 @@ async fn kill_9_at_every_stage_of_a_restore_leaves_the_old_state() {
          INSERT INTO big SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, 200000) g; \
          CREATE INDEX big_blob ON big (blob);",
     );
-    // Enough MongoDB documents that PostgreSQL waits for its commit while
-    // MongoDB loads (PostgreSQL commits only after every engine is loaded).
-    p.migration("mongodb", "0001_docs.up.json", r#"[{"create": "docs"}]"#);
-    p.migrate_now();
-    let db = common::mongo(&p.mongo_db).await;
-    let docs: Vec<Document> = (0..8_000)
-        .map(|i| doc! {"_id": i, "v": "x".repeat(200)})
-        .collect();
-    db.collection::<Document>("docs")
-        .insert_many(docs)
-        .await
-        .unwrap();
-    let id = p.snapshot_in("dev");
-    psql(&format!("DELETE FROM \"{}\".big WHERE id > 10", p.schema));
-    db.collection::<Document>("docs")
-        .delete_many(doc! {"_id": {"$gte": 10}})
-        .await
-        .unwrap();
+    let (id, db) = two_engine_snapshot_then_changes(&p, "big").await;
     let before = data_fingerprint(&p.schema);
     let mongo_before = raw_documents(&db, "docs").await;
     for point in [
@@ -799,22 +810,7 @@ async fn a_failed_postgres_commit_leaves_mongodb_untouched() {
         "0001_t.up.sql",
         "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000);",
     );
-    p.migration("mongodb", "0001_docs.up.json", r#"[{"create": "docs"}]"#);
-    p.migrate_now();
-    let db = common::mongo(&p.mongo_db).await;
-    let docs: Vec<Document> = (0..8_000)
-        .map(|i| doc! {"_id": i, "v": "x".repeat(200)})
-        .collect();
-    db.collection::<Document>("docs")
-        .insert_many(docs)
-        .await
-        .unwrap();
-    let id = p.snapshot_in("dev");
-    psql(&format!("DELETE FROM \"{}\".t WHERE id > 10", p.schema));
-    db.collection::<Document>("docs")
-        .delete_many(doc! {"_id": {"$gte": 10}})
-        .await
-        .unwrap();
+    let (id, db) = two_engine_snapshot_then_changes(&p, "t").await;
     let before = data_fingerprint(&p.schema);
     let mongo_before = raw_documents(&db, "docs").await;
     // PostgreSQL is loaded and waits for its commit while MongoDB loads;

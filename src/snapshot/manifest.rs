@@ -131,6 +131,27 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// A manifest with nothing in it, for unit tests of what reads one.
+    #[cfg(test)]
+    pub fn empty_for_test(id: &str, at: chrono::DateTime<chrono::Utc>) -> Manifest {
+        Manifest {
+            format: FORMAT_VERSION,
+            id: id.into(),
+            environment: "dev".into(),
+            service: "svc".into(),
+            created_at: at,
+            consistent_at: at,
+            reason: "manual".into(),
+            release: None,
+            label: None,
+            tool_version: "test".into(),
+            duration_ms: None,
+            engines: vec![],
+            objects: vec![],
+            encryption: None,
+        }
+    }
+
     /// What the snapshot recorded of one engine, if it has that engine.
     pub fn engine(&self, kind: EngineKind) -> Option<&EngineInfo> {
         self.engines.iter().find(|e| e.engine == kind)

@@ -38,22 +38,7 @@ mod tests {
     fn found(id: &str, created: chrono::DateTime<chrono::Utc>) -> Found {
         Found {
             base: format!("dev/svc/{id}"),
-            manifest: Manifest {
-                format: 1,
-                id: id.into(),
-                environment: "dev".into(),
-                service: "svc".into(),
-                created_at: created,
-                consistent_at: created,
-                reason: "manual".into(),
-                release: None,
-                label: None,
-                tool_version: "test".into(),
-                duration_ms: None,
-                engines: vec![],
-                objects: vec![],
-                encryption: None,
-            },
+            manifest: Manifest::empty_for_test(id, created),
         }
     }
 

@@ -439,18 +439,19 @@ async fn finish_swap(db: &Database, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Finishes or undoes a restore that was interrupted; `None` when there was
-/// none. Called before any command works on the service.
+/// The journal of an interrupted restore, if there is one.
+async fn interrupted(db: &Database, what: &str) -> Result<Option<Document>> {
+    db.collection::<Document>(JOURNAL)
+        .find_one(doc! {"_id": "restore"})
+        .await
+        .map_err(|e| classify(what, e))
+}
+
 /// What `recover` would do, read without changing anything: None when no
 /// restore was interrupted.
 pub async fn pending_recovery(db: &Database, service: &str) -> Result<Option<String>> {
     let what = format!("MongoDB of service {service}");
-    let journal = db.collection::<Document>(JOURNAL);
-    let Some(j) = journal
-        .find_one(doc! {"_id": "restore"})
-        .await
-        .map_err(|e| classify(&what, e))?
-    else {
+    let Some(j) = interrupted(db, &what).await? else {
         return Ok(None);
     };
     let snapshot = j.get_str("snapshot").unwrap_or("?");
@@ -464,14 +465,12 @@ pub async fn pending_recovery(db: &Database, service: &str) -> Result<Option<Str
     )))
 }
 
+/// Finishes or undoes a restore that was interrupted; `None` when there was
+/// none. Called before any command works on the service.
 pub async fn recover(db: &Database, service: &str) -> Result<Option<&'static str>> {
     let what = format!("MongoDB of service {service}");
     let journal = db.collection::<Document>(JOURNAL);
-    let Some(j) = journal
-        .find_one(doc! {"_id": "restore"})
-        .await
-        .map_err(|e| classify(&what, e))?
-    else {
+    let Some(j) = interrupted(db, &what).await? else {
         return Ok(None);
     };
     let snapshot = j.get_str("snapshot").unwrap_or("?").to_string();
