@@ -218,6 +218,10 @@ pub struct RestoreArgs {
     /// Show what would be restored and replaced
     #[arg(long)]
     pub dry_run: bool,
+    /// End the application's sessions that hold locks on the service's
+    /// schema instead of waiting for them (needs --yes)
+    #[arg(long, requires = "yes")]
+    pub terminate_sessions: bool,
     /// Confirm (required when not interactive or in a protected environment)
     #[arg(long)]
     pub yes: bool,

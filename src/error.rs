@@ -59,6 +59,12 @@ pub enum Error {
         timeout: String,
         holder: String,
     },
+    #[error("{what} did not get its locks within {timeout}: held by {sessions}")]
+    Blocked {
+        what: String,
+        timeout: String,
+        sessions: String,
+    },
     #[error("{message}")]
     Integrity {
         message: String,
@@ -222,7 +228,7 @@ impl Error {
             },
             Error::Usage { .. } | Error::Config { .. } | Error::MigrationFile { .. } => 2,
             Error::Unreachable { .. } | Error::StorageFull { .. } => 3,
-            Error::LockTimeout { .. } => 4,
+            Error::LockTimeout { .. } | Error::Blocked { .. } => 4,
             Error::Integrity { .. } => 5,
             Error::MigrationFailed { .. } | Error::Dirty { .. } => 6,
             Error::DeployFailed { .. } => 7,
@@ -240,7 +246,7 @@ impl Error {
             Error::MigrationFile { .. } => "migration_file",
             Error::Unreachable { .. } => "unreachable",
             Error::StorageFull { .. } => "storage_full",
-            Error::LockTimeout { .. } => "lock_timeout",
+            Error::LockTimeout { .. } | Error::Blocked { .. } => "lock_timeout",
             Error::Integrity { .. } => "integrity",
             Error::MigrationFailed { .. } => "migration_failed",
             Error::Dirty { .. } => "dirty",
@@ -279,6 +285,11 @@ impl Error {
             Error::StorageFull { .. } => Some(
                 "free space on the storage or remove old snapshots with `valero-db snapshots prune`; \
                  the incomplete snapshot was removed and nothing was migrated"
+                    .into(),
+            ),
+            Error::Blocked { .. } => Some(
+                "nothing was changed; stop the application or scale it to zero, or repeat with \
+                 --terminate-sessions --yes to end those sessions (their transactions roll back)"
                     .into(),
             ),
             Error::LockTimeout { .. } => Some(

@@ -60,6 +60,23 @@ pub fn describe_age(d: chrono::Duration) -> String {
     )
 }
 
+/// What a restore does about the application's sessions that hold locks
+/// on the service's data.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveSessions {
+    /// How long to keep trying to take the locks (`--lock-timeout`); every
+    /// attempt waits at most `ATTEMPT`, so the application never queues
+    /// behind the restore for longer.
+    pub wait: std::time::Duration,
+    /// End the sessions that hold locks on the schema (`--terminate-sessions`).
+    pub terminate: bool,
+}
+
+impl LiveSessions {
+    /// The longest one attempt to take the locks waits.
+    pub const ATTEMPT: std::time::Duration = std::time::Duration::from_secs(2);
+}
+
 /// What a restore of one engine did.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreStats {
@@ -72,6 +89,9 @@ pub struct RestoreStats {
     /// Captured changes replayed on top of the snapshot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replayed: Option<crate::capture::ReplayStats>,
+    /// Sessions ended because they held locks (`--terminate-sessions`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub terminated_sessions: Vec<String>,
 }
 
 impl RestoreStats {
@@ -82,6 +102,7 @@ impl RestoreStats {
             rows: 0,
             bytes: 0,
             replayed: None,
+            terminated_sessions: Vec::new(),
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::config::{EngineKind, Service};
 use crate::context::{confirm, Context};
 use crate::error::{Error, PartialCommit, Result};
 use crate::output::Outcome;
-use crate::restore::{describe_age, parse_timestamp, select_at, RestoreStats};
+use crate::restore::{describe_age, parse_timestamp, select_at, LiveSessions, RestoreStats};
 use crate::service::session::LockedService;
 use crate::service::take::{take_service, Request};
 use crate::snapshot::{self, Found};
@@ -84,7 +84,7 @@ async fn restore(
         let started = Instant::now();
         let mut locked =
             LockedService::open(&c.service, Vec::new(), ctx.global.lock_timeout).await?;
-        let r = restore_service(ctx, target.as_ref(), source.as_ref(), &mut locked, c).await;
+        let r = restore_service(ctx, target.as_ref(), source.as_ref(), &mut locked, c, args).await;
         locked.release().await;
         let (pre, stats) = r?;
         describe_restored(c, &pre, &stats, started, human);
@@ -271,6 +271,12 @@ fn describe_restored(
         c.service.name,
         pre
     ));
+    for ended in stats.iter().flat_map(|s| &s.terminated_sessions) {
+        human.push_str(&format!(
+            "{}: ended the session that held a lock: {ended}\n",
+            c.service.name
+        ));
+    }
     for r in stats.iter().filter_map(|s| s.replayed.as_ref()) {
         human.push_str(&format!(
             "{}: replayed {} transactions ({} changes); the state is exactly as of {}\n",
@@ -352,6 +358,7 @@ async fn restore_service(
     source: &dyn Storage,
     locked: &mut LockedService,
     c: &Choice,
+    args: &RestoreArgs,
 ) -> Result<(String, Vec<RestoreStats>)> {
     let req = Request {
         environment: &ctx.env.name,
@@ -360,12 +367,16 @@ async fn restore_service(
         label: Some(format!("before restoring {}", c.found.manifest.id)),
     };
     let pre = take_service(target, &c.service.name, &mut locked.engines, &req).await?;
+    let live = LiveSessions {
+        wait: ctx.global.lock_timeout,
+        terminate: args.terminate_sessions,
+    };
     let mut stats = Vec::new();
     for i in 0..locked.engines.len() {
         let plan = c.replays.get(&locked.engines[i].engine.kind());
         match locked.engines[i]
             .engine
-            .restore_prepare(source, &c.found, plan)
+            .restore_prepare(source, &c.found, plan, live)
             .await
         {
             Ok(s) => stats.push(s),

@@ -550,6 +550,7 @@ impl Engine for PostgresEngine {
         storage: &dyn crate::storage::Storage,
         found: &crate::snapshot::Found,
         replay: Option<&crate::capture::ReplayPlan>,
+        live: crate::restore::LiveSessions,
     ) -> Result<crate::restore::RestoreStats> {
         let info = found
             .manifest
@@ -570,7 +571,7 @@ impl Engine for PostgresEngine {
             &info,
             &self.service,
             &self.schema,
-            replay,
+            restore::Around { replay, live },
         )
         .await
     }

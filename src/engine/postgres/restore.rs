@@ -13,7 +13,7 @@ use super::copy_binary::{Converter, Kind, Unconvertible};
 use super::sql::{classify, exec, quote_ident};
 use crate::config::EngineKind;
 use crate::error::{Error, Result};
-use crate::restore::RestoreStats;
+use crate::restore::{LiveSessions, RestoreStats};
 use crate::snapshot::manifest::EngineInfo;
 use crate::snapshot::stream::ObjectStream;
 use crate::snapshot::{Found, ObjectEntry, ObjectKind};
@@ -176,17 +176,200 @@ pub async fn prepare(
     info: &EngineInfo,
     service: &str,
     schema: &str,
-    replay: Option<&crate::capture::ReplayPlan>,
+    around: Around<'_>,
 ) -> Result<RestoreStats> {
+    let Around { replay, live } = around;
     let what = format!("PostgreSQL of service {service}");
     preflight(conn, service, schema, info).await?;
     exec(conn, "BEGIN").await.map_err(|e| classify(&what, e))?;
-    match load(conn, storage, found, info, &what, schema, replay).await {
-        Ok(stats) => Ok(stats),
-        Err(e) => {
-            abort(conn).await;
-            Err(e)
+    let loaded = async {
+        let terminated = take_locks(conn, service, schema, live).await?;
+        let mut stats = load(conn, storage, found, info, &what, schema, replay).await?;
+        stats.terminated_sessions = terminated;
+        Ok(stats)
+    }
+    .await;
+    if loaded.is_err() {
+        abort(conn).await;
+    }
+    loaded
+}
+
+/// What a restore does around loading the snapshot: the captured changes
+/// it replays after, and how it deals with live sessions before.
+pub struct Around<'a> {
+    pub replay: Option<&'a crate::capture::ReplayPlan>,
+    pub live: LiveSessions,
+}
+
+/// Every relation of the schema, for `LOCK TABLE`.
+async fn relations_of(conn: &mut PgConnection, what: &str, schema: &str) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f') ORDER BY c.oid",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| classify(what, e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The application's sessions that hold locks on the schema's relations,
+/// described for the operator (pid, role, application, client, state and
+/// for how long, the query shortened with secrets masked).
+async fn blocking_sessions(
+    conn: &mut PgConnection,
+    what: &str,
+    schema: &str,
+) -> Result<Vec<(i32, String)>> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT a.pid, coalesce(a.usename::text, '?'), coalesce(a.application_name, ''), \
+                coalesce(host(a.client_addr), 'local'), coalesce(a.state, '?'), \
+                coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::bigint, 0), \
+                left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 120) \
+         FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE n.nspname = $1 AND l.granted AND l.pid <> pg_backend_pid() ORDER BY a.pid",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| classify(what, e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (pid, role, app, client, state, secs, query): (
+                i32,
+                String,
+                String,
+                String,
+                String,
+                i64,
+                String,
+            ) = (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+            );
+            let age =
+                crate::units::format_duration(std::time::Duration::from_secs(secs.max(0) as u64));
+            let app = if app.is_empty() {
+                String::new()
+            } else {
+                format!(", application {app}")
+            };
+            (
+                pid,
+                crate::redact::redact(&format!(
+                    "pid {pid} (role {role}{app}, {client}, {state} for {age}: {query})"
+                )),
+            )
+        })
+        .collect())
+}
+
+/// Takes ACCESS EXCLUSIVE locks on every relation of the schema before
+/// anything is dropped. Each attempt waits at most `LiveSessions::ATTEMPT`
+/// (`lock_timeout`), so the application's queries never queue behind the
+/// restore for longer; between attempts nothing is queued. Sessions that
+/// hold locks are named while waiting and in the error when `--lock-timeout`
+/// runs out (exit 4, nothing changed); with `--terminate-sessions` they are
+/// ended instead, and their descriptions returned.
+async fn take_locks(
+    conn: &mut PgConnection,
+    service: &str,
+    schema: &str,
+    live: LiveSessions,
+) -> Result<Vec<String>> {
+    let what = format!("PostgreSQL of service {service}");
+    let relations = relations_of(conn, &what, schema).await?;
+    if relations.is_empty() {
+        return Ok(Vec::new());
+    }
+    let lock = format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        relations.join(", ")
+    );
+    let deadline = std::time::Instant::now() + live.wait;
+    let mut terminated = Vec::new();
+    let mut announced = std::time::Instant::now() - std::time::Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let attempt = LiveSessions::ATTEMPT
+            .min(left)
+            .max(std::time::Duration::from_millis(10));
+        exec(
+            conn,
+            &format!(
+                "SAVEPOINT valero_locks; SET LOCAL lock_timeout = '{}ms'",
+                attempt.as_millis()
+            ),
+        )
+        .await
+        .map_err(|e| classify(&what, e))?;
+        let got = exec(conn, &lock).await;
+        match got {
+            Ok(()) => {
+                exec(
+                    conn,
+                    "RELEASE SAVEPOINT valero_locks; SET LOCAL lock_timeout = 0",
+                )
+                .await
+                .map_err(|e| classify(&what, e))?;
+                return Ok(terminated);
+            }
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("55P03") => {
+                exec(conn, "ROLLBACK TO SAVEPOINT valero_locks")
+                    .await
+                    .map_err(|e| classify(&what, e))?;
+            }
+            Err(e) => return Err(sql_failed(&what, "the locks on the schema", e)),
         }
+        let blockers = blocking_sessions(conn, &what, schema).await?;
+        if live.terminate && !blockers.is_empty() {
+            for (pid, description) in blockers {
+                tracing::warn!("{service}: terminating the session that holds a lock on schema {schema}: {description}");
+                let _ = sqlx::query("SELECT pg_terminate_backend($1)")
+                    .bind(pid)
+                    .execute(&mut *conn)
+                    .await;
+                terminated.push(description);
+            }
+            continue;
+        }
+        let described: Vec<String> = blockers.into_iter().map(|(_, d)| d).collect();
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::Blocked {
+                what: format!("{what}: the restore of schema {schema}"),
+                timeout: crate::units::format_duration(live.wait),
+                sessions: if described.is_empty() {
+                    "sessions that have ended since".into()
+                } else {
+                    described.join("; ")
+                },
+            });
+        }
+        if announced.elapsed() >= std::time::Duration::from_secs(5) {
+            tracing::warn!(
+                "{service}: waiting for the locks on schema {schema}, held by {}",
+                if described.is_empty() {
+                    "other sessions".into()
+                } else {
+                    described.join("; ")
+                }
+            );
+            announced = std::time::Instant::now();
+        }
+        let pause = std::time::Duration::from_millis(500)
+            .min(deadline.saturating_duration_since(std::time::Instant::now()));
+        tokio::time::sleep(pause).await;
     }
 }
 
