@@ -639,12 +639,22 @@ fn sigterm_and_sigint_are_exit_130_with_the_open_transaction_rolled_back() {
         "0001_slow.up.sql",
         "CREATE TABLE t (v int);\nINSERT INTO t VALUES (1);\nSELECT pg_sleep(60);\n",
     );
-    let mut child = p.spawn(&["migrate", "--no-snapshot", "--yes"]);
+    let mut child = p
+        .std_cmd()
+        .args(["migrate", "--no-snapshot", "--yes", "--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     wait_for_session(child.id(), "query LIKE '%pg_sleep%' AND state = 'active'");
     signal(&child, libc::SIGTERM);
     let pid = child.id();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{status}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", out.status);
+    // With --output json the interruption is one JSON document too.
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["error"]["kind"], "interrupted", "{doc}");
+    assert_eq!(doc["error"]["exit_code"], 130, "{doc}");
     // Its session is ended on the server at once, not when pg_sleep is
     // over: the transaction is rolled back and the lock is free.
     let mut tries = 0;
