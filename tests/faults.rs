@@ -639,7 +639,7 @@ fn sigterm_and_sigint_are_exit_130_with_the_open_transaction_rolled_back() {
         "0001_slow.up.sql",
         "CREATE TABLE t (v int);\nINSERT INTO t VALUES (1);\nSELECT pg_sleep(60);\n",
     );
-    let mut child = p
+    let child = p
         .std_cmd()
         .args(["migrate", "--no-snapshot", "--yes", "--output", "json"])
         .stdout(std::process::Stdio::piped())
