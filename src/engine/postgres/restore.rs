@@ -202,12 +202,14 @@ pub struct Around<'a> {
     pub live: LiveSessions,
 }
 
-/// Every relation of the schema, for `LOCK TABLE`.
+/// Every relation of the schema `LOCK TABLE` accepts: tables, partitioned
+/// tables, views and foreign tables (not materialized views; a view's lock
+/// extends to the tables it reads).
 async fn relations_of(conn: &mut PgConnection, what: &str, schema: &str) -> Result<Vec<String>> {
     let rows = sqlx::query(
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f') ORDER BY c.oid",
+         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'f') ORDER BY c.oid",
     )
     .bind(schema)
     .fetch_all(&mut *conn)
