@@ -67,8 +67,10 @@ struct PgSource {
 
 impl PgSource {
     fn capture<'a>(&'a mut self, storage: &'a dyn Storage, env: &'a str) -> Capture<'a> {
+        let (conn, server) = self.engine.connection_and_server();
         Capture {
-            conn: self.engine.connection(),
+            conn,
+            server,
             storage,
             env,
             service: &self.service,

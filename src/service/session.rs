@@ -38,20 +38,29 @@ pub fn discover_service(
     root: &Path,
     service: &Service,
 ) -> Result<Vec<(EngineKind, Vec<Migration>)>> {
-    let mut out = Vec::new();
-    if service.postgres.is_some() {
-        out.push((
-            EngineKind::Postgres,
-            files::discover(root, &service.name, EngineKind::Postgres)?,
-        ));
-    }
-    if service.mongodb.is_some() {
-        out.push((
-            EngineKind::Mongodb,
-            files::discover(root, &service.name, EngineKind::Mongodb)?,
-        ));
-    }
-    Ok(out)
+    service
+        .engines()
+        .into_iter()
+        .map(|kind| Ok((kind, files::discover(root, &service.name, kind)?)))
+        .collect()
+}
+
+/// Pairs each connected engine with its migration files.
+fn with_files(
+    connected: Vec<Box<dyn Engine>>,
+    mut local: Vec<(EngineKind, Vec<Migration>)>,
+) -> Vec<LockedEngine> {
+    connected
+        .into_iter()
+        .map(|engine| {
+            let idx = local.iter().position(|(k, _)| *k == engine.kind());
+            let files = idx.map(|i| local.swap_remove(i).1).unwrap_or_default();
+            LockedEngine {
+                engine,
+                local: files,
+            }
+        })
+        .collect()
 }
 
 /// Waiting for a lock: polls every 250 ms up to `--lock-timeout`, the same
@@ -119,19 +128,10 @@ impl LockedService {
     /// on any failure the locks already taken are released.
     pub async fn open(
         service: &Service,
-        mut local: Vec<(EngineKind, Vec<Migration>)>,
+        local: Vec<(EngineKind, Vec<Migration>)>,
         lock_timeout: Duration,
     ) -> Result<LockedService> {
-        let connected = connect_service(service).await?;
-        let mut unlocked: Vec<LockedEngine> = Vec::with_capacity(connected.len());
-        for engine in connected {
-            let idx = local.iter().position(|(k, _)| *k == engine.kind());
-            let files = idx.map(|i| local.swap_remove(i).1).unwrap_or_default();
-            unlocked.push(LockedEngine {
-                engine,
-                local: files,
-            });
-        }
+        let unlocked = with_files(connect_service(service).await?, local);
         let mut locked = LockedService {
             service: service.clone(),
             engines: Vec::new(),
@@ -159,34 +159,27 @@ impl LockedService {
     /// runs): who holds a lock and what recovery is pending become notes.
     pub async fn open_read_only(
         service: &Service,
-        mut local: Vec<(EngineKind, Vec<Migration>)>,
+        local: Vec<(EngineKind, Vec<Migration>)>,
     ) -> Result<LockedService> {
-        let connected = connect_service(service).await?;
         let mut session = LockedService {
             service: service.clone(),
-            engines: Vec::new(),
+            engines: with_files(connect_service(service).await?, local),
             notes: Vec::new(),
             locked: false,
         };
-        for mut engine in connected {
-            let kind = engine.kind();
-            if let Some(holder) = engine.lock_holder().await? {
+        for part in session.engines.iter_mut() {
+            let kind = part.engine.kind();
+            if let Some(holder) = part.engine.lock_holder().await? {
                 session.notes.push(format!(
                     "{} ({kind}) is locked by {holder}; a real run waits for it up to --lock-timeout",
                     service.name
                 ));
             }
-            if let Some(pending) = engine.pending_recovery().await? {
+            if let Some(pending) = part.engine.pending_recovery().await? {
                 session
                     .notes
                     .push(format!("{} ({kind}): {pending}", service.name));
             }
-            let idx = local.iter().position(|(k, _)| *k == kind);
-            let files = idx.map(|i| local.swap_remove(i).1).unwrap_or_default();
-            session.engines.push(LockedEngine {
-                engine,
-                local: files,
-            });
         }
         Ok(session)
     }

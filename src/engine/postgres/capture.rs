@@ -16,7 +16,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::Row;
 
 use super::pgoutput::{self, Message};
-use super::sql::{classify, exec, quote_ident};
+use super::sql::{classify, exec, quote_ident, Server};
 use crate::capture::{
     self, folder, format_lsn, parse_lsn, position_name, ReplayPlan, Segment, Stream, CHANGES,
     FORMAT_VERSION,
@@ -129,6 +129,7 @@ impl Tally {
 
 pub struct Capture<'a> {
     pub conn: &'a mut PgConnection,
+    pub server: &'a Server,
     pub storage: &'a dyn Storage,
     pub env: &'a str,
     pub service: &'a str,
@@ -157,16 +158,11 @@ impl Capture<'_> {
             .await
             .map_err(|e| classify(&what, e))?
             .get(0);
-        let version_num: i32 = sqlx::query("SELECT current_setting('server_version_num')::int")
-            .fetch_one(&mut *self.conn)
-            .await
-            .map_err(|e| classify(&what, e))?
-            .get(0);
-        if version_num < 150000 {
+        if self.server.major() < 15 {
             return Err(Error::usage_hint(
                 format!(
                     "{what}: continuous capture needs PostgreSQL 15 or newer (schema publications); the server runs {}",
-                    version_num / 10000
+                    self.server.major()
                 ),
                 "snapshots and restores work on PostgreSQL 14; upgrade the server to capture every change",
             ));

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Row};
 
-use self::sql::{classify, exec, quote_ident, quote_literal};
+use self::sql::{classify, exec, quote_ident, quote_literal, Server};
 use crate::config::EngineKind;
 use crate::config::PostgresTarget;
 use crate::engine::seam::{failed, hostname, Engine, RepairAction, RunMeta};
@@ -38,6 +38,7 @@ pub struct PostgresEngine {
     lock_key: i32,
     /// Kept for pg_dump, which reads the same exported snapshot.
     url: String,
+    server: Server,
     /// Ends the session on the server if valero-db is interrupted.
     _registered: sessions::Registered,
 }
@@ -100,6 +101,10 @@ impl PostgresEngine {
         .map_err(|e| classify(&what, e))?;
         supported_server(&what, version_num, &version)?;
         Ok(PostgresEngine {
+            server: Server {
+                num: version_num,
+                version,
+            },
             service: service.to_string(),
             lock_key: lock_key_for(&target.schema),
             schema: target.schema.clone(),
@@ -123,6 +128,12 @@ impl PostgresEngine {
 
     pub fn connection(&mut self) -> &mut PgConnection {
         &mut self.conn
+    }
+
+    /// The session and the server's version, borrowed together (capture
+    /// works through the one and checks the other).
+    pub fn connection_and_server(&mut self) -> (&mut PgConnection, &Server) {
+        (&mut self.conn, &self.server)
     }
 
     /// One attempt at the capture lock of a replication slot: a session
@@ -542,7 +553,8 @@ impl Engine for PostgresEngine {
         &mut self,
         out: &mut crate::snapshot::SnapshotWriter<'_>,
     ) -> Result<crate::snapshot::manifest::EngineInfo> {
-        snapshot::take(&mut self.conn, &self.url, &self.service, &self.schema, out).await
+        let (url, service, schema) = (&self.url, &self.service, &self.schema);
+        snapshot::take(&mut self.conn, url, service, schema, &self.server, out).await
     }
 
     async fn restore_prepare(
@@ -564,6 +576,14 @@ impl Engine for PostgresEngine {
                     found.manifest.id, self.service
                 ))
             })?;
+        restore::preflight(
+            &mut self.conn,
+            &self.service,
+            &self.schema,
+            &info,
+            &self.server,
+        )
+        .await?;
         restore::prepare(
             &mut self.conn,
             storage,

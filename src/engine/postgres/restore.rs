@@ -10,7 +10,7 @@ use sqlx::Row;
 use std::collections::{HashMap, HashSet};
 
 use super::copy_binary::{Converter, Kind, Unconvertible};
-use super::sql::{classify, exec, quote_ident};
+use super::sql::{classify, exec, quote_ident, Server};
 use crate::config::EngineKind;
 use crate::error::{Error, Result};
 use crate::restore::{LiveSessions, RestoreStats};
@@ -116,22 +116,19 @@ async fn missing_requirements(
     Ok(missing)
 }
 
-/// Checks what can be checked before the transaction starts.
+/// Checks what can be checked before the transaction starts; called before
+/// `prepare`.
 pub async fn preflight(
     conn: &mut PgConnection,
     service: &str,
     schema: &str,
     info: &EngineInfo,
+    server: &Server,
 ) -> Result<()> {
     let what = format!("PostgreSQL of service {service}");
-    let (server_num, server_version): (i32, String) = sqlx::query_as(
-        "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(|e| classify(&what, e))?;
+    let server_version = &server.version;
     let snapshot_major = major_of(&info.server_version);
-    if snapshot_major.is_some_and(|m| m > (server_num / 10000) as u32) {
+    if snapshot_major.is_some_and(|m| m > server.major()) {
         return Err(Error::usage_hint(
             format!(
                 "service {service}: the snapshot was taken on PostgreSQL {}, the target server runs {server_version}; a snapshot restores into the same major version or a newer one",
@@ -180,7 +177,6 @@ pub async fn prepare(
 ) -> Result<RestoreStats> {
     let Around { replay, live } = around;
     let what = format!("PostgreSQL of service {service}");
-    preflight(conn, service, schema, info).await?;
     exec(conn, "BEGIN").await.map_err(|e| classify(&what, e))?;
     let loaded = async {
         let terminated = take_locks(conn, service, schema, live).await?;

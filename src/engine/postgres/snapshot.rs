@@ -11,7 +11,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::Row;
 use tokio::io::AsyncReadExt;
 
-use super::sql::{classify, exec, quote_ident, quote_literal};
+use super::sql::{classify, exec, quote_ident, quote_literal, Server};
 use crate::config::EngineKind;
 use crate::error::{Error, Result};
 use crate::redact;
@@ -249,16 +249,11 @@ pub async fn take(
     url: &str,
     service: &str,
     schema: &str,
+    server: &Server,
     out: &mut SnapshotWriter<'_>,
 ) -> Result<EngineInfo> {
     let what = format!("PostgreSQL of service {service}");
-    let (server_num, server_version): (i32, String) = sqlx::query_as(
-        "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(|e| classify(&what, e))?;
-    let pg_dump_version = checked_pg_dump((server_num / 10000) as u32, &server_version).await?;
+    let pg_dump_version = checked_pg_dump(server.major(), &server.version).await?;
     // Read before the snapshot: every transaction the snapshot does not
     // hold commits after this position (replay of captured changes starts here).
     let lsn_before: String = sqlx::query("SELECT pg_current_wal_insert_lsn()::text")

@@ -7,6 +7,21 @@ use sqlx::postgres::PgConnection;
 use crate::error::{DbClass, Error};
 use crate::redact;
 
+/// The server's version, read once when valero-db connects.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// `server_version_num`, e.g. 170002.
+    pub num: i32,
+    /// `server_version` as the server prints it, e.g. `17.2`.
+    pub version: String,
+}
+
+impl Server {
+    pub fn major(&self) -> u32 {
+        (self.num / 10000) as u32
+    }
+}
+
 /// Runs a multi-statement script: a plain `&str` without arguments goes
 /// over the simple query protocol. (`sqlx::raw_sql`'s future is not provably
 /// `Send` inside an `async_trait` method.)
