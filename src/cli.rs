@@ -163,6 +163,10 @@ pub enum HookCommand {
         /// Override the choice made at pre-deploy
         #[arg(long, value_enum)]
         on_failure: Option<crate::deploy::OnFailure>,
+        /// If the databases are restored: end the application's sessions
+        /// that hold locks on a service's schema instead of waiting for them
+        #[arg(long)]
+        terminate_sessions: bool,
     },
 }
 
@@ -194,6 +198,10 @@ pub struct DeployArgs {
     /// database rollback included
     #[arg(long)]
     pub yes: bool,
+    /// If the databases are restored: end the application's sessions that
+    /// hold locks on a service's schema instead of waiting for them (needs --yes)
+    #[arg(long, requires = "yes")]
+    pub terminate_sessions: bool,
     /// The rollout command, after `--`
     #[arg(last = true, required = true, value_name = "ROLLOUT")]
     pub command: Vec<String>,

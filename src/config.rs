@@ -30,6 +30,10 @@ struct RawEnvironment {
     #[serde(default)]
     s3: RawS3,
     encryption: Option<RawEncryption>,
+    /// How long one statement of a migration may wait for a lock, e.g. "3s".
+    migration_lock_timeout: Option<String>,
+    /// How often a migration that ran into `migration_lock_timeout` is retried.
+    migration_lock_retries: Option<u32>,
 }
 
 /// `encryption = { key_env = "VAR" }` or `{ key_file = "path" }`.
@@ -108,6 +112,36 @@ pub struct Environment {
     pub s3: S3Settings,
     /// Where the snapshot encryption key comes from, if objects are encrypted.
     pub encryption: Option<KeySource>,
+    /// How migrations wait for the application's locks.
+    pub statement_locks: StatementLocks,
+}
+
+/// How a migration's statements wait for locks the application holds: each
+/// wait is cut off after `timeout` (PostgreSQL's `lock_timeout`), so the
+/// application's own queries never queue behind a migration for longer;
+/// the migration's transaction is then rolled back and retried, `retries`
+/// times, with a growing pause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatementLocks {
+    pub timeout: std::time::Duration,
+    pub retries: u32,
+}
+
+impl Default for StatementLocks {
+    fn default() -> Self {
+        StatementLocks {
+            timeout: std::time::Duration::from_secs(3),
+            retries: 5,
+        }
+    }
+}
+
+impl StatementLocks {
+    /// The pause before retry `n` (1-based): 1 s, 2 s, 4 s … at most 15 s.
+    pub fn pause_before(&self, retry: u32) -> std::time::Duration {
+        let secs = 1u64 << retry.saturating_sub(1).min(4);
+        std::time::Duration::from_secs(secs.min(15))
+    }
 }
 
 /// Where the snapshot encryption key is read from (never the key itself).
@@ -322,11 +356,13 @@ impl Config {
                 )))
             }
         };
+        let statement_locks = self.statement_locks(name, raw)?;
         Ok(Environment {
             name: name.to_string(),
             storage,
             protected: raw.protected,
             encryption,
+            statement_locks,
             s3: S3Settings {
                 region: opt("s3.region", &raw.s3.region)?,
                 endpoint: opt("s3.endpoint", &raw.s3.endpoint)?,
@@ -337,6 +373,35 @@ impl Config {
                 concurrency: raw.s3.concurrency,
             },
         })
+    }
+
+    /// `migration_lock_timeout` (at least 10ms, at most 10 minutes) and
+    /// `migration_lock_retries` of an environment, or their defaults.
+    fn statement_locks(&self, name: &str, raw: &RawEnvironment) -> Result<StatementLocks> {
+        let mut locks = StatementLocks::default();
+        if let Some(text) = &raw.migration_lock_timeout {
+            let key = format!("environments.{name}.migration_lock_timeout");
+            let text = self.expand(&key, text)?;
+            let timeout =
+                crate::units::parse_duration(&text).map_err(|m| self.err(format!("{key}: {m}")))?;
+            if timeout < std::time::Duration::from_millis(10)
+                || timeout > std::time::Duration::from_secs(600)
+            {
+                return Err(self.err(format!(
+                    "{key}: {text} is outside 10ms..10m; the application's queries wait up to this long behind a migration"
+                )));
+            }
+            locks.timeout = timeout;
+        }
+        if let Some(retries) = raw.migration_lock_retries {
+            if retries > 100 {
+                return Err(self.err(format!(
+                    "environments.{name}.migration_lock_retries: {retries} is more than 100"
+                )));
+            }
+            locks.retries = retries;
+        }
+        Ok(locks)
     }
 
     fn parse_storage(&self, url: &str) -> std::result::Result<StorageLocation, String> {
@@ -630,5 +695,42 @@ mod tests {
     fn sizes_parse() {
         assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
         assert!(parse_size("8 parsecs").is_err());
+    }
+
+    fn dev_with(extra: &str) -> Result<Environment> {
+        let text = format!("[environments.dev]\nstorage = \"file://b\"\n{extra}");
+        Config::parse(Path::new("valero-db.toml"), &text)?.environment("dev")
+    }
+
+    #[test]
+    fn migration_lock_settings_default_to_3s_and_5_retries_and_are_bounded() {
+        assert_eq!(
+            dev_with("").unwrap().statement_locks,
+            StatementLocks::default()
+        );
+        let set =
+            dev_with("migration_lock_timeout = \"500ms\"\nmigration_lock_retries = 0\n").unwrap();
+        assert_eq!(
+            set.statement_locks.timeout,
+            std::time::Duration::from_millis(500)
+        );
+        assert_eq!(set.statement_locks.retries, 0);
+        for bad in [
+            "migration_lock_timeout = \"1ms\"",
+            "migration_lock_timeout = \"11m\"",
+            "migration_lock_timeout = \"3\"",
+            "migration_lock_retries = 101",
+        ] {
+            let e = dev_with(bad).unwrap_err().to_string();
+            assert!(e.contains("environments.dev.migration_lock_"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn pauses_between_migration_lock_retries_double_up_to_15s() {
+        let secs: Vec<u64> = (1..=7)
+            .map(|n| StatementLocks::default().pause_before(n).as_secs())
+            .collect();
+        assert_eq!(secs, [1, 2, 4, 8, 15, 15, 15]);
     }
 }

@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use crate::cli::GlobalArgs;
 use crate::config::{self, Config, Environment, Service};
 use crate::error::{Error, Result};
+use crate::service::session::Waits;
 use crate::storage::{self, Storage};
 
 /// What every command needs: the configuration, the environment and the
@@ -33,6 +34,15 @@ impl Context {
         let s = storage::open(&self.env).await?;
         s.check().await?;
         Ok(s)
+    }
+
+    /// How long this run waits for another valero-db run (`--lock-timeout`)
+    /// and for the application's locks (the environment's settings).
+    pub fn waits(&self) -> Waits {
+        Waits {
+            run_lock: self.global.lock_timeout,
+            statements: self.env.statement_locks,
+        }
     }
 
     pub fn services(&self) -> Result<Vec<Service>> {

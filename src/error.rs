@@ -64,6 +64,7 @@ pub enum Error {
         what: String,
         timeout: String,
         sessions: String,
+        work: BlockedWork,
     },
     #[error("{message}")]
     Integrity {
@@ -110,6 +111,32 @@ pub struct PartialCommit {
     pub failed: String,
     pub snapshot: String,
     pub pre_restore: String,
+}
+
+/// The work the application's sessions blocked, which decides the hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockedWork {
+    /// A restore (also a deploy's database rollback): nothing was changed.
+    Restore,
+    /// A migration's transaction, rolled back after its last retry.
+    Migration,
+}
+
+impl BlockedWork {
+    pub fn hint(self) -> &'static str {
+        match self {
+            BlockedWork::Restore => {
+                "nothing was changed; stop the application or scale it to zero, or repeat with \
+                 --terminate-sessions --yes to end those sessions (their transactions roll back)"
+            }
+            BlockedWork::Migration => {
+                "nothing of this migration was applied (files before it in this run stay applied); \
+                 end or commit the blocking transactions, or run it while the application is idle, \
+                 then run migrate again. The environment's migration_lock_timeout and \
+                 migration_lock_retries set how long it tries"
+            }
+        }
+    }
 }
 
 /// What an operator can do about a statement the database refused.
@@ -287,11 +314,7 @@ impl Error {
                  the incomplete snapshot was removed and nothing was migrated"
                     .into(),
             ),
-            Error::Blocked { .. } => Some(
-                "nothing was changed; stop the application or scale it to zero, or repeat with \
-                 --terminate-sessions --yes to end those sessions (their transactions roll back)"
-                    .into(),
-            ),
+            Error::Blocked { work, .. } => Some(work.hint().into()),
             Error::LockTimeout { .. } => Some(
                 "another valero-db run is working on this service; wait for it to finish or raise --lock-timeout"
                     .into(),

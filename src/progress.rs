@@ -95,3 +95,59 @@ impl Drop for Progress {
         self.finish();
     }
 }
+
+/// A wait the operator should see while it lasts (a lock held by another
+/// session): the spinner's line on a terminal, otherwise a warning every
+/// `WAIT_LINE_EVERY` — also with `--no-progress`, since a silent wait
+/// looks like a hang.
+pub struct Waiting {
+    bar: Option<indicatif::ProgressBar>,
+    last_line: Mutex<Option<Instant>>,
+}
+
+const WAIT_LINE_EVERY: Duration = Duration::from_secs(5);
+
+impl Waiting {
+    pub fn new() -> Waiting {
+        let bar = (MODE.load(Ordering::Relaxed) == BAR).then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            {
+                b.set_style(style);
+            }
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        });
+        Waiting {
+            bar,
+            last_line: Mutex::new(None),
+        }
+    }
+
+    /// Shows what is being waited for now.
+    pub fn say(&self, msg: &str) {
+        if let Some(b) = &self.bar {
+            b.set_message(msg.to_string());
+            return;
+        }
+        let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= WAIT_LINE_EVERY) {
+            tracing::warn!("{msg}");
+            *last = Some(Instant::now());
+        }
+    }
+}
+
+impl Default for Waiting {
+    fn default() -> Self {
+        Waiting::new()
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

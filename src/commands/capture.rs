@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::config::EngineKind;
+use crate::config::{EngineKind, StatementLocks};
 use crate::context::{confirm, Context};
 use crate::engine::mongodb::capture::{capture_holder, Capture as MongoCapture, LEASE_ID};
 use crate::engine::mongodb::lease::{lease_ttl, Lease};
@@ -141,7 +141,8 @@ async fn open(ctx: &Context, leases: &mut Leases) -> Result<(Vec<PgSource>, Vec<
         let Some(pg) = &service.postgres else {
             continue;
         };
-        let mut engine = PostgresEngine::connect(&service.name, pg).await?;
+        let mut engine =
+            PostgresEngine::connect(&service.name, pg, StatementLocks::default()).await?;
         let slot = slot_name(&ctx.env.name, &service.name, &pg.schema);
         // Waits like migrate does: a killed capture's server session may
         // still be finishing its last read.

@@ -91,7 +91,7 @@ async fn preflight(ctx: &Context) -> Result<()> {
     let root = ctx.config.migrations_dir()?;
     for service in ctx.services()? {
         let local = crate::service::session::discover_service(&root, &service)?;
-        let mut locked = LockedService::open(&service, local, ctx.global.lock_timeout).await?;
+        let mut locked = LockedService::open(&service, local, ctx.waits()).await?;
         let r = async {
             for slot in locked.engines.iter_mut() {
                 let (_, analysis) = inspect(slot).await?;
@@ -189,17 +189,35 @@ async fn verify(ctx: &Context, rec: &mut DeploymentRecord, commands: &[String]) 
     })
 }
 
+/// How a failed deployment is rolled back.
+#[derive(Debug, Clone, Copy)]
+struct Rollback<'a> {
+    /// The service's own rollback command, run first.
+    cmd: Option<&'a str>,
+    on_failure: OnFailure,
+    /// A database restore ends the sessions that hold locks on the schema.
+    terminate_sessions: bool,
+}
+
+/// `hook post-deploy`'s rollback options; `on_failure` overrides the one
+/// chosen at pre-deploy.
+#[derive(Debug, Clone, Copy)]
+pub struct PostDeployRollback<'a> {
+    pub cmd: Option<&'a str>,
+    pub on_failure: Option<OnFailure>,
+    pub terminate_sessions: bool,
+}
+
 /// Step 5: the rollback command, then the databases per --on-failure.
 /// Returns the error to exit with (always exit 7, unless interrupted).
 async fn roll_back(
     ctx: &Context,
     storage: &dyn Storage,
     rec: &mut DeploymentRecord,
-    rollback_cmd: Option<&str>,
-    on_failure: OnFailure,
+    rollback: Rollback<'_>,
     cause: Error,
 ) -> Error {
-    if let Some(cmd) = rollback_cmd {
+    if let Some(cmd) = rollback.cmd {
         let started = Instant::now();
         let result = match deploy::run_command(&shell(cmd), &env_vars(rec), None).await {
             Ok(RunEnd::Exited(0)) => Ok(()),
@@ -209,7 +227,8 @@ async fn roll_back(
         rec.step("rollback command", started, result);
     }
     let started = Instant::now();
-    let db_result: std::result::Result<String, String> = match on_failure {
+    let mut blocked = false;
+    let db_result: std::result::Result<String, String> = match rollback.on_failure {
         OnFailure::None => Ok("databases left as they are (--on-failure none)".into()),
         OnFailure::Restore => {
             let map: BTreeMap<String, String> = rec
@@ -223,6 +242,7 @@ async fn roll_back(
                 let args = RestoreArgs {
                     per_service: Some(map.clone()),
                     yes: true,
+                    terminate_sessions: rollback.terminate_sessions,
                     ..RestoreArgs::default()
                 };
                 let (_, _, error) = run_restore(ctx, &args).await;
@@ -234,7 +254,10 @@ async fn roll_back(
                             .collect::<Vec<_>>()
                             .join(", ")
                     )),
-                    Some(e) => Err(e.to_string()),
+                    Some(e) => {
+                        blocked = matches!(e, Error::Blocked { .. });
+                        Err(e.to_string())
+                    }
                 }
             }
         }
@@ -267,15 +290,39 @@ async fn roll_back(
                 "deploy {} of release {} failed: {cause}; and rolling the databases back FAILED: {e}",
                 rec.id, rec.release
             ),
-            hint: Some(format!(
-                "run `valero-db status` to see each service's state; the pre-deploy snapshots are {}; restore them with `valero-db restore -s SERVICE --snapshot ID --yes`",
-                rec.services
-                    .iter()
-                    .filter_map(|s| s.snapshot.as_ref().map(|id| format!("{} {id}", s.service)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+            hint: Some(rollback_hint(ctx, rec, blocked)),
         },
+    }
+}
+
+/// What to run after a failed database rollback: restore each service's
+/// pre-deploy snapshot; when the application's sessions blocked it, stop
+/// the application first or let the restore end them.
+fn rollback_hint(ctx: &Context, rec: &DeploymentRecord, blocked: bool) -> String {
+    let commands: Vec<String> = rec
+        .services
+        .iter()
+        .filter_map(|s| {
+            s.snapshot.as_ref().map(|id| {
+                format!(
+                    "`valero-db restore -e {} -s {} --snapshot {id} --yes`",
+                    ctx.env.name, s.service
+                )
+            })
+        })
+        .collect();
+    let restore = if commands.is_empty() {
+        "there is no pre-deploy snapshot to restore".to_string()
+    } else {
+        format!("then run {}", commands.join(" and "))
+    };
+    if blocked {
+        format!(
+            "the application's sessions (named above) kept their locks, so nothing was restored: \
+             stop the application or scale it to zero, {restore}; or add --terminate-sessions to end those sessions"
+        )
+    } else {
+        format!("run `valero-db status` to see each service's state; {restore}")
     }
 }
 
@@ -311,8 +358,7 @@ async fn conclude(
     storage: &dyn Storage,
     mut rec: DeploymentRecord,
     cause: Option<Error>,
-    rollback_cmd: Option<&str>,
-    on_failure: OnFailure,
+    rollback: Rollback<'_>,
 ) -> Outcome {
     let error = match cause {
         None => {
@@ -320,9 +366,7 @@ async fn conclude(
             rec.finished_at = Some(chrono::Utc::now());
             rec.save(storage).await.err()
         }
-        Some(cause) => {
-            Some(roll_back(ctx, storage, &mut rec, rollback_cmd, on_failure, cause).await)
-        }
+        Some(cause) => Some(roll_back(ctx, storage, &mut rec, rollback, cause).await),
     };
     Outcome::ok(report(&rec), render(&rec)).with_error(error)
 }
@@ -380,15 +424,12 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> Outcome {
     }
     .await
     .err();
-    conclude(
-        ctx,
-        storage.as_ref(),
-        rec,
-        error,
-        args.rollback_cmd.as_deref(),
-        args.on_failure,
-    )
-    .await
+    let rollback = Rollback {
+        cmd: args.rollback_cmd.as_deref(),
+        on_failure: args.on_failure,
+        terminate_sessions: args.terminate_sessions,
+    };
+    conclude(ctx, storage.as_ref(), rec, error, rollback).await
 }
 
 pub async fn hook_pre(ctx: &Context, release: &str, on_failure: OnFailure, yes: bool) -> Outcome {
@@ -402,7 +443,12 @@ pub async fn hook_pre(ctx: &Context, release: &str, on_failure: OnFailure, yes: 
             rec.save(storage.as_ref()).await.err()
         }
         Err(cause) => {
-            Some(roll_back(ctx, storage.as_ref(), &mut rec, None, on_failure, cause).await)
+            let rollback = Rollback {
+                cmd: None,
+                on_failure,
+                terminate_sessions: false,
+            };
+            Some(roll_back(ctx, storage.as_ref(), &mut rec, rollback, cause).await)
         }
     };
     Outcome::ok(report(&rec), render(&rec)).with_error(error)
@@ -413,8 +459,7 @@ pub async fn hook_post(
     release: &str,
     success: bool,
     verify_cmds: &[String],
-    rollback_cmd: Option<&str>,
-    on_failure: Option<OnFailure>,
+    post: PostDeployRollback<'_>,
 ) -> Outcome {
     let storage = match ctx.storage().await {
         Ok(s) => s,
@@ -434,7 +479,11 @@ pub async fn hook_post(
             "run `valero-db hook pre-deploy --release TAG` first; `valero-db releases` lists deployments",
         ));
     };
-    let on_failure = on_failure.unwrap_or(rec.on_failure);
+    let rollback = Rollback {
+        cmd: post.cmd,
+        on_failure: post.on_failure.unwrap_or(rec.on_failure),
+        terminate_sessions: post.terminate_sessions,
+    };
     let cause = if success {
         verify(ctx, &mut rec, verify_cmds).await.err()
     } else {
@@ -448,7 +497,7 @@ pub async fn hook_post(
             hint: None,
         })
     };
-    conclude(ctx, storage.as_ref(), rec, cause, rollback_cmd, on_failure).await
+    conclude(ctx, storage.as_ref(), rec, cause, rollback).await
 }
 
 pub async fn releases(ctx: &Context) -> Outcome {

@@ -243,7 +243,7 @@ async fn migrate_service(
     let mut locked = if run.args.dry_run {
         LockedService::open_read_only(service, local).await?
     } else {
-        LockedService::open(service, local, ctx.global.lock_timeout).await?
+        LockedService::open(service, local, ctx.waits()).await?
     };
     out.notes.append(&mut locked.notes);
     let result = migrate_locked(&mut locked, run, out).await;
@@ -504,9 +504,7 @@ async fn rollback_pass(
             // A plan locks nothing and recovers nothing: it writes nothing.
             let mut locked = match pass {
                 RollbackPass::Plan => LockedService::open_read_only(&service, local).await?,
-                RollbackPass::Apply(_) => {
-                    LockedService::open(&service, local, ctx.global.lock_timeout).await?
-                }
+                RollbackPass::Apply(_) => LockedService::open(&service, local, ctx.waits()).await?,
             };
             out.notes.append(&mut locked.notes);
             let r = rollback_locked(&mut locked, targets, pass, out).await;
@@ -685,7 +683,7 @@ async fn baseline_service(
         applied_by: format!("{} (baseline)", identity()),
         release: None,
     };
-    let mut locked = LockedService::open(service, local, ctx.global.lock_timeout).await?;
+    let mut locked = LockedService::open(service, local, ctx.waits()).await?;
     locked
         .engines
         .retain(|s| only.is_none_or(|k| s.engine.kind() == k));
@@ -791,7 +789,7 @@ pub async fn repair(ctx: &Context, engine: EngineKind, version: u64, as_: Repair
         RepairAs::Pending => RepairAction::MarkPending,
     };
     let result = async {
-        let mut locked = LockedService::open(&service, Vec::new(), ctx.global.lock_timeout).await?;
+        let mut locked = LockedService::open(&service, Vec::new(), ctx.waits()).await?;
         let r = match locked
             .engines
             .iter_mut()

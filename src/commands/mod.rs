@@ -111,10 +111,15 @@ async fn hook(ctx: &Context, command: HookCommand) -> Outcome {
             verify,
             rollback_cmd,
             on_failure,
+            terminate_sessions,
         } => {
             let success = result == DeployResult::Success;
-            let rollback_cmd = rollback_cmd.as_deref();
-            deploy::hook_post(ctx, &release, success, &verify, rollback_cmd, on_failure).await
+            let rollback = deploy::PostDeployRollback {
+                cmd: rollback_cmd.as_deref(),
+                on_failure,
+                terminate_sessions,
+            };
+            deploy::hook_post(ctx, &release, success, &verify, rollback).await
         }
     }
 }

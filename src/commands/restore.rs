@@ -82,8 +82,7 @@ async fn restore(
     let target = ctx.storage().await?;
     for (i, c) in choices.iter().enumerate() {
         let started = Instant::now();
-        let mut locked =
-            LockedService::open(&c.service, Vec::new(), ctx.global.lock_timeout).await?;
+        let mut locked = LockedService::open(&c.service, Vec::new(), ctx.waits()).await?;
         let r = restore_service(ctx, target.as_ref(), source.as_ref(), &mut locked, c, args).await;
         locked.release().await;
         let (pre, stats) = r?;

@@ -63,8 +63,7 @@ pub async fn take(ctx: &Context, label: Option<String>) -> Outcome {
         let storage = ctx.storage().await?;
         let mut taken = Vec::new();
         for service in &services {
-            let mut locked =
-                LockedService::open(service, Vec::new(), ctx.global.lock_timeout).await?;
+            let mut locked = LockedService::open(service, Vec::new(), ctx.waits()).await?;
             let req = Request {
                 environment: &ctx.env.name,
                 reason: "manual",
@@ -242,7 +241,7 @@ async fn prune_pass(
         segments: Vec::new(),
     };
     for service in ctx.services()? {
-        let mut locked = LockedService::open(&service, Vec::new(), ctx.global.lock_timeout).await?;
+        let mut locked = LockedService::open(&service, Vec::new(), ctx.waits()).await?;
         let r = prune_service(
             ctx,
             storage.as_ref(),

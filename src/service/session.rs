@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::EngineKind;
-use crate::config::Service;
+use crate::config::{Service, StatementLocks};
 use crate::engine::{connect_service, Engine, RunMeta};
 use crate::error::{Error, Result};
 use crate::migrate::files::{self, Migration};
@@ -61,6 +61,15 @@ fn with_files(
             }
         })
         .collect()
+}
+
+/// How long a run waits for others: for the service's own lock
+/// (`--lock-timeout`, another valero-db run), and in migration statements
+/// for the application's locks (the environment's `migration_lock_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct Waits {
+    pub run_lock: Duration,
+    pub statements: StatementLocks,
 }
 
 /// Waiting for a lock: polls every 250 ms up to `--lock-timeout`, the same
@@ -129,9 +138,9 @@ impl LockedService {
     pub async fn open(
         service: &Service,
         local: Vec<(EngineKind, Vec<Migration>)>,
-        lock_timeout: Duration,
+        waits: Waits,
     ) -> Result<LockedService> {
-        let unlocked = with_files(connect_service(service).await?, local);
+        let unlocked = with_files(connect_service(service, waits.statements).await?, local);
         let mut locked = LockedService {
             service: service.clone(),
             engines: Vec::new(),
@@ -139,7 +148,7 @@ impl LockedService {
             locked: true,
         };
         for mut part in unlocked {
-            if let Err(e) = acquire(part.engine.as_mut(), lock_timeout).await {
+            if let Err(e) = acquire(part.engine.as_mut(), waits.run_lock).await {
                 locked.release().await;
                 return Err(e);
             }
@@ -163,7 +172,10 @@ impl LockedService {
     ) -> Result<LockedService> {
         let mut session = LockedService {
             service: service.clone(),
-            engines: with_files(connect_service(service).await?, local),
+            engines: with_files(
+                connect_service(service, StatementLocks::default()).await?,
+                local,
+            ),
             notes: Vec::new(),
             locked: false,
         };

@@ -56,7 +56,7 @@ pub async fn service_status(
     capture: Option<(&dyn Storage, &str)>,
 ) -> Result<Vec<EngineStatus>> {
     let mut local = discover_service(root, service)?;
-    let mut engines = connect_service(service).await?;
+    let mut engines = connect_service(service, crate::config::StatementLocks::default()).await?;
     let mut out = Vec::new();
     for engine in engines.iter_mut() {
         let files = local

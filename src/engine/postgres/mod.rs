@@ -10,6 +10,7 @@ pub mod restore;
 pub mod sessions;
 pub mod snapshot;
 pub mod sql;
+pub mod waits;
 
 use std::time::Instant;
 
@@ -19,13 +20,14 @@ use sqlx::{ConnectOptions, Connection, Row};
 
 use self::sql::{classify, exec, quote_ident, quote_literal, Server};
 use crate::config::EngineKind;
-use crate::config::PostgresTarget;
+use crate::config::{PostgresTarget, StatementLocks};
 use crate::engine::seam::{failed, hostname, Engine, RepairAction, RunMeta};
-use crate::error::{Error, Result};
+use crate::error::{BlockedWork, Error, Result};
 use crate::migrate::files::{Body, Migration, Script};
 use crate::migrate::plan::{AppliedMigration, RowState};
 use crate::migrate::sql_split;
 use crate::redact;
+use crate::units::format_duration;
 
 /// First key of the two-key advisory lock: "VALE", so valero-db's locks are
 /// recognisable in `pg_locks`.
@@ -39,6 +41,12 @@ pub struct PostgresEngine {
     /// Kept for pg_dump, which reads the same exported snapshot.
     url: String,
     server: Server,
+    /// How to open a second session (to watch this one's lock waits).
+    options: PgConnectOptions,
+    /// This session's backend pid.
+    pid: i32,
+    /// How migration statements wait for the application's locks.
+    locks: StatementLocks,
     /// Ends the session on the server if valero-db is interrupted.
     _registered: sessions::Registered,
 }
@@ -68,7 +76,11 @@ fn lock_key_for(schema: &str) -> i32 {
 }
 
 impl PostgresEngine {
-    pub async fn connect(service: &str, target: &PostgresTarget) -> Result<Self> {
+    pub async fn connect(
+        service: &str,
+        target: &PostgresTarget,
+        locks: StatementLocks,
+    ) -> Result<Self> {
         let what = format!(
             "PostgreSQL of service {service} ({})",
             redact::redact_url(&target.url)
@@ -111,6 +123,9 @@ impl PostgresEngine {
             conn,
             url: target.url.clone(),
             _registered: sessions::register(&options, pid),
+            options,
+            pid,
+            locks,
         })
     }
 
@@ -207,43 +222,112 @@ impl PostgresEngine {
         }
     }
 
-    /// Runs a script in one transaction together with `after`, which
-    /// writes or deletes the history row.
+    /// Runs a script in one transaction together with the history change
+    /// (`history_sql`). Every lock wait is cut off after the environment's
+    /// `migration_lock_timeout`, so the application never queues behind
+    /// the migration for longer; the transaction then rolls back and is
+    /// retried after a growing pause, `migration_lock_retries` times, before
+    /// the sessions that blocked it are reported (exit 4).
     async fn run_in_transaction(
         &mut self,
         script: &Script,
         sql: &str,
         history_sql: (String, Vec<HistoryArg>),
     ) -> Result<()> {
+        let file = crate::migrate::files::file_name(&script.path);
+        let mut retry = 0;
+        loop {
+            let Some(mut blockers) = self.attempt(script, sql, &history_sql).await? else {
+                return Ok(());
+            };
+            if blockers.is_empty() {
+                // Gone before the watch looked: name who holds locks now.
+                let what = self.what();
+                blockers = waits::holding_locks_in(&mut self.conn, &what, &self.schema)
+                    .await
+                    .unwrap_or_default();
+            }
+            let held_by = if blockers.is_empty() {
+                "sessions that have ended since".to_string()
+            } else {
+                waits::describe_all(&blockers)
+            };
+            if retry == self.locks.retries {
+                return Err(Error::Blocked {
+                    what: format!("migration {file} of service {} (postgres)", self.service),
+                    timeout: format!(
+                        "{} in each of {} attempts",
+                        format_duration(self.locks.timeout),
+                        retry + 1
+                    ),
+                    sessions: held_by,
+                    work: BlockedWork::Migration,
+                });
+            }
+            retry += 1;
+            let pause = self.locks.pause_before(retry);
+            tracing::warn!(
+                "{}: {file} waited {} for a lock and was rolled back, nothing applied; \
+                 retry {retry} of {} in {}; blocked by {held_by}",
+                self.service,
+                format_duration(self.locks.timeout),
+                self.locks.retries,
+                format_duration(pause)
+            );
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// One attempt of `run_in_transaction`: `None` once committed, the
+    /// blockers the watch saw after a lock timeout (rolled back).
+    async fn attempt(
+        &mut self,
+        script: &Script,
+        sql: &str,
+        history_sql: &(String, Vec<HistoryArg>),
+    ) -> Result<Option<Vec<waits::Blocker>>> {
         let what = self.what();
         let service = self.service.clone();
-        let search_path = format!("SET LOCAL search_path TO {}", quote_ident(&self.schema));
+        let settings = format!(
+            "SET LOCAL search_path TO {}; SET LOCAL lock_timeout = '{}ms'",
+            quote_ident(&self.schema),
+            self.locks.timeout.as_millis()
+        );
+        let label = format!(
+            "{service}: {}",
+            crate::migrate::files::file_name(&script.path)
+        );
         let mut tx = self.conn.begin().await.map_err(|e| classify(&what, e))?;
-        exec(&mut tx, &search_path)
+        exec(&mut tx, &settings)
             .await
             .map_err(|e| classify(&what, e))?;
-        if let Err(e) = exec(&mut tx, sql).await {
+        let watch = waits::Watch::start(self.options.clone(), self.pid, label);
+        let outcome = exec(&mut tx, sql).await;
+        let blockers = watch.stop().await;
+        if let Err(e) = outcome {
             if matches!(e, sqlx::Error::Io(_)) {
                 return Err(classify(&what, e));
             }
-            let msg = Self::db_error_message(&e);
             // Dropping `tx` rolls back DDL and data alike.
             let _ = tx.rollback().await;
+            if sql::is_lock_timeout(&e) {
+                return Ok(Some(blockers));
+            }
             return Err(failed(
                 &service,
                 EngineKind::Postgres,
                 &script.path,
-                msg,
+                Self::db_error_message(&e),
                 Some("the transaction was rolled back; nothing of this migration was applied. Fix the file and run migrate again".into()),
             ));
         }
         let (q, args) = history_sql;
-        bind_all(sqlx::query(&q), &args)
+        bind_all(sqlx::query(q), args)
             .execute(&mut *tx)
             .await
             .map_err(|e| classify(&what, e))?;
         tx.commit().await.map_err(|e| classify(&what, e))?;
-        Ok(())
+        Ok(None)
     }
 
     /// Runs a script statement by statement, outside a transaction.
@@ -256,8 +340,19 @@ impl PostgresEngine {
         .await
         .map_err(|e| classify(&what, e))?;
         let mut result = Ok(());
+        let label = format!(
+            "{}: {}",
+            self.service,
+            crate::migrate::files::file_name(&script.path)
+        );
         for (i, statement) in sql_split::split(sql).iter().enumerate() {
-            if let Err(e) = exec(&mut self.conn, statement).await {
+            // No lock_timeout here: `CREATE INDEX CONCURRENTLY` waits for
+            // old transactions by design, and cut off it would leave an
+            // invalid index. The wait is reported instead.
+            let watch = waits::Watch::start(self.options.clone(), self.pid, label.clone());
+            let outcome = exec(&mut self.conn, statement).await;
+            watch.stop().await;
+            if let Err(e) = outcome {
                 result = Err((i, Self::db_error_message(&e)));
                 break;
             }

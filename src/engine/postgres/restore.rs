@@ -11,8 +11,9 @@ use std::collections::{HashMap, HashSet};
 
 use super::copy_binary::{Converter, Kind, Unconvertible};
 use super::sql::{classify, exec, quote_ident, Server};
+use super::waits;
 use crate::config::EngineKind;
-use crate::error::{Error, Result};
+use crate::error::{BlockedWork, Error, Result};
 use crate::restore::{LiveSessions, RestoreStats};
 use crate::snapshot::manifest::EngineInfo;
 use crate::snapshot::stream::ObjectStream;
@@ -214,65 +215,6 @@ async fn relations_of(conn: &mut PgConnection, what: &str, schema: &str) -> Resu
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// The application's sessions that hold locks on the schema's relations,
-/// described for the operator (pid, role, application, client, state and
-/// for how long, the query shortened with secrets masked).
-async fn blocking_sessions(
-    conn: &mut PgConnection,
-    what: &str,
-    schema: &str,
-) -> Result<Vec<(i32, String)>> {
-    let rows = sqlx::query(
-        "SELECT DISTINCT a.pid, coalesce(a.usename::text, '?'), coalesce(a.application_name, ''), \
-                coalesce(host(a.client_addr), 'local'), coalesce(a.state, '?'), \
-                coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::bigint, 0), \
-                left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 120) \
-         FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
-         JOIN pg_namespace n ON n.oid = c.relnamespace \
-         JOIN pg_stat_activity a ON a.pid = l.pid \
-         WHERE n.nspname = $1 AND l.granted AND l.pid <> pg_backend_pid() ORDER BY a.pid",
-    )
-    .bind(schema)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| classify(what, e))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let (pid, role, app, client, state, secs, query): (
-                i32,
-                String,
-                String,
-                String,
-                String,
-                i64,
-                String,
-            ) = (
-                r.get(0),
-                r.get(1),
-                r.get(2),
-                r.get(3),
-                r.get(4),
-                r.get(5),
-                r.get(6),
-            );
-            let age =
-                crate::units::format_duration(std::time::Duration::from_secs(secs.max(0) as u64));
-            let app = if app.is_empty() {
-                String::new()
-            } else {
-                format!(", application {app}")
-            };
-            (
-                pid,
-                crate::redact::redact(&format!(
-                    "pid {pid} (role {role}{app}, {client}, {state} for {age}: {query})"
-                )),
-            )
-        })
-        .collect())
-}
-
 /// Takes ACCESS EXCLUSIVE locks on every relation of the schema before
 /// anything is dropped. Each attempt waits at most `LiveSessions::ATTEMPT`
 /// (`lock_timeout`), so the application's queries never queue behind the
@@ -297,7 +239,7 @@ async fn take_locks(
     );
     let deadline = std::time::Instant::now() + live.wait;
     let mut terminated = Vec::new();
-    let mut announced = std::time::Instant::now() - std::time::Duration::from_secs(60);
+    let mut waiting: Option<crate::progress::Waiting> = None;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let attempt = LiveSessions::ATTEMPT
@@ -323,48 +265,46 @@ async fn take_locks(
                 .map_err(|e| classify(&what, e))?;
                 return Ok(terminated);
             }
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("55P03") => {
+            Err(e) if super::sql::is_lock_timeout(&e) => {
                 exec(conn, "ROLLBACK TO SAVEPOINT valero_locks")
                     .await
                     .map_err(|e| classify(&what, e))?;
             }
             Err(e) => return Err(sql_failed(&what, "the locks on the schema", e)),
         }
-        let blockers = blocking_sessions(conn, &what, schema).await?;
+        let blockers = waits::holding_locks_in(conn, &what, schema).await?;
         if live.terminate && !blockers.is_empty() {
-            for (pid, description) in blockers {
-                tracing::warn!("{service}: terminating the session that holds a lock on schema {schema}: {description}");
+            for b in blockers {
+                tracing::warn!(
+                    "{service}: terminating the session that holds a lock on schema {schema}: {}",
+                    b.description
+                );
                 let _ = sqlx::query("SELECT pg_terminate_backend($1)")
-                    .bind(pid)
+                    .bind(b.pid)
                     .execute(&mut *conn)
                     .await;
-                terminated.push(description);
+                terminated.push(b.description);
             }
             continue;
         }
-        let described: Vec<String> = blockers.into_iter().map(|(_, d)| d).collect();
+        let held_by = if blockers.is_empty() {
+            "sessions that have ended since".to_string()
+        } else {
+            waits::describe_all(&blockers)
+        };
         if std::time::Instant::now() >= deadline {
             return Err(Error::Blocked {
                 what: format!("{what}: the restore of schema {schema}"),
                 timeout: crate::units::format_duration(live.wait),
-                sessions: if described.is_empty() {
-                    "sessions that have ended since".into()
-                } else {
-                    described.join("; ")
-                },
+                sessions: held_by,
+                work: BlockedWork::Restore,
             });
         }
-        if announced.elapsed() >= std::time::Duration::from_secs(5) {
-            tracing::warn!(
-                "{service}: waiting for the locks on schema {schema}, held by {}",
-                if described.is_empty() {
-                    "other sessions".into()
-                } else {
-                    described.join("; ")
-                }
-            );
-            announced = std::time::Instant::now();
-        }
+        waiting
+            .get_or_insert_with(crate::progress::Waiting::new)
+            .say(&format!(
+                "{service}: waiting for the locks on schema {schema}, held by {held_by}"
+            ));
         let pause = std::time::Duration::from_millis(500)
             .min(deadline.saturating_duration_since(std::time::Instant::now()));
         tokio::time::sleep(pause).await;

@@ -70,6 +70,11 @@ pub fn classify(what: &str, e: sqlx::Error) -> Error {
     }
 }
 
+/// A statement cut off by `lock_timeout` (SQLSTATE 55P03, lock_not_available).
+pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+}
+
 /// SQLSTATE classes 08 (connection), 28 (authorization), 3D (no database),
 /// 53 (insufficient resources: too many connections, disk full) and 57P0x
 /// (shutdown) mean the database is not usable now.

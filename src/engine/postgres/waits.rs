@@ -1,0 +1,188 @@
+//! Who keeps valero-db waiting for a lock: the sessions that hold locks on
+//! a schema (before a restore), or that block one of valero-db's own
+//! sessions right now (`Watch`, while a migration's statement runs),
+//! described for the operator — pid, role, application, client, state and
+//! for how long, the current query shortened with secrets masked.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection, Row};
+
+use super::sql::classify;
+use crate::error::Result;
+
+/// A session that holds a lock valero-db needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocker {
+    pub pid: i32,
+    /// `pid 4711 (role app, application fibu-api, 10.0.0.7, idle in
+    /// transaction for 3m 12s: SELECT …)`, secrets masked.
+    pub description: String,
+}
+
+/// The descriptions of `blockers`, joined for a log line or an error.
+pub fn describe_all(blockers: &[Blocker]) -> String {
+    blockers
+        .iter()
+        .map(|b| b.description.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+const DESCRIBE: &str =
+    "SELECT a.pid, coalesce(a.usename::text, '?'), coalesce(a.application_name, ''), \
+        coalesce(host(a.client_addr), 'local'), coalesce(a.state, '?'), \
+        coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::bigint, 0), \
+        left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 120) \
+ FROM pg_stat_activity a WHERE a.pid = ANY($1) ORDER BY a.pid";
+
+/// Describes the sessions with these pids (those that have ended since
+/// are left out).
+async fn describe(conn: &mut PgConnection, pids: &[i32]) -> sqlx::Result<Vec<Blocker>> {
+    if pids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(DESCRIBE)
+        .bind(pids)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.iter().map(blocker_of).collect())
+}
+
+fn blocker_of(r: &sqlx::postgres::PgRow) -> Blocker {
+    let pid: i32 = r.get(0);
+    let (role, app, client, state): (String, String, String, String) =
+        (r.get(1), r.get(2), r.get(3), r.get(4));
+    let (secs, query): (i64, String) = (r.get(5), r.get(6));
+    let age = crate::units::format_duration(Duration::from_secs(secs.max(0) as u64));
+    let app = if app.is_empty() {
+        String::new()
+    } else {
+        format!(", application {app}")
+    };
+    Blocker {
+        pid,
+        description: crate::redact::redact(&format!(
+            "pid {pid} (role {role}{app}, {client}, {state} for {age}: {query})"
+        )),
+    }
+}
+
+/// The other sessions holding locks on relations of `schema`.
+pub async fn holding_locks_in(
+    conn: &mut PgConnection,
+    what: &str,
+    schema: &str,
+) -> Result<Vec<Blocker>> {
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT DISTINCT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND l.granted AND l.pid <> pg_backend_pid()",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| classify(what, e))?;
+    describe(conn, &pids).await.map_err(|e| classify(what, e))
+}
+
+/// What session `pid` waits for now: the relations it waits to lock (empty
+/// when it waits for transactions to end, as `CREATE INDEX CONCURRENTLY`
+/// does) and the sessions that block it.
+async fn blocking(conn: &mut PgConnection, pid: i32) -> sqlx::Result<(String, Vec<Blocker>)> {
+    let row = sqlx::query(
+        "SELECT pg_blocking_pids($1), \
+                (SELECT string_agg(DISTINCT format('%I.%I', n.nspname, c.relname), ', ') \
+                 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE l.pid = $1 AND NOT l.granted)",
+    )
+    .bind(pid)
+    .fetch_one(&mut *conn)
+    .await?;
+    let pids: Vec<i32> = row.get(0);
+    let relations: Option<String> = row.get(1);
+    Ok((relations.unwrap_or_default(), describe(conn, &pids).await?))
+}
+
+/// Watches one of valero-db's sessions while it runs a statement, from a
+/// second connection made only once the statement has run for a moment:
+/// whenever the session waits for a lock, the operator sees on whom
+/// (`progress::Waiting`), and `stop` returns the blockers seen last.
+pub struct Watch {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Vec<Blocker>>,
+}
+
+/// How soon a running statement is first looked at, and how often after.
+const FIRST_LOOK: Duration = Duration::from_millis(250);
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+
+impl Watch {
+    /// Starts watching session `pid`; `label` names the work in messages,
+    /// e.g. `fibu: 0002_index.up.sql`.
+    pub fn start(options: PgConnectOptions, pid: i32, label: String) -> Watch {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut conn: Option<PgConnection> = None;
+            let mut waiting: Option<crate::progress::Waiting> = None;
+            let mut pause = FIRST_LOOK;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = LOOK_EVERY;
+                if conn.is_none() {
+                    conn = connect(&options).await;
+                }
+                let Some(c) = conn.as_mut() else { break };
+                let Ok((relations, blockers)) = blocking(c, pid).await else {
+                    break;
+                };
+                if blockers.is_empty() {
+                    continue;
+                }
+                let on = if relations.is_empty() {
+                    "for transactions to end".to_string()
+                } else {
+                    format!("for a lock on {relations}")
+                };
+                waiting
+                    .get_or_insert_with(crate::progress::Waiting::new)
+                    .say(&format!(
+                        "{label}: waiting {on}, held by {}",
+                        describe_all(&blockers)
+                    ));
+                seen = blockers;
+            }
+            if let Some(c) = conn {
+                let _ = c.close().await;
+            }
+            seen
+        });
+        Watch { stop, task }
+    }
+
+    /// Ends the watch; the blockers it saw last (none if it never saw the
+    /// session wait).
+    pub async fn stop(self) -> Vec<Blocker> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// The watching connection; none (and no watch) if it cannot be made in
+/// a few seconds — watching is a courtesy, never a reason to fail.
+async fn connect(options: &PgConnectOptions) -> Option<PgConnection> {
+    let options = options.clone().application_name("valero-db lock watch");
+    match tokio::time::timeout(Duration::from_secs(5), options.connect()).await {
+        Ok(Ok(conn)) => Some(conn),
+        _ => {
+            tracing::debug!("could not open a connection to watch lock waits");
+            None
+        }
+    }
+}
