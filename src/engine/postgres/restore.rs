@@ -273,17 +273,19 @@ async fn take_locks(
             Err(e) => return Err(sql_failed(&what, "the locks on the schema", e)),
         }
         let blockers = waits::holding_locks_in(conn, &what, schema).await?;
-        if live.terminate && !blockers.is_empty() {
-            for b in blockers {
+        // Never another valero-db run's session: it is named, not ended.
+        let others: Vec<&waits::Blocker> = blockers.iter().filter(|b| !b.valero_db).collect();
+        if live.terminate && !others.is_empty() {
+            for b in others {
                 tracing::warn!(
-                    "{service}: terminating the session that holds a lock on schema {schema}: {}",
+                    "{service}: terminating the session that holds or waits for a lock on schema {schema}: {}",
                     b.description
                 );
                 let _ = sqlx::query("SELECT pg_terminate_backend($1)")
                     .bind(b.pid)
                     .execute(&mut *conn)
                     .await;
-                terminated.push(b.description);
+                terminated.push(b.description.clone());
             }
             continue;
         }

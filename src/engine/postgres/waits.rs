@@ -16,6 +16,8 @@ use crate::error::Result;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Blocker {
     pub pid: i32,
+    /// Another valero-db session (never terminated by valero-db).
+    pub valero_db: bool,
     /// `pid 4711 (role app, application fibu-api, 10.0.0.7, idle in
     /// transaction for 3m 12s: SELECT …)`, secrets masked.
     pub description: String,
@@ -56,20 +58,21 @@ fn blocker_of(r: &sqlx::postgres::PgRow) -> Blocker {
         (r.get(1), r.get(2), r.get(3), r.get(4));
     let (secs, query): (i64, String) = (r.get(5), r.get(6));
     let age = crate::units::format_duration(Duration::from_secs(secs.max(0) as u64));
-    let app = if app.is_empty() {
+    let shown_app = if app.is_empty() {
         String::new()
     } else {
         format!(", application {app}")
     };
     Blocker {
         pid,
+        valero_db: app.starts_with("valero-db"),
         description: crate::redact::redact(&format!(
-            "pid {pid} (role {role}{app}, {client}, {state} for {age}: {query})"
+            "pid {pid} (role {role}{shown_app}, {client}, {state} for {age}: {query})"
         )),
     }
 }
 
-/// The other sessions holding locks on relations of `schema`.
+/// The other sessions that hold or wait for locks on relations of `schema`.
 pub async fn holding_locks_in(
     conn: &mut PgConnection,
     what: &str,
@@ -78,7 +81,7 @@ pub async fn holding_locks_in(
     let pids: Vec<i32> = sqlx::query_scalar(
         "SELECT DISTINCT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = $1 AND l.granted AND l.pid <> pg_backend_pid()",
+         WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
     )
     .bind(schema)
     .fetch_all(&mut *conn)
