@@ -147,6 +147,10 @@ pub enum HookCommand {
         /// post-deploy --result failure included
         #[arg(long)]
         yes: bool,
+        /// Close another release's open deployment without rolling it back,
+        /// recording why (otherwise this pre-deploy is refused)
+        #[arg(long, value_name = "REASON")]
+        supersede: Option<String>,
     },
     /// Close the deployment; on failure roll the databases back
     PostDeploy {
@@ -202,6 +206,10 @@ pub struct DeployArgs {
     /// hold locks on a service's schema instead of waiting for them (needs --yes)
     #[arg(long, requires = "yes")]
     pub terminate_sessions: bool,
+    /// Close another release's open deployment without rolling it back,
+    /// recording why (otherwise this deploy is refused)
+    #[arg(long, value_name = "REASON")]
+    pub supersede: Option<String>,
     /// The rollout command, after `--`
     #[arg(last = true, required = true, value_name = "ROLLOUT")]
     pub command: Vec<String>,

@@ -92,6 +92,9 @@ pub enum Error {
         message: String,
         hint: Option<String>,
     },
+    /// Another release's deployment is open in the environment.
+    #[error("{message}")]
+    DeploymentOpen { message: String, hint: String },
     #[error("{message}")]
     NoSnapshot { message: String },
     #[error("{message}")]
@@ -255,7 +258,7 @@ impl Error {
             },
             Error::Usage { .. } | Error::Config { .. } | Error::MigrationFile { .. } => 2,
             Error::Unreachable { .. } | Error::StorageFull { .. } => 3,
-            Error::LockTimeout { .. } | Error::Blocked { .. } => 4,
+            Error::LockTimeout { .. } | Error::Blocked { .. } | Error::DeploymentOpen { .. } => 4,
             Error::Integrity { .. } => 5,
             Error::MigrationFailed { .. } | Error::Dirty { .. } => 6,
             Error::DeployFailed { .. } => 7,
@@ -278,6 +281,7 @@ impl Error {
             Error::MigrationFailed { .. } => "migration_failed",
             Error::Dirty { .. } => "dirty",
             Error::DeployFailed { .. } => "deploy_failed",
+            Error::DeploymentOpen { .. } => "deployment_open",
             Error::NoSnapshot { .. } => "no_snapshot",
             Error::NotReady { .. } => "not_ready",
             Error::Interrupted => "interrupted",
@@ -297,6 +301,7 @@ impl Error {
         match self {
             Error::Usage { hint, .. } | Error::Integrity { hint, .. } => hint.clone(),
             Error::MigrationFailed { hint, .. } | Error::DeployFailed { hint, .. } => hint.clone(),
+            Error::DeploymentOpen { hint, .. } => Some(hint.clone()),
             Error::Config { .. } => {
                 Some("fix the configuration file; `valero-db --help` lists the options".into())
             }

@@ -5,40 +5,8 @@ mod common;
 
 use common::oracle::snapshot_ids;
 
+use common::release::{state, v1, v1_deployed_then_v2_pending, v2};
 use common::{psql, Project};
-
-fn v1(p: &Project) {
-    p.migration("postgres", "0001_prices.up.sql", "CREATE TABLE prices (sku text PRIMARY KEY, cents int NOT NULL);\nINSERT INTO prices VALUES ('a', 100), ('b', 250);\n");
-    p.migration("postgres", "0001_prices.down.sql", "DROP TABLE prices;\n");
-}
-
-/// A migration that changes data, so a rollback must bring the data back.
-fn v2(p: &Project) {
-    p.migration("postgres", "0002_euro.up.sql", "ALTER TABLE prices ADD COLUMN currency text NOT NULL DEFAULT 'EUR';\nUPDATE prices SET cents = cents * 2;\n");
-    p.migration(
-        "postgres",
-        "0002_euro.down.sql",
-        "ALTER TABLE prices DROP COLUMN currency;\nUPDATE prices SET cents = cents / 2;\n",
-    );
-}
-
-/// Release v1.0.0 deployed, v2's migration waiting; the state at v1.
-fn v1_deployed_then_v2_pending(p: &Project) -> String {
-    v1(p);
-    p.run(&["deploy", "--release", "v1.0.0", "--", "true"]).ok();
-    let before = state(p);
-    v2(p);
-    before
-}
-
-fn state(p: &Project) -> String {
-    psql(&format!(
-        "SELECT (SELECT string_agg(version::text, ',' ORDER BY version) FROM \"{s}\".valero_schema_history) || ' | ' || \
-                (SELECT string_agg(sku || '=' || cents, ',' ORDER BY sku) FROM \"{s}\".prices) || ' | ' || \
-                (SELECT count(*) FROM information_schema.columns WHERE table_schema = '{s}' AND table_name = 'prices')",
-        s = p.schema
-    ))
-}
 
 #[test]
 fn a_deploy_whose_rollout_succeeds_migrates_and_records_the_release() {
@@ -242,6 +210,7 @@ fn hooks_pre_then_post_failure_restore_the_pre_deploy_state() {
     ])
     .expect_code(7);
     assert_eq!(state(&p), before);
+    // A retried post-deploy repeats the result and does nothing again.
     p.run(&[
         "hook",
         "post-deploy",
@@ -250,8 +219,9 @@ fn hooks_pre_then_post_failure_restore_the_pre_deploy_state() {
         "--result",
         "failure",
     ])
-    .expect_code(2)
-    .stderr_has("no open deployment");
+    .expect_code(7)
+    .stderr_has("already ended: rolled-back");
+    assert_eq!(state(&p), before);
 }
 
 #[test]

@@ -40,8 +40,14 @@ fn report(rec: &DeploymentRecord) -> Value {
 fn render(rec: &DeploymentRecord) -> String {
     let mut out = format!(
         "deployment {} of release {} to {}: {}\n",
-        rec.id, rec.release, rec.environment, rec.state
+        rec.id,
+        rec.release,
+        rec.environment,
+        state_text(rec)
     );
+    if let Some(s) = &rec.superseded {
+        out.push_str(&format!("  superseded: {}\n", s.reason));
+    }
     for s in &rec.steps {
         out.push_str(&format!(
             "  {:<18} {:<7} {:>7} ms{}\n",
@@ -80,6 +86,19 @@ fn render(rec: &DeploymentRecord) -> String {
     out
 }
 
+/// A deployment's state for people: `pre-deployed (resumed 1x)`,
+/// `superseded by v2.1`.
+fn state_text(rec: &DeploymentRecord) -> String {
+    let mut text = rec.state.to_string();
+    if let Some(s) = &rec.superseded {
+        text.push_str(&format!(" by {}", s.by_release));
+    }
+    if rec.resumed > 0 {
+        text.push_str(&format!(" (resumed {}x)", rec.resumed));
+    }
+    text
+}
+
 /// A version for people: `-` for none.
 fn version_text(x: Option<u64>) -> String {
     x.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
@@ -106,28 +125,32 @@ async fn preflight(ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// Step 2: snapshot and migrate, recording versions and snapshot ids.
-async fn pre_deploy(ctx: &Context, rec: &mut DeploymentRecord) -> Result<()> {
+/// Step 2: snapshot and migrate, the record saved before each service
+/// changes (see `deploy::Journal`). A resumed deployment keeps the
+/// snapshots and `before` versions of its first attempt.
+async fn pre_deploy(
+    ctx: &Context,
+    storage: &dyn Storage,
+    rec: &mut DeploymentRecord,
+) -> Result<()> {
     let started = Instant::now();
-    let result = run_migrate(
-        ctx,
-        MigrateArgs {
-            to: None,
-            dry_run: false,
-            no_snapshot: false,
-            release: Some(rec.release.clone()),
-            yes: true,
-        },
-    )
-    .await;
-    rec.services.clear();
+    let args = MigrateArgs {
+        to: None,
+        dry_run: false,
+        no_snapshot: false,
+        release: Some(rec.release.clone()),
+        yes: true,
+    };
+    let mut journal = deploy::Journal {
+        rec: &mut *rec,
+        storage,
+    };
+    let result = run_migrate(ctx, args, Some(&mut journal)).await;
     for r in &result.runs {
         rec.add_versions(&r.service, r.engine, r.from_version, r.to_version);
     }
     for s in &result.snapshots {
-        if let Some(entry) = rec.services.iter_mut().find(|e| e.service == s.service) {
-            entry.snapshot = Some(s.id.clone());
-        }
+        rec.add_snapshot(&s.service, &s.id);
     }
     let outcome = match &result.error {
         Some(e) => Err(e.to_string()),
@@ -326,19 +349,24 @@ fn rollback_hint(ctx: &Context, rec: &DeploymentRecord, blocked: bool) -> String
     }
 }
 
-/// Starts a deployment: a valid release tag, reachable storage, and the
-/// preflight (step 1), recorded. A failure is the outcome to return; the
-/// preflight's own exit code, since nothing was changed.
+/// Starts a deployment, or attaches to this release's open one (a retried
+/// Job or pipeline): a valid release tag, reachable storage, no other
+/// release's deployment open (unless superseded), and the preflight
+/// (step 1), recorded. A failure is the outcome to return.
 async fn begin(
     ctx: &Context,
     release: &str,
     on_failure: OnFailure,
     yes: bool,
+    supersede: Option<&str>,
 ) -> std::result::Result<(Box<dyn Storage>, DeploymentRecord), Outcome> {
     deploy::validate_release(release).map_err(Outcome::failed)?;
     consent(ctx, on_failure, yes).map_err(Outcome::failed)?;
     let storage = ctx.storage().await.map_err(Outcome::failed)?;
-    let mut rec = DeploymentRecord::new(&ctx.env.name, release, on_failure);
+    let mut rec = open_or_resume(ctx, storage.as_ref(), release, on_failure, supersede)
+        .await
+        .map_err(Outcome::failed)?;
+    rec.save(storage.as_ref()).await.map_err(Outcome::failed)?;
     let started = Instant::now();
     let pre = preflight(ctx).await;
     rec.step(
@@ -350,6 +378,62 @@ async fn begin(
         Ok(()) => Ok((storage, rec)),
         Err(e) => Err(Outcome::ok(report(&rec), render(&rec)).with_error(Some(e))),
     }
+}
+
+/// The record to work on: this release's open deployment, resumed; or a
+/// new one — after superseding another release's open deployment when the
+/// operator said so, refused (exit 4) when not.
+async fn open_or_resume(
+    ctx: &Context,
+    storage: &dyn Storage,
+    release: &str,
+    on_failure: OnFailure,
+    supersede: Option<&str>,
+) -> Result<DeploymentRecord> {
+    let records = deploy::list(storage, &ctx.env.name).await?;
+    let Some(open) = deploy::open_deployment(&records).cloned() else {
+        return Ok(DeploymentRecord::new(&ctx.env.name, release, on_failure));
+    };
+    if open.release == release {
+        let mut rec = open;
+        rec.resumed += 1;
+        rec.state = DeployState::Running;
+        rec.step("resume", Instant::now(), Ok(()));
+        tracing::warn!(
+            "resuming deployment {} of release {release} (attempt {}): what is done stays, the pre-deploy snapshots are kept",
+            rec.id,
+            rec.resumed + 1
+        );
+        return Ok(rec);
+    }
+    let Some(reason) = supersede else {
+        return Err(Error::DeploymentOpen {
+            message: format!(
+                "deployment {} of release {} is still open in environment {} ({}); release {release} waits for it",
+                open.id, open.release, ctx.env.name, open.state
+            ),
+            hint: format!(
+                "end it first: `valero-db hook post-deploy -e {} --release {} --result success|failure`, \
+                 or pass --supersede \"REASON\" to close it without a rollback",
+                ctx.env.name, open.release
+            ),
+        });
+    };
+    let mut old = open;
+    old.state = DeployState::Superseded;
+    old.finished_at = Some(chrono::Utc::now());
+    old.superseded = Some(deploy::Supersession {
+        by_release: release.to_string(),
+        reason: crate::redact::redact(reason),
+        at: chrono::Utc::now(),
+    });
+    old.save(storage).await?;
+    tracing::warn!(
+        "deployment {} of release {} superseded by release {release}: {reason}",
+        old.id,
+        old.release
+    );
+    Ok(DeploymentRecord::new(&ctx.env.name, release, on_failure))
 }
 
 /// Ends a deployment: succeeded and saved, or rolled back (exit 7).
@@ -397,7 +481,15 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> Outcome {
     if args.command.is_empty() {
         return Outcome::failed(Error::usage("deploy needs the rollout command after `--`"));
     }
-    let (storage, mut rec) = match begin(ctx, &args.release, args.on_failure, args.yes).await {
+    let (storage, mut rec) = match begin(
+        ctx,
+        &args.release,
+        args.on_failure,
+        args.yes,
+        args.supersede.as_deref(),
+    )
+    .await
+    {
         Ok(started) => started,
         Err(outcome) => return outcome,
     };
@@ -405,7 +497,7 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> Outcome {
         return Outcome::failed(e);
     }
     let error = async {
-        pre_deploy(ctx, &mut rec).await?;
+        pre_deploy(ctx, storage.as_ref(), &mut rec).await?;
         let started = Instant::now();
         let end = deploy::run_command(&args.command, &env_vars(&rec), args.timeout).await?;
         let ok = matches!(end, RunEnd::Exited(0));
@@ -432,12 +524,18 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> Outcome {
     conclude(ctx, storage.as_ref(), rec, error, rollback).await
 }
 
-pub async fn hook_pre(ctx: &Context, release: &str, on_failure: OnFailure, yes: bool) -> Outcome {
-    let (storage, mut rec) = match begin(ctx, release, on_failure, yes).await {
+pub async fn hook_pre(
+    ctx: &Context,
+    release: &str,
+    on_failure: OnFailure,
+    yes: bool,
+    supersede: Option<&str>,
+) -> Outcome {
+    let (storage, mut rec) = match begin(ctx, release, on_failure, yes, supersede).await {
         Ok(started) => started,
         Err(outcome) => return outcome,
     };
-    let error = match pre_deploy(ctx, &mut rec).await {
+    let error = match pre_deploy(ctx, storage.as_ref(), &mut rec).await {
         Ok(()) => {
             rec.state = DeployState::PreDeployed;
             rec.save(storage.as_ref()).await.err()
@@ -469,16 +567,17 @@ pub async fn hook_post(
         Ok(r) => r,
         Err(e) => return Outcome::failed(e),
     };
-    let Some(mut rec) = records
-        .into_iter()
-        .rev()
-        .find(|r| r.release == release && r.state == DeployState::PreDeployed)
-    else {
+    // The release's newest deployment: open (also one whose pre-deploy was
+    // killed), or ended — then its result is repeated, nothing done again.
+    let Some(mut rec) = records.into_iter().rev().find(|r| r.release == release) else {
         return Outcome::failed(Error::usage_hint(
-            format!("no open deployment of release {release} in environment {}", ctx.env.name),
+            format!("no deployment of release {release} in environment {}", ctx.env.name),
             "run `valero-db hook pre-deploy --release TAG` first; `valero-db releases` lists deployments",
         ));
     };
+    if rec.state.is_final() {
+        return repeat_result(&rec);
+    }
     let rollback = Rollback {
         cmd: post.cmd,
         on_failure: post.on_failure.unwrap_or(rec.on_failure),
@@ -500,6 +599,36 @@ pub async fn hook_post(
     conclude(ctx, storage.as_ref(), rec, cause, rollback).await
 }
 
+/// A retried post-deploy of a deployment that has ended: the same report
+/// and exit code as the first time, and nothing done again.
+fn repeat_result(rec: &DeploymentRecord) -> Outcome {
+    let ended = rec
+        .finished_at
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "earlier".into());
+    tracing::warn!(
+        "deployment {} of release {} already ended ({} at {ended}); nothing is done again",
+        rec.id,
+        rec.release,
+        rec.state
+    );
+    let error = match rec.state {
+        DeployState::Succeeded => None,
+        state => Some(Error::DeployFailed {
+            message: format!(
+                "deployment {} of release {} already ended: {state} at {ended} (repeated, nothing done again)",
+                rec.id, rec.release
+            ),
+            hint: Some("see `valero-db releases`; a new attempt needs a new pre-deploy".into()),
+        }),
+    };
+    let mut report = report(rec);
+    if let Value::Object(m) = &mut report {
+        m.insert("repeated".into(), json!(true));
+    }
+    Outcome::ok(report, render(rec)).with_error(error)
+}
+
 pub async fn releases(ctx: &Context) -> Outcome {
     let result = async {
         let storage = crate::storage::open(&ctx.env).await?;
@@ -514,7 +643,7 @@ pub async fn releases(ctx: &Context) -> Outcome {
                 .map(|r| {
                     vec![
                         r.release.clone(),
-                        r.state.to_string(),
+                        state_text(r),
                         r.started_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
                         r.services
                             .iter()

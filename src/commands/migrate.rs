@@ -142,12 +142,17 @@ pub struct MigrateResult {
 
 pub async fn migrate(ctx: &Context, args: MigrateArgs) -> Outcome {
     let dry_run = args.dry_run;
-    let r = run_migrate(ctx, args).await;
+    let r = run_migrate(ctx, args, None).await;
     migrate_outcome(ctx, r, dry_run)
 }
 
-/// The migrate path shared by `migrate`, `deploy` and `hook pre-deploy`.
-pub async fn run_migrate(ctx: &Context, args: MigrateArgs) -> MigrateResult {
+/// The migrate path shared by `migrate`, `deploy` and `hook pre-deploy`;
+/// the latter two keep their deployment record current through `journal`.
+pub async fn run_migrate(
+    ctx: &Context,
+    args: MigrateArgs,
+    mut journal: Option<&mut deploy::Journal<'_>>,
+) -> MigrateResult {
     let failed = |e| MigrateResult {
         error: Some(e),
         ..MigrateResult::default()
@@ -193,7 +198,8 @@ pub async fn run_migrate(ctx: &Context, args: MigrateArgs) -> MigrateResult {
             storage: storage.as_deref(),
             environment: &ctx.env.name,
         };
-        if let Err(e) = migrate_service(ctx, &service, local, &run, &mut result).await {
+        let journal = journal.as_deref_mut();
+        if let Err(e) = migrate_service(ctx, &service, local, &run, journal, &mut result).await {
             result.error = Some(e);
             return result;
         }
@@ -237,6 +243,7 @@ async fn migrate_service(
     service: &Service,
     local: Vec<(EngineKind, Vec<Migration>)>,
     run: &Run<'_>,
+    journal: Option<&mut deploy::Journal<'_>>,
     out: &mut MigrateResult,
 ) -> Result<()> {
     // A dry run locks nothing and recovers nothing: it writes nothing.
@@ -246,7 +253,7 @@ async fn migrate_service(
         LockedService::open(service, local, ctx.waits()).await?
     };
     out.notes.append(&mut locked.notes);
-    let result = migrate_locked(&mut locked, run, out).await;
+    let result = migrate_locked(&mut locked, run, journal, out).await;
     locked.release().await;
     result
 }
@@ -254,6 +261,7 @@ async fn migrate_service(
 async fn migrate_locked(
     locked: &mut LockedService,
     run: &Run<'_>,
+    mut journal: Option<&mut deploy::Journal<'_>>,
     out: &mut MigrateResult,
 ) -> Result<()> {
     let (args, meta) = (run.args, run.meta);
@@ -293,18 +301,39 @@ async fn migrate_locked(
     if args.dry_run || plans.iter().all(Vec::is_empty) {
         return Ok(());
     }
-    // A verified snapshot of the whole service before anything changes.
-    if let Some(storage) = run.storage {
-        let req = Request {
-            environment: run.environment,
-            reason: "pre-migrate",
-            release: args.release.clone(),
-            label: None,
-        };
-        let found = take_service(storage, &name, &mut locked.engines, &req).await?;
-        out.snapshots.push(found.summary());
-    }
+    // A verified snapshot of the whole service before anything changes
+    // (a resumed deployment keeps the one its first attempt took), in the
+    // deployment record before the first migration starts.
     let first_run = runs.len() - plans.len();
+    if let Some(storage) = run.storage {
+        let kept = journal
+            .as_ref()
+            .and_then(|j| j.rec.snapshot_of(&name).map(str::to_string));
+        let id = match kept {
+            Some(id) => {
+                tracing::info!("{name}: keeping the pre-deploy snapshot {id} of the first attempt");
+                id
+            }
+            None => {
+                let req = Request {
+                    environment: run.environment,
+                    reason: "pre-migrate",
+                    release: args.release.clone(),
+                    label: None,
+                };
+                let found = take_service(storage, &name, &mut locked.engines, &req).await?;
+                out.snapshots.push(found.summary());
+                found.manifest.id
+            }
+        };
+        if let Some(j) = journal.as_deref_mut() {
+            let now: Vec<_> = runs[first_run..]
+                .iter()
+                .map(|r| (r.engine, r.from_version))
+                .collect();
+            j.before_change(&name, &now, Some(&id)).await?;
+        }
+    }
     for (i, (slot, plan)) in locked.engines.iter_mut().zip(plans.iter()).enumerate() {
         if plan.is_empty() {
             continue;
@@ -313,6 +342,9 @@ async fn migrate_locked(
         let run = &mut runs[first_run + i];
         run.to_version = steps.last().map(|s| s.version).or(run.from_version);
         run.steps = steps;
+        if let Some(j) = journal.as_deref_mut() {
+            j.changed(&name, run.engine, run.to_version).await;
+        }
         if let Some(e) = error {
             return Err(e);
         }

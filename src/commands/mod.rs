@@ -104,7 +104,8 @@ async fn hook(ctx: &Context, command: HookCommand) -> Outcome {
             release,
             on_failure,
             yes,
-        } => deploy::hook_pre(ctx, &release, on_failure, yes).await,
+            supersede,
+        } => deploy::hook_pre(ctx, &release, on_failure, yes, supersede.as_deref()).await,
         HookCommand::PostDeploy {
             release,
             result,

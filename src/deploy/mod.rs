@@ -36,6 +36,9 @@ pub enum DeployState {
     RolledBack,
     RollbackFailed,
     Failed,
+    /// Ended by the next release's pre-deploy (`--supersede REASON`),
+    /// without rolling anything back.
+    Superseded,
 }
 
 impl DeployState {
@@ -52,6 +55,7 @@ impl DeployState {
             DeployState::RolledBack => "rolled-back",
             DeployState::RollbackFailed => "rollback-failed",
             DeployState::Failed => "failed",
+            DeployState::Superseded => "superseded",
         }
     }
 }
@@ -117,6 +121,21 @@ pub struct DeploymentRecord {
     pub services: Vec<ServiceVersions>,
     pub steps: Vec<StepRecord>,
     pub tool_version: String,
+    /// How often a retried pre-deploy or deploy attached to this
+    /// deployment to finish it.
+    #[serde(default)]
+    pub resumed: u32,
+    /// Who ended this deployment without a result, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded: Option<Supersession>,
+}
+
+/// The end of an open deployment by the next release's pre-deploy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Supersession {
+    pub by_release: String,
+    pub reason: String,
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 pub const FOLDER: &str = ".deployments";
@@ -153,6 +172,8 @@ impl DeploymentRecord {
             services: Vec::new(),
             steps: Vec::new(),
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            resumed: 0,
+            superseded: None,
         }
     }
 
@@ -173,7 +194,8 @@ impl DeploymentRecord {
         });
     }
 
-    /// Records one engine's versions before and after the deployment.
+    /// Records one engine's versions before and after the deployment. A
+    /// resumed deployment keeps the version recorded first as `before`.
     pub fn add_versions(
         &mut self,
         service: &str,
@@ -181,6 +203,34 @@ impl DeploymentRecord {
         before: Option<u64>,
         after: Option<u64>,
     ) {
+        let entry = self.service_entry(service);
+        match entry.engines.iter_mut().find(|e| e.engine == engine) {
+            Some(known) => known.after = after,
+            None => entry.engines.push(EngineVersions {
+                engine,
+                before,
+                after,
+            }),
+        }
+    }
+
+    /// Records a service's pre-deploy snapshot; the first one stays.
+    pub fn add_snapshot(&mut self, service: &str, id: &str) {
+        let entry = self.service_entry(service);
+        if entry.snapshot.is_none() {
+            entry.snapshot = Some(id.to_string());
+        }
+    }
+
+    /// The pre-deploy snapshot already taken of a service, if any.
+    pub fn snapshot_of(&self, service: &str) -> Option<&str> {
+        self.services
+            .iter()
+            .find(|s| s.service == service)
+            .and_then(|s| s.snapshot.as_deref())
+    }
+
+    fn service_entry(&mut self, service: &str) -> &mut ServiceVersions {
         let at = match self.services.iter().position(|s| s.service == service) {
             Some(i) => i,
             None => {
@@ -192,11 +242,7 @@ impl DeploymentRecord {
                 self.services.len() - 1
             }
         };
-        self.services[at].engines.push(EngineVersions {
-            engine,
-            before,
-            after,
-        });
+        &mut self.services[at]
     }
 
     /// The version of every engine of every service the deployment
@@ -222,6 +268,43 @@ impl DeploymentRecord {
     }
 }
 
+/// The deployment record kept current while its pre-deploy migrates, so
+/// that a kill between any two steps leaves a record from which a retry
+/// or a rollback finds the right state: a service's versions and its
+/// pre-deploy snapshot are saved before its first migration starts.
+pub struct Journal<'a> {
+    pub rec: &'a mut DeploymentRecord,
+    pub storage: &'a dyn Storage,
+}
+
+impl Journal<'_> {
+    /// Saved before a service changes: its versions now, and the snapshot
+    /// to restore it from. Without this record saved nothing may change.
+    pub async fn before_change(
+        &mut self,
+        service: &str,
+        versions: &[(EngineKind, Option<u64>)],
+        snapshot: Option<&str>,
+    ) -> Result<()> {
+        for (engine, now) in versions {
+            self.rec.add_versions(service, *engine, *now, *now);
+        }
+        if let Some(id) = snapshot {
+            self.rec.add_snapshot(service, id);
+        }
+        self.rec.save(self.storage).await
+    }
+
+    /// Saved after an engine's migrations ran; a failure to save is only
+    /// logged, since `before_change` already recorded the way back.
+    pub async fn changed(&mut self, service: &str, engine: EngineKind, now: Option<u64>) {
+        self.rec.add_versions(service, engine, now, now);
+        if let Err(e) = self.rec.save(self.storage).await {
+            tracing::warn!("saving the deployment record failed: {e}");
+        }
+    }
+}
+
 /// Every deployment record of an environment, oldest first.
 pub async fn list(storage: &dyn Storage, environment: &str) -> Result<Vec<DeploymentRecord>> {
     let mut out = Vec::new();
@@ -238,6 +321,12 @@ pub async fn list(storage: &dyn Storage, environment: &str) -> Result<Vec<Deploy
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+/// The deployment of an environment that has not ended, if any: at most
+/// one is open at a time.
+pub fn open_deployment(records: &[DeploymentRecord]) -> Option<&DeploymentRecord> {
+    records.iter().rev().find(|r| !r.state.is_final())
 }
 
 /// The versions a release was deployed with (its newest successful

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod oracle;
+pub mod release;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

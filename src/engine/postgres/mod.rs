@@ -112,6 +112,12 @@ impl PostgresEngine {
         .await
         .map_err(|e| classify(&what, e))?;
         supported_server(&what, version_num, &version)?;
+        // A killed valero-db (kill -9, an evicted pod) is noticed by the
+        // server within a second even in the middle of a long statement, so
+        // its transaction rolls back and its locks go at once.
+        exec(&mut conn, "SET client_connection_check_interval = '1s'")
+            .await
+            .map_err(|e| classify(&what, e))?;
         Ok(PostgresEngine {
             server: Server {
                 num: version_num,

@@ -1,0 +1,229 @@
+//! Pipelines retry: a deployment is identified by environment + release.
+//! A retried or killed `hook pre-deploy` or `deploy` attaches to its open
+//! deployment and keeps the way back (the first attempt's snapshot and
+//! versions); a retried `hook post-deploy` repeats its result; another
+//! release waits until the open deployment ends or is superseded.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::oracle::data_fingerprint;
+use common::release::{state, v1_deployed_then_v2_pending};
+use common::{psql, Project};
+
+fn pre_deploy(p: &Project, release: &str) -> common::Run {
+    p.run(&["hook", "pre-deploy", "--release", release])
+}
+
+fn post_deploy(p: &Project, release: &str, result: &str) -> common::Run {
+    p.run(&[
+        "hook",
+        "post-deploy",
+        "--release",
+        release,
+        "--result",
+        result,
+    ])
+}
+
+/// The deployments as `releases --output json` lists them, newest first.
+fn deployments(p: &Project) -> Vec<serde_json::Value> {
+    let run = p.run(&["releases", "--output", "json"]);
+    run.ok();
+    run.json()["deployments"].as_array().unwrap().clone()
+}
+
+/// A migration that sleeps while the table `public.<marker>` exists, so a
+/// test can kill valero-db in the middle of it.
+fn sleepy_migration(p: &Project, name: &str, marker: &str, then: &str) {
+    psql(&format!("CREATE TABLE public.{marker} ()"));
+    p.migration(
+        "postgres",
+        name,
+        &format!(
+            "DO $$ BEGIN IF to_regclass('public.{marker}') IS NOT NULL THEN PERFORM pg_sleep(120); END IF; END $$;\n{then}"
+        ),
+    );
+}
+
+/// Starts `hook pre-deploy`, waits until its migration sleeps, kills it
+/// hard. The server notices the dead client and rolls its transaction back.
+fn kill_pre_deploy_in_migration(p: &Project, release: &str, marker: &str) {
+    let mut child = p
+        .std_cmd()
+        .env("VALERO_DB_MONGO_LEASE_TTL", "2")
+        .args(["hook", "pre-deploy", "--release", release])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let sleeping = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%public.{marker}%pg_sleep%' AND pid <> pg_backend_pid()"
+    );
+    while psql(&sleeping) != "1" {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the migration never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    psql(&format!("DROP TABLE public.{marker}"));
+    while psql(&sleeping) != "0" {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the server kept the killed run's transaction"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_retried_pre_deploy_resumes_and_a_failure_then_restores_v1_exactly() {
+    let p = Project::new("dr_retry");
+    let v1 = v1_deployed_then_v2_pending(&p);
+    let v1_data = data_fingerprint(&p.schema);
+    pre_deploy(&p, "v2").ok();
+    let v2 = state(&p);
+    assert_ne!(v2, v1);
+    // The Job's pod was evicted after the exit: the retry attaches to the
+    // open deployment and keeps its snapshot.
+    pre_deploy(&p, "v2").ok().stderr_has("resuming deployment");
+    assert_eq!(state(&p), v2);
+    let listed = deployments(&p);
+    assert_eq!(listed[0]["release"], "v2");
+    assert_eq!(listed[0]["resumed"], 1);
+    assert_eq!(listed[0]["services"][0]["engines"][0]["before"], 1);
+    assert!(listed[0]["services"][0]["snapshot"].is_string());
+
+    post_deploy(&p, "v2", "failure").expect_code(7);
+    assert_eq!(state(&p), v1);
+    assert_eq!(data_fingerprint(&p.schema), v1_data);
+}
+
+#[test]
+fn kill_9_after_the_snapshot_before_the_migration_then_a_failure_report_restores_v1() {
+    let p = Project::new("dr_kill1");
+    let v1 = v1_deployed_then_v2_pending(&p);
+    let marker = format!("m_{}", p.schema);
+    let euro =
+        std::fs::read_to_string(p.path().join("migrations/svc/postgres/0002_euro.up.sql")).unwrap();
+    sleepy_migration(&p, "0002_euro.up.sql", &marker, &euro);
+    kill_pre_deploy_in_migration(&p, "v2", &marker);
+    assert_eq!(state(&p), v1, "the killed migration was rolled back");
+    let listed = deployments(&p);
+    assert_eq!(listed[0]["state"], "running");
+    assert!(
+        listed[0]["services"][0]["snapshot"].is_string(),
+        "the snapshot was recorded before the migration started: {}",
+        listed[0]
+    );
+    post_deploy(&p, "v2", "failure").expect_code(7);
+    assert_eq!(state(&p), v1);
+}
+
+#[test]
+fn kill_9_in_the_middle_of_the_migrations_then_a_retry_finishes_and_a_failure_restores_v1() {
+    let p = Project::new("dr_kill2");
+    let v1 = v1_deployed_then_v2_pending(&p);
+    let marker = format!("m_{}", p.schema);
+    sleepy_migration(&p, "0003_slow.up.sql", &marker, "SELECT 1;\n");
+    kill_pre_deploy_in_migration(&p, "v2", &marker);
+    // The retry finishes what is missing and keeps the way back to v1.
+    p.run_with_env(
+        &[("VALERO_DB_MONGO_LEASE_TTL", "2")],
+        &["hook", "pre-deploy", "--release", "v2"],
+    )
+    .ok()
+    .stderr_has("resuming deployment")
+    .stderr_has("keeping the pre-deploy snapshot");
+    assert!(state(&p).starts_with("1,2,3 |"), "{}", state(&p));
+    post_deploy(&p, "v2", "failure").expect_code(7);
+    assert_eq!(state(&p), v1);
+}
+
+#[test]
+fn a_retried_post_deploy_repeats_its_result_and_does_nothing_again() {
+    let p = Project::new("dr_post");
+    v1_deployed_then_v2_pending(&p);
+    pre_deploy(&p, "v2").ok();
+    post_deploy(&p, "v2", "success").ok();
+    let v2 = state(&p);
+    let ids = common::oracle::snapshot_ids(&p, "dev");
+    // The retry, even one that says failure, changes nothing.
+    post_deploy(&p, "v2", "success")
+        .ok()
+        .stderr_has("already ended");
+    post_deploy(&p, "v2", "failure")
+        .ok()
+        .stderr_has("already ended");
+    assert_eq!(state(&p), v2);
+    assert_eq!(common::oracle::snapshot_ids(&p, "dev"), ids);
+}
+
+#[test]
+fn another_release_waits_for_the_open_deployment_unless_it_supersedes_it() {
+    let p = Project::new("dr_open");
+    v1_deployed_then_v2_pending(&p);
+    pre_deploy(&p, "v2").ok();
+    pre_deploy(&p, "v3")
+        .expect_code(4)
+        .stderr_has("deployment")
+        .stderr_has("of release v2 is still open")
+        .stderr_has("--supersede");
+    p.run(&[
+        "hook",
+        "pre-deploy",
+        "--release",
+        "v3",
+        "--supersede",
+        "v2 abandoned after a failed canary",
+    ])
+    .ok();
+    let listed = deployments(&p);
+    assert_eq!(listed[0]["release"], "v3");
+    assert_eq!(listed[1]["state"], "superseded");
+    assert_eq!(
+        listed[1]["superseded"]["reason"],
+        "v2 abandoned after a failed canary"
+    );
+    p.run(&["releases"]).ok().stdout_has("superseded by v3");
+}
+
+#[test]
+fn a_deploy_killed_during_the_rollout_is_finished_by_its_rerun() {
+    let p = Project::new("dr_deploy");
+    v1_deployed_then_v2_pending(&p);
+    let marker = p.path().join("rollout-started");
+    let mut child = p
+        .std_cmd()
+        .args(["deploy", "--release", "v2", "--", "sh", "-c"])
+        .arg(format!("touch {}; exec sleep 60", marker.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !marker.exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "no rollout");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let v2 = state(&p);
+    let first = deployments(&p)[0].clone();
+    assert_eq!(first["state"], "running");
+
+    p.run(&["deploy", "--release", "v2", "--", "true"])
+        .ok()
+        .stderr_has("resuming deployment");
+    let listed = deployments(&p);
+    assert_eq!(listed.len(), 2, "v1 and one deployment of v2");
+    assert_eq!(listed[0]["id"], first["id"]);
+    assert_eq!(listed[0]["state"], "succeeded");
+    assert_eq!(listed[0]["services"], first["services"]);
+    assert_eq!(state(&p), v2);
+}
