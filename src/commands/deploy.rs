@@ -149,9 +149,6 @@ async fn pre_deploy(
     for r in &result.runs {
         rec.add_versions(&r.service, r.engine, r.from_version, r.to_version);
     }
-    for s in &result.snapshots {
-        rec.add_snapshot(&s.service, &s.id);
-    }
     let outcome = match &result.error {
         Some(e) => Err(e.to_string()),
         None => Ok(()),
@@ -214,20 +211,12 @@ async fn verify(ctx: &Context, rec: &mut DeploymentRecord, commands: &[String]) 
 
 /// How a failed deployment is rolled back.
 #[derive(Debug, Clone, Copy)]
-struct Rollback<'a> {
+pub struct Rollback<'a> {
     /// The service's own rollback command, run first.
-    cmd: Option<&'a str>,
-    on_failure: OnFailure,
-    /// A database restore ends the sessions that hold locks on the schema.
-    terminate_sessions: bool,
-}
-
-/// `hook post-deploy`'s rollback options; `on_failure` overrides the one
-/// chosen at pre-deploy.
-#[derive(Debug, Clone, Copy)]
-pub struct PostDeployRollback<'a> {
     pub cmd: Option<&'a str>,
+    /// What happens to the databases; `None`: what the deployment recorded.
     pub on_failure: Option<OnFailure>,
+    /// A database restore ends the sessions that hold locks on the schema.
     pub terminate_sessions: bool,
 }
 
@@ -251,7 +240,8 @@ async fn roll_back(
     }
     let started = Instant::now();
     let mut blocked = false;
-    let db_result: std::result::Result<String, String> = match rollback.on_failure {
+    let on_failure = rollback.on_failure.unwrap_or(rec.on_failure);
+    let db_result: std::result::Result<String, String> = match on_failure {
         OnFailure::None => Ok("databases left as they are (--on-failure none)".into()),
         OnFailure::Restore => {
             let map: BTreeMap<String, String> = rec
@@ -493,9 +483,6 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> Outcome {
         Ok(started) => started,
         Err(outcome) => return outcome,
     };
-    if let Err(e) = rec.save(storage.as_ref()).await {
-        return Outcome::failed(e);
-    }
     let error = async {
         pre_deploy(ctx, storage.as_ref(), &mut rec).await?;
         let started = Instant::now();
@@ -518,7 +505,7 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> Outcome {
     .err();
     let rollback = Rollback {
         cmd: args.rollback_cmd.as_deref(),
-        on_failure: args.on_failure,
+        on_failure: Some(args.on_failure),
         terminate_sessions: args.terminate_sessions,
     };
     conclude(ctx, storage.as_ref(), rec, error, rollback).await
@@ -543,7 +530,7 @@ pub async fn hook_pre(
         Err(cause) => {
             let rollback = Rollback {
                 cmd: None,
-                on_failure,
+                on_failure: Some(on_failure),
                 terminate_sessions: false,
             };
             Some(roll_back(ctx, storage.as_ref(), &mut rec, rollback, cause).await)
@@ -557,7 +544,7 @@ pub async fn hook_post(
     release: &str,
     success: bool,
     verify_cmds: &[String],
-    post: PostDeployRollback<'_>,
+    rollback: Rollback<'_>,
 ) -> Outcome {
     let storage = match ctx.storage().await {
         Ok(s) => s,
@@ -578,11 +565,6 @@ pub async fn hook_post(
     if rec.state.is_final() {
         return repeat_result(&rec);
     }
-    let rollback = Rollback {
-        cmd: post.cmd,
-        on_failure: post.on_failure.unwrap_or(rec.on_failure),
-        terminate_sessions: post.terminate_sessions,
-    };
     let cause = if success {
         verify(ctx, &mut rec, verify_cmds).await.err()
     } else {

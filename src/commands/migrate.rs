@@ -331,7 +331,7 @@ async fn migrate_locked(
                 .iter()
                 .map(|r| (r.engine, r.from_version))
                 .collect();
-            j.before_change(&name, &now, Some(&id)).await?;
+            j.before_change(&name, &now, &id).await?;
         }
     }
     for (i, (slot, plan)) in locked.engines.iter_mut().zip(plans.iter()).enumerate() {

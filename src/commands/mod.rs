@@ -115,7 +115,7 @@ async fn hook(ctx: &Context, command: HookCommand) -> Outcome {
             terminate_sessions,
         } => {
             let success = result == DeployResult::Success;
-            let rollback = deploy::PostDeployRollback {
+            let rollback = deploy::Rollback {
                 cmd: rollback_cmd.as_deref(),
                 on_failure,
                 terminate_sessions,

@@ -284,14 +284,12 @@ impl Journal<'_> {
         &mut self,
         service: &str,
         versions: &[(EngineKind, Option<u64>)],
-        snapshot: Option<&str>,
+        snapshot: &str,
     ) -> Result<()> {
         for (engine, now) in versions {
             self.rec.add_versions(service, *engine, *now, *now);
         }
-        if let Some(id) = snapshot {
-            self.rec.add_snapshot(service, id);
-        }
+        self.rec.add_snapshot(service, snapshot);
         self.rec.save(self.storage).await
     }
 
