@@ -139,6 +139,15 @@ impl PostgresEngine {
         format!("PostgreSQL of service {}", self.service)
     }
 
+    /// `fibu: 0002_index.up.sql`, how waits and retries name a file.
+    fn label(&self, script: &Script) -> String {
+        format!(
+            "{}: {}",
+            self.service,
+            crate::migrate::files::file_name(&script.path)
+        )
+    }
+
     fn history_table(&self) -> String {
         format!("{}.valero_schema_history", quote_ident(&self.schema))
     }
@@ -253,11 +262,7 @@ impl PostgresEngine {
                     .await
                     .unwrap_or_default();
             }
-            let held_by = if blockers.is_empty() {
-                "sessions that have ended since".to_string()
-            } else {
-                waits::describe_all(&blockers)
-            };
+            let held_by = waits::describe_all(&blockers);
             if retry == self.locks.retries {
                 return Err(Error::Blocked {
                     what: format!("migration {file} of service {} (postgres)", self.service),
@@ -273,9 +278,9 @@ impl PostgresEngine {
             retry += 1;
             let pause = self.locks.pause_before(retry);
             tracing::warn!(
-                "{}: {file} waited {} for a lock and was rolled back, nothing applied; \
+                "{} waited {} for a lock and was rolled back, nothing applied; \
                  retry {retry} of {} in {}; blocked by {held_by}",
-                self.service,
+                self.label(script),
                 format_duration(self.locks.timeout),
                 self.locks.retries,
                 format_duration(pause)
@@ -299,10 +304,7 @@ impl PostgresEngine {
             quote_ident(&self.schema),
             self.locks.timeout.as_millis()
         );
-        let label = format!(
-            "{service}: {}",
-            crate::migrate::files::file_name(&script.path)
-        );
+        let label = self.label(script);
         let mut tx = self.conn.begin().await.map_err(|e| classify(&what, e))?;
         exec(&mut tx, &settings)
             .await
@@ -346,11 +348,7 @@ impl PostgresEngine {
         .await
         .map_err(|e| classify(&what, e))?;
         let mut result = Ok(());
-        let label = format!(
-            "{}: {}",
-            self.service,
-            crate::migrate::files::file_name(&script.path)
-        );
+        let label = self.label(script);
         for (i, statement) in sql_split::split(sql).iter().enumerate() {
             // No lock_timeout here: `CREATE INDEX CONCURRENTLY` waits for
             // old transactions by design, and cut off it would leave an

@@ -23,8 +23,12 @@ pub struct Blocker {
     pub description: String,
 }
 
-/// The descriptions of `blockers`, joined for a log line or an error.
+/// The descriptions of `blockers`, joined for a log line or an error;
+/// none left means they ended between the wait and the look.
 pub fn describe_all(blockers: &[Blocker]) -> String {
+    if blockers.is_empty() {
+        return "sessions that have ended since".into();
+    }
     blockers
         .iter()
         .map(|b| b.description.as_str())
