@@ -10,7 +10,7 @@ use sqlx::Row;
 use std::collections::{HashMap, HashSet};
 
 use super::copy_binary::{Converter, Kind, Unconvertible};
-use super::sql::{classify, exec, quote_ident, Server};
+use super::sql::{classify, exec, names_in_schema, quote_ident, Server};
 use super::waits;
 use crate::config::EngineKind;
 use crate::error::{BlockedWork, Error, Result};
@@ -203,16 +203,10 @@ pub struct Around<'a> {
 /// tables, views and foreign tables (not materialized views; a view's lock
 /// extends to the tables it reads).
 async fn relations_of(conn: &mut PgConnection, what: &str, schema: &str) -> Result<Vec<String>> {
-    let rows = sqlx::query(
-        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+    let sql = "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'f') ORDER BY c.oid",
-    )
-    .bind(schema)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| classify(what, e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'f') ORDER BY c.oid";
+    names_in_schema(conn, what, sql, schema).await
 }
 
 /// Takes ACCESS EXCLUSIVE locks on every relation of the schema before
@@ -289,11 +283,7 @@ async fn take_locks(
             }
             continue;
         }
-        let held_by = if blockers.is_empty() {
-            "sessions that have ended since".to_string()
-        } else {
-            waits::describe_all(&blockers)
-        };
+        let held_by = waits::describe_all(&blockers);
         if std::time::Instant::now() >= deadline {
             return Err(Error::Blocked {
                 what: format!("{what}: the restore of schema {schema}"),
@@ -524,15 +514,9 @@ async fn publications_of(conn: &mut PgConnection, what: &str, schema: &str) -> R
     if !has_catalog {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(
-        "SELECT p.pubname::text FROM pg_publication p JOIN pg_publication_namespace pn ON pn.pnpubid = p.oid \
-         JOIN pg_namespace n ON n.oid = pn.pnnspid WHERE n.nspname = $1",
-    )
-    .bind(schema)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| classify(what, e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    let sql = "SELECT p.pubname::text FROM pg_publication p JOIN pg_publication_namespace pn ON pn.pnpubid = p.oid \
+         JOIN pg_namespace n ON n.oid = pn.pnnspid WHERE n.nspname = $1";
+    names_in_schema(conn, what, sql, schema).await
 }
 
 /// COPYs every table of the snapshot: as binary where every column
@@ -616,17 +600,9 @@ async fn replay_changes(
 /// Materialized views were created WITH NO DATA; creation order is
 /// dependency order, so they are refreshed in that order.
 async fn refresh_views(conn: &mut PgConnection, what: &str, schema: &str) -> Result<()> {
-    let views: Vec<String> = sqlx::query(
-        "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = $1 AND c.relkind = 'm' ORDER BY c.oid",
-    )
-    .bind(schema)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| classify(what, e))?
-    .iter()
-    .map(|r| r.get(0))
-    .collect();
+    let sql = "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relkind = 'm' ORDER BY c.oid";
+    let views = names_in_schema(conn, what, sql, schema).await?;
     for v in views {
         exec(conn, &format!("REFRESH MATERIALIZED VIEW {v}"))
             .await

@@ -11,7 +11,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::Row;
 use tokio::io::AsyncReadExt;
 
-use super::sql::{classify, exec, quote_ident, quote_literal, Server};
+use super::sql::{classify, exec, names_in_schema, quote_ident, quote_literal, Server};
 use crate::config::EngineKind;
 use crate::error::{Error, Result};
 use crate::redact;
@@ -363,17 +363,10 @@ async fn copy_tables(
     schema: &str,
     out: &mut SnapshotWriter<'_>,
 ) -> Result<()> {
-    let tables: Vec<String> = sqlx::query(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY c.relname",
-    )
-    .bind(schema)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| classify(what, e))?
-    .iter()
-    .map(|r| r.get(0))
-    .collect();
+    let sql =
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY c.relname";
+    let tables = names_in_schema(conn, what, sql, schema).await?;
     for (i, table) in tables.iter().enumerate() {
         let key = format!("postgres/data/{i:05}-{}.copy.zst", key_component(table));
         let mut sink = out

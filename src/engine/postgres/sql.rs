@@ -1,5 +1,6 @@
 //! PostgreSQL driver helpers every part of the engine shares: running a
-//! script, quoting, and mapping driver errors to the exit-code contract.
+//! script, listing names in a schema, quoting, and mapping driver errors to
+//! the exit-code contract.
 
 use futures::future::BoxFuture;
 use sqlx::postgres::PgConnection;
@@ -30,6 +31,21 @@ pub fn exec<'a>(
     sql: &'a str,
 ) -> BoxFuture<'a, std::result::Result<(), sqlx::Error>> {
     Box::pin(async move { sqlx::Executor::execute(conn, sql).await.map(|_| ()) })
+}
+
+/// The text of the first column of every row `sql` returns for `schema`
+/// (its `$1`): the names of a schema's tables, views, publications.
+pub async fn names_in_schema(
+    conn: &mut PgConnection,
+    what: &str,
+    sql: &str,
+    schema: &str,
+) -> crate::error::Result<Vec<String>> {
+    sqlx::query_scalar(sql)
+        .bind(schema)
+        .fetch_all(conn)
+        .await
+        .map_err(|e| classify(what, e))
 }
 
 /// Quotes an identifier for SQL.
