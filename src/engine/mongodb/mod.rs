@@ -76,6 +76,18 @@ impl MongoEngine {
         self.db.collection(HISTORY)
     }
 
+    /// Notes on a dirty version's history row why it failed; best effort,
+    /// the error itself is reported anyway.
+    async fn note_failure(&self, version: u64, message: &str) {
+        let _ = self
+            .history_coll()
+            .update_one(
+                doc! {"_id": version as i64},
+                doc! {"$set": {"detail": message}},
+            )
+            .await;
+    }
+
     async fn history_row(
         &self,
         m: &Migration,
@@ -263,13 +275,7 @@ impl Engine for MongoEngine {
                         ),
                     ));
                 }
-                let _ = self
-                    .history_coll()
-                    .update_one(
-                        doc! {"_id": m.version as i64},
-                        doc! {"$set": {"detail": &message}},
-                    )
-                    .await;
+                self.note_failure(m.version, &message).await;
                 Err(failed(
                     &self.service,
                     EngineKind::Mongodb,
@@ -301,13 +307,7 @@ impl Engine for MongoEngine {
             .map_err(|e| classify(&what, e))?;
         if let Err((index, message, _)) = self.run_commands(commands, None).await {
             let message = format!("command {index} of the down file failed: {message}");
-            let _ = self
-                .history_coll()
-                .update_one(
-                    doc! {"_id": m.version as i64},
-                    doc! {"$set": {"detail": &message}},
-                )
-                .await;
+            self.note_failure(m.version, &message).await;
             return Err(failed(
                 &self.service,
                 EngineKind::Mongodb,
