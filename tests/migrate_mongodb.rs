@@ -224,13 +224,7 @@ async fn a_mongodb_dry_run_writes_nothing_not_even_a_lease() {
         "a dry run on a fresh database creates nothing"
     );
     let plan = run.json();
-    let mongo_run = plan["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["engine"] == "mongodb")
-        .unwrap()
-        .clone();
+    let mongo_run = common::engine_entry(&plan, "mongodb");
     assert_eq!(mongo_run["planned"], serde_json::json!([1]));
     // A rollback plan is read-only too.
     p.run(&["rollback", "--to", "0", "--dry-run"]).ok();

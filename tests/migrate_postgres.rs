@@ -52,12 +52,7 @@ fn migrate_applies_in_order_and_rerun_is_a_no_op() {
     let again = p.run(&["migrate", "--no-snapshot", "--yes", "--output", "json"]);
     again.ok();
     let doc = again.json();
-    let pg = doc["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["engine"] == "postgres")
-        .unwrap();
+    let pg = common::engine_entry(&doc, "postgres");
     assert_eq!(pg["planned"].as_array().unwrap().len(), 0);
     assert_eq!(pg["from_version"], 2);
     assert_eq!(versions(&p), "1:applied,2:applied");

@@ -474,12 +474,7 @@ async fn mongodb_restore_is_identical_in_documents_indexes_and_options() {
     let mut names = db.list_collection_names().await.unwrap();
     names.sort();
     assert!(!names.contains(&"intruder".to_string()), "{names:?}");
-    assert!(
-        !names
-            .iter()
-            .any(|n| n.starts_with("valero_tmp_") || n == "valero_restore_journal"),
-        "{names:?}"
-    );
+    no_restore_leftovers(&db).await;
     p.run(&["status", "--check"]).ok();
 }
 
@@ -635,13 +630,7 @@ async fn kill_9_during_a_mongodb_restore_leaves_old_or_new_after_the_next_comman
             (count == 1 && old == 1) || (count == 20_000 && old == 0),
             "a mix after kill -9 at {delay_ms} ms: {count} documents, {old} old"
         );
-        let names = db.list_collection_names().await.unwrap();
-        assert!(
-            !names
-                .iter()
-                .any(|n| n.starts_with("valero_tmp_") || n == "valero_restore_journal"),
-            "{names:?}"
-        );
+        no_restore_leftovers(&db).await;
         if count == 20_000 {
             break;
         }
@@ -858,6 +847,12 @@ async fn a_failed_postgres_commit_leaves_mongodb_untouched() {
         mongo_before,
         "MongoDB commits only after PostgreSQL did"
     );
+    no_restore_leftovers(&db).await;
+}
+
+/// A finished or undone MongoDB restore leaves no temporary collection and
+/// no restore journal behind.
+async fn no_restore_leftovers(db: &mongodb::Database) {
     let names = db.list_collection_names().await.unwrap();
     assert!(
         !names

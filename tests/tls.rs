@@ -65,13 +65,7 @@ fn migrate_snapshot_and_restore_work_over_verified_tls() {
     );
     // The MongoDB side came back over TLS too: one person, version 1.
     let status = p.run(&["status", "--output", "json"]).json();
-    let mongo = status["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["engine"] == "mongodb")
-        .unwrap()
-        .clone();
+    let mongo = common::engine_entry(&status, "mongodb");
     assert_eq!(mongo["current_version"], 1, "{status}");
     psql_tls(&format!("DROP SCHEMA \"{}\" CASCADE", p.schema));
 }

@@ -420,3 +420,15 @@ impl Project {
         self.snapshot_in("dev")
     }
 }
+
+/// The entry of one engine in a command's JSON `services` list (migrate,
+/// status), e.g. `engine_entry(&doc, "mongodb")`.
+pub fn engine_entry(doc: &serde_json::Value, engine: &str) -> serde_json::Value {
+    doc["services"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no services list in {doc}"))
+        .iter()
+        .find(|s| s["engine"] == engine)
+        .unwrap_or_else(|| panic!("no {engine} entry in {doc}"))
+        .clone()
+}
