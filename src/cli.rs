@@ -151,6 +151,11 @@ pub enum HookCommand {
         /// recording why (otherwise this pre-deploy is refused)
         #[arg(long, value_name = "REASON")]
         supersede: Option<String>,
+        /// The pipeline's id for this deployment (e.g. its run id), the same
+        /// for pre-deploy, its retries and post-deploy; default: the open
+        /// deployment of the release
+        #[arg(long, value_name = "ID")]
+        deployment_id: Option<String>,
     },
     /// Close the deployment; on failure roll the databases back
     PostDeploy {
@@ -171,6 +176,11 @@ pub enum HookCommand {
         /// that hold locks on a service's schema instead of waiting for them
         #[arg(long)]
         terminate_sessions: bool,
+        /// The pipeline's id for this deployment (e.g. its run id), the same
+        /// for pre-deploy, its retries and post-deploy; default: the open
+        /// deployment of the release
+        #[arg(long, value_name = "ID")]
+        deployment_id: Option<String>,
     },
 }
 
@@ -210,6 +220,10 @@ pub struct DeployArgs {
     /// recording why (otherwise this deploy is refused)
     #[arg(long, value_name = "REASON")]
     pub supersede: Option<String>,
+    /// The pipeline's id for this deployment (e.g. its run id), the same for
+    /// a rerun; default: the open deployment of the release
+    #[arg(long, value_name = "ID")]
+    pub deployment_id: Option<String>,
     /// The rollout command, after `--`
     #[arg(last = true, required = true, value_name = "ROLLOUT")]
     pub command: Vec<String>,

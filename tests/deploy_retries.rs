@@ -227,3 +227,57 @@ fn a_deploy_killed_during_the_rollout_is_finished_by_its_rerun() {
     assert_eq!(listed[0]["services"], first["services"]);
     assert_eq!(state(&p), v2);
 }
+
+#[test]
+fn a_pipeline_deployment_id_names_the_deployment_across_retries() {
+    let p = Project::new("dr_id");
+    let v1 = v1_deployed_then_v2_pending(&p);
+    let pre = |id: &str| {
+        p.run(&[
+            "hook",
+            "pre-deploy",
+            "--release",
+            "v2",
+            "--deployment-id",
+            id,
+        ])
+    };
+    let post = |release: &str, id: &str, result: &str| {
+        p.run(&[
+            "hook",
+            "post-deploy",
+            "--release",
+            release,
+            "--deployment-id",
+            id,
+            "--result",
+            result,
+        ])
+    };
+    pre("run-42").ok();
+    pre("run-42").ok().stderr_has("resuming deployment run-42");
+    let listed = deployments(&p);
+    assert_eq!(listed[0]["id"], "run-42");
+    assert_eq!(listed[0]["resumed"], 1);
+
+    // Another id is another deployment: it waits for the open one.
+    pre("run-43")
+        .expect_code(4)
+        .stderr_has("deployment run-42 of release v2 is still open");
+    post("v2", "run-43", "failure")
+        .expect_code(2)
+        .stderr_has("no deployment run-43");
+    post("v3", "run-42", "failure")
+        .expect_code(2)
+        .stderr_has("deployment run-42 is of release v2, not v3");
+    pre("../run-42").expect_code(2).stderr_has("deployment id");
+
+    post("v2", "run-42", "failure").expect_code(7);
+    assert_eq!(state(&p), v1);
+    // A re-sync with the same id after the end repeats it, changes nothing.
+    pre("run-42")
+        .expect_code(7)
+        .stderr_has("already ended: rolled-back");
+    assert_eq!(state(&p), v1);
+    assert_eq!(deployments(&p).len(), 2, "v1 and run-42, nothing new");
+}

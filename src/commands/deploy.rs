@@ -339,23 +339,39 @@ fn rollback_hint(ctx: &Context, rec: &DeploymentRecord, blocked: bool) -> String
     }
 }
 
-/// Starts a deployment, or attaches to this release's open one (a retried
-/// Job or pipeline): a valid release tag, reachable storage, no other
-/// release's deployment open (unless superseded), and the preflight
-/// (step 1), recorded. A failure is the outcome to return.
+/// What `deploy` or `hook pre-deploy` was asked to open.
+#[derive(Debug, Clone, Copy)]
+pub struct Opening<'a> {
+    pub release: &'a str,
+    pub on_failure: OnFailure,
+    pub yes: bool,
+    /// Close another open deployment without a rollback, for this reason.
+    pub supersede: Option<&'a str>,
+    /// The pipeline's id for this deployment (`--deployment-id`).
+    pub id: Option<&'a str>,
+}
+
+/// Starts a deployment, or attaches to its open one (a retried Job or
+/// pipeline): a valid release tag and id, reachable storage, no other
+/// deployment open (unless superseded), and the preflight (step 1),
+/// recorded. A failure is the outcome to return; so is the repeated result
+/// of a deployment the pipeline's id names that has already ended.
 async fn begin(
     ctx: &Context,
-    release: &str,
-    on_failure: OnFailure,
-    yes: bool,
-    supersede: Option<&str>,
+    o: &Opening<'_>,
 ) -> std::result::Result<(Box<dyn Storage>, DeploymentRecord), Outcome> {
-    deploy::validate_release(release).map_err(Outcome::failed)?;
-    consent(ctx, on_failure, yes).map_err(Outcome::failed)?;
+    deploy::validate_release(o.release).map_err(Outcome::failed)?;
+    if let Some(id) = o.id {
+        deploy::validate_deployment_id(id).map_err(Outcome::failed)?;
+    }
+    consent(ctx, o.on_failure, o.yes).map_err(Outcome::failed)?;
     let storage = ctx.storage().await.map_err(Outcome::failed)?;
-    let mut rec = open_or_resume(ctx, storage.as_ref(), release, on_failure, supersede)
+    let mut rec = open_or_resume(ctx, storage.as_ref(), o)
         .await
         .map_err(Outcome::failed)?;
+    if rec.state.is_final() {
+        return Err(repeat_result(&rec));
+    }
     rec.save(storage.as_ref()).await.map_err(Outcome::failed)?;
     let started = Instant::now();
     let pre = preflight(ctx).await;
@@ -370,60 +386,100 @@ async fn begin(
     }
 }
 
-/// The record to work on: this release's open deployment, resumed; or a
-/// new one — after superseding another release's open deployment when the
-/// operator said so, refused (exit 4) when not.
+/// The record to work on. With a pipeline's id: that deployment, resumed
+/// while open, as it ended otherwise. Without: this release's open
+/// deployment, resumed. Else a new one — after superseding another open
+/// deployment when the operator said so, refused (exit 4) when not.
 async fn open_or_resume(
     ctx: &Context,
     storage: &dyn Storage,
-    release: &str,
-    on_failure: OnFailure,
-    supersede: Option<&str>,
+    o: &Opening<'_>,
 ) -> Result<DeploymentRecord> {
     let records = deploy::list(storage, &ctx.env.name).await?;
-    let Some(open) = deploy::open_deployment(&records).cloned() else {
-        return Ok(DeploymentRecord::new(&ctx.env.name, release, on_failure));
-    };
-    if open.release == release {
-        let mut rec = open;
-        rec.resumed += 1;
-        rec.state = DeployState::Running;
-        rec.step("resume", Instant::now(), Ok(()));
-        tracing::warn!(
-            "resuming deployment {} of release {release} (attempt {}): what is done stays, the pre-deploy snapshots are kept",
-            rec.id,
-            rec.resumed + 1
-        );
-        return Ok(rec);
+    if let Some(known) = o.id.and_then(|id| records.iter().find(|r| r.id == id)) {
+        same_release(known, o.release)?;
+        return Ok(if known.state.is_final() {
+            known.clone()
+        } else {
+            resume(known.clone())
+        });
     }
-    let Some(reason) = supersede else {
+    let new = || DeploymentRecord::new(&ctx.env.name, o.release, o.on_failure, o.id);
+    let Some(open) = deploy::open_deployment(&records).cloned() else {
+        return Ok(new());
+    };
+    if open.release == o.release && o.id.is_none() {
+        return Ok(resume(open));
+    }
+    let Some(reason) = o.supersede else {
         return Err(Error::DeploymentOpen {
             message: format!(
-                "deployment {} of release {} is still open in environment {} ({}); release {release} waits for it",
-                open.id, open.release, ctx.env.name, open.state
+                "deployment {} of release {} is still open in environment {} ({}); release {} waits for it",
+                open.id, open.release, ctx.env.name, open.state, o.release
             ),
             hint: format!(
-                "end it first: `valero-db hook post-deploy -e {} --release {} --result success|failure`, \
+                "end it first: `valero-db hook post-deploy -e {} --deployment-id {} --release {} --result success|failure`, \
                  or pass --supersede \"REASON\" to close it without a rollback",
-                ctx.env.name, open.release
+                ctx.env.name, open.id, open.release
             ),
         });
     };
-    let mut old = open;
+    supersede(storage, open, o.release, reason).await?;
+    Ok(new())
+}
+
+/// A retried pre-deploy or deploy attaches to its open deployment: what is
+/// done stays, the pre-deploy snapshots and versions are kept.
+fn resume(mut rec: DeploymentRecord) -> DeploymentRecord {
+    rec.resumed += 1;
+    rec.state = DeployState::Running;
+    rec.step("resume", Instant::now(), Ok(()));
+    tracing::warn!(
+        "resuming deployment {} of release {} (attempt {}): what is done stays, the pre-deploy snapshots are kept",
+        rec.id,
+        rec.release,
+        rec.resumed + 1
+    );
+    rec
+}
+
+/// Closes an open deployment without a rollback, recording who and why.
+async fn supersede(
+    storage: &dyn Storage,
+    mut old: DeploymentRecord,
+    by_release: &str,
+    reason: &str,
+) -> Result<()> {
+    let reason = crate::redact::redact(reason);
     old.state = DeployState::Superseded;
     old.finished_at = Some(chrono::Utc::now());
     old.superseded = Some(deploy::Supersession {
-        by_release: release.to_string(),
-        reason: crate::redact::redact(reason),
+        by_release: by_release.to_string(),
+        reason: reason.clone(),
         at: chrono::Utc::now(),
     });
     old.save(storage).await?;
     tracing::warn!(
-        "deployment {} of release {} superseded by release {release}: {reason}",
+        "deployment {} of release {} superseded by release {by_release}: {reason}",
         old.id,
         old.release
     );
-    Ok(DeploymentRecord::new(&ctx.env.name, release, on_failure))
+    Ok(())
+}
+
+/// A deployment id names one release's deployment; another release under
+/// the same id is a mistake in the pipeline (exit 2, nothing done).
+fn same_release(rec: &DeploymentRecord, release: &str) -> Result<()> {
+    if rec.release == release {
+        return Ok(());
+    }
+    Err(Error::usage_hint(
+        format!(
+            "deployment {} is of release {}, not {release}",
+            rec.id, rec.release
+        ),
+        "pass each release its own --deployment-id; `valero-db releases --output json` lists them",
+    ))
 }
 
 /// Ends a deployment: succeeded and saved, or rolled back (exit 7).
@@ -471,15 +527,14 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> Outcome {
     if args.command.is_empty() {
         return Outcome::failed(Error::usage("deploy needs the rollout command after `--`"));
     }
-    let (storage, mut rec) = match begin(
-        ctx,
-        &args.release,
-        args.on_failure,
-        args.yes,
-        args.supersede.as_deref(),
-    )
-    .await
-    {
+    let opening = Opening {
+        release: &args.release,
+        on_failure: args.on_failure,
+        yes: args.yes,
+        supersede: args.supersede.as_deref(),
+        id: args.deployment_id.as_deref(),
+    };
+    let (storage, mut rec) = match begin(ctx, &opening).await {
         Ok(started) => started,
         Err(outcome) => return outcome,
     };
@@ -511,14 +566,8 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> Outcome {
     conclude(ctx, storage.as_ref(), rec, error, rollback).await
 }
 
-pub async fn hook_pre(
-    ctx: &Context,
-    release: &str,
-    on_failure: OnFailure,
-    yes: bool,
-    supersede: Option<&str>,
-) -> Outcome {
-    let (storage, mut rec) = match begin(ctx, release, on_failure, yes, supersede).await {
+pub async fn hook_pre(ctx: &Context, opening: Opening<'_>) -> Outcome {
+    let (storage, mut rec) = match begin(ctx, &opening).await {
         Ok(started) => started,
         Err(outcome) => return outcome,
     };
@@ -530,7 +579,7 @@ pub async fn hook_pre(
         Err(cause) => {
             let rollback = Rollback {
                 cmd: None,
-                on_failure: Some(on_failure),
+                on_failure: Some(opening.on_failure),
                 terminate_sessions: false,
             };
             Some(roll_back(ctx, storage.as_ref(), &mut rec, rollback, cause).await)
@@ -539,34 +588,27 @@ pub async fn hook_pre(
     Outcome::ok(report(&rec), render(&rec)).with_error(error)
 }
 
-pub async fn hook_post(
-    ctx: &Context,
-    release: &str,
-    success: bool,
-    verify_cmds: &[String],
-    rollback: Rollback<'_>,
-) -> Outcome {
-    let storage = match ctx.storage().await {
-        Ok(s) => s,
+/// What `hook post-deploy` was told.
+#[derive(Debug, Clone, Copy)]
+pub struct Closing<'a> {
+    pub release: &'a str,
+    /// The pipeline's id for the deployment (`--deployment-id`).
+    pub id: Option<&'a str>,
+    pub success: bool,
+    pub verify: &'a [String],
+    pub rollback: Rollback<'a>,
+}
+
+pub async fn hook_post(ctx: &Context, c: Closing<'_>) -> Outcome {
+    let (storage, mut rec) = match closing_record(ctx, &c).await {
+        Ok(found) => found,
         Err(e) => return Outcome::failed(e),
-    };
-    let records = match deploy::list(storage.as_ref(), &ctx.env.name).await {
-        Ok(r) => r,
-        Err(e) => return Outcome::failed(e),
-    };
-    // The release's newest deployment: open (also one whose pre-deploy was
-    // killed), or ended — then its result is repeated, nothing done again.
-    let Some(mut rec) = records.into_iter().rev().find(|r| r.release == release) else {
-        return Outcome::failed(Error::usage_hint(
-            format!("no deployment of release {release} in environment {}", ctx.env.name),
-            "run `valero-db hook pre-deploy --release TAG` first; `valero-db releases` lists deployments",
-        ));
     };
     if rec.state.is_final() {
         return repeat_result(&rec);
     }
-    let cause = if success {
-        verify(ctx, &mut rec, verify_cmds).await.err()
+    let cause = if c.success {
+        verify(ctx, &mut rec, c.verify).await.err()
     } else {
         rec.step(
             "rollout",
@@ -578,7 +620,38 @@ pub async fn hook_post(
             hint: None,
         })
     };
-    conclude(ctx, storage.as_ref(), rec, cause, rollback).await
+    conclude(ctx, storage.as_ref(), rec, cause, c.rollback).await
+}
+
+/// The deployment a post-deploy closes: the one the pipeline's id names,
+/// else the release's newest — open (also one whose pre-deploy was
+/// killed), or ended, whose result is then repeated.
+async fn closing_record(
+    ctx: &Context,
+    c: &Closing<'_>,
+) -> Result<(Box<dyn Storage>, DeploymentRecord)> {
+    if let Some(id) = c.id {
+        deploy::validate_deployment_id(id)?;
+    }
+    deploy::validate_release(c.release)?;
+    let storage = ctx.storage().await?;
+    let records = deploy::list(storage.as_ref(), &ctx.env.name).await?;
+    let found = match c.id {
+        Some(id) => records.into_iter().find(|r| r.id == id),
+        None => records.into_iter().rev().find(|r| r.release == c.release),
+    };
+    let Some(rec) = found else {
+        return Err(Error::usage_hint(
+            format!(
+                "no deployment {} in environment {}",
+                c.id.map_or_else(|| format!("of release {}", c.release), str::to_string),
+                ctx.env.name
+            ),
+            "run `valero-db hook pre-deploy --release TAG` first; `valero-db releases` lists deployments",
+        ));
+    };
+    same_release(&rec, c.release)?;
+    Ok((storage, rec))
 }
 
 /// A retried post-deploy of a deployment that has ended: the same report
@@ -601,7 +674,10 @@ fn repeat_result(rec: &DeploymentRecord) -> Outcome {
                 "deployment {} of release {} already ended: {state} at {ended} (repeated, nothing done again)",
                 rec.id, rec.release
             ),
-            hint: Some("see `valero-db releases`; a new attempt needs a new pre-deploy".into()),
+            hint: Some(
+                "see `valero-db releases`; a new attempt needs a new pre-deploy (with a new --deployment-id, if the pipeline passes one)"
+                    .into(),
+            ),
         }),
     };
     let mut report = report(rec);

@@ -756,7 +756,7 @@ async fn current_versions(
 async fn record_release(ctx: &Context, tag: &str, runs: &[EngineRun]) -> Result<String> {
     let storage = ctx.storage().await?;
     let started = std::time::Instant::now();
-    let mut rec = DeploymentRecord::new(&ctx.env.name, tag, OnFailure::None);
+    let mut rec = DeploymentRecord::new(&ctx.env.name, tag, OnFailure::None, None);
     for r in runs {
         rec.add_versions(&r.service, r.engine, r.to_version, r.to_version);
     }

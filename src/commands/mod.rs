@@ -105,7 +105,17 @@ async fn hook(ctx: &Context, command: HookCommand) -> Outcome {
             on_failure,
             yes,
             supersede,
-        } => deploy::hook_pre(ctx, &release, on_failure, yes, supersede.as_deref()).await,
+            deployment_id,
+        } => {
+            let opening = deploy::Opening {
+                release: &release,
+                on_failure,
+                yes,
+                supersede: supersede.as_deref(),
+                id: deployment_id.as_deref(),
+            };
+            deploy::hook_pre(ctx, opening).await
+        }
         HookCommand::PostDeploy {
             release,
             result,
@@ -113,14 +123,20 @@ async fn hook(ctx: &Context, command: HookCommand) -> Outcome {
             rollback_cmd,
             on_failure,
             terminate_sessions,
+            deployment_id,
         } => {
-            let success = result == DeployResult::Success;
-            let rollback = deploy::Rollback {
-                cmd: rollback_cmd.as_deref(),
-                on_failure,
-                terminate_sessions,
+            let closing = deploy::Closing {
+                release: &release,
+                id: deployment_id.as_deref(),
+                success: result == DeployResult::Success,
+                verify: &verify,
+                rollback: deploy::Rollback {
+                    cmd: rollback_cmd.as_deref(),
+                    on_failure,
+                    terminate_sessions,
+                },
             };
-            deploy::hook_post(ctx, &release, success, &verify, rollback).await
+            deploy::hook_post(ctx, closing).await
         }
     }
 }

@@ -142,6 +142,16 @@ pub const FOLDER: &str = ".deployments";
 
 /// Release tags end up in keys and metrics labels: a safe alphabet.
 pub fn validate_release(tag: &str) -> Result<()> {
+    validate_name("release tag", tag)
+}
+
+/// A deployment id a pipeline passes (`--deployment-id`) names the
+/// record's key: the same alphabet as release tags.
+pub fn validate_deployment_id(id: &str) -> Result<()> {
+    validate_name("deployment id", id)
+}
+
+fn validate_name(what: &str, tag: &str) -> Result<()> {
     let ok = !tag.is_empty()
         && tag.len() <= 64
         && tag
@@ -152,17 +162,19 @@ pub fn validate_release(tag: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::usage(format!(
-            "release tag '{}' must be 1-64 characters of A-Z a-z 0-9 . _ - +",
+            "{what} '{}' must be 1-64 characters of A-Z a-z 0-9 . _ - + (not starting with .)",
             tag.escape_debug()
         )))
     }
 }
 
 impl DeploymentRecord {
-    pub fn new(environment: &str, release: &str, on_failure: OnFailure) -> Self {
+    /// A new deployment; its id is the pipeline's (`--deployment-id`) or
+    /// a fresh one.
+    pub fn new(environment: &str, release: &str, on_failure: OnFailure, id: Option<&str>) -> Self {
         let now = chrono::Utc::now();
         DeploymentRecord {
-            id: crate::snapshot::new_id(now),
+            id: id.map_or_else(|| crate::snapshot::new_id(now), str::to_string),
             environment: environment.to_string(),
             release: release.to_string(),
             started_at: now,
@@ -317,7 +329,8 @@ pub async fn list(storage: &dyn Storage, environment: &str) -> Result<Vec<Deploy
             Err(e) => tracing::warn!("ignoring deployment record {}: {e}", o.key),
         }
     }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
+    // Oldest first by start: ids a pipeline chose do not sort by time.
+    out.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
     Ok(out)
 }
 
