@@ -12,6 +12,7 @@ use crate::cli::{DeployArgs, MigrateArgs, RestoreArgs};
 use crate::commands::migrate::{apply_rollback, run_migrate};
 use crate::commands::restore::run_restore;
 use crate::context::Context;
+use crate::deploy::attach::{self, Wanted};
 use crate::deploy::{self, shell, DeployState, DeploymentRecord, Moment, OnFailure, RunEnd};
 use crate::error::{Error, Result};
 use crate::migrate::plan::RollbackTargets;
@@ -360,13 +361,15 @@ async fn begin(
     ctx: &Context,
     o: &Opening<'_>,
 ) -> std::result::Result<(Box<dyn Storage>, DeploymentRecord), Outcome> {
-    deploy::validate_release(o.release).map_err(Outcome::failed)?;
-    if let Some(id) = o.id {
-        deploy::validate_deployment_id(id).map_err(Outcome::failed)?;
-    }
+    let wanted = Wanted {
+        environment: &ctx.env.name,
+        release: o.release,
+        id: o.id,
+    };
+    wanted.validate().map_err(Outcome::failed)?;
     consent(ctx, o.on_failure, o.yes).map_err(Outcome::failed)?;
     let storage = ctx.storage().await.map_err(Outcome::failed)?;
-    let mut rec = open_or_resume(ctx, storage.as_ref(), o)
+    let mut rec = attach::open_or_resume(storage.as_ref(), &wanted, o.on_failure, o.supersede)
         .await
         .map_err(Outcome::failed)?;
     if rec.state.is_final() {
@@ -384,102 +387,6 @@ async fn begin(
         Ok(()) => Ok((storage, rec)),
         Err(e) => Err(Outcome::ok(report(&rec), render(&rec)).with_error(Some(e))),
     }
-}
-
-/// The record to work on. With a pipeline's id: that deployment, resumed
-/// while open, as it ended otherwise. Without: this release's open
-/// deployment, resumed. Else a new one — after superseding another open
-/// deployment when the operator said so, refused (exit 4) when not.
-async fn open_or_resume(
-    ctx: &Context,
-    storage: &dyn Storage,
-    o: &Opening<'_>,
-) -> Result<DeploymentRecord> {
-    let records = deploy::list(storage, &ctx.env.name).await?;
-    if let Some(known) = o.id.and_then(|id| records.iter().find(|r| r.id == id)) {
-        same_release(known, o.release)?;
-        return Ok(if known.state.is_final() {
-            known.clone()
-        } else {
-            resume(known.clone())
-        });
-    }
-    let new = || DeploymentRecord::new(&ctx.env.name, o.release, o.on_failure, o.id);
-    let Some(open) = deploy::open_deployment(&records).cloned() else {
-        return Ok(new());
-    };
-    if open.release == o.release && o.id.is_none() {
-        return Ok(resume(open));
-    }
-    let Some(reason) = o.supersede else {
-        return Err(Error::DeploymentOpen {
-            message: format!(
-                "deployment {} of release {} is still open in environment {} ({}); release {} waits for it",
-                open.id, open.release, ctx.env.name, open.state, o.release
-            ),
-            hint: format!(
-                "end it first: `valero-db hook post-deploy -e {} --deployment-id {} --release {} --result success|failure`, \
-                 or pass --supersede \"REASON\" to close it without a rollback",
-                ctx.env.name, open.id, open.release
-            ),
-        });
-    };
-    supersede(storage, open, o.release, reason).await?;
-    Ok(new())
-}
-
-/// A retried pre-deploy or deploy attaches to its open deployment: what is
-/// done stays, the pre-deploy snapshots and versions are kept.
-fn resume(mut rec: DeploymentRecord) -> DeploymentRecord {
-    rec.resumed += 1;
-    rec.state = DeployState::Running;
-    rec.step("resume", Instant::now(), Ok(()));
-    tracing::warn!(
-        "resuming deployment {} of release {} (attempt {}): what is done stays, the pre-deploy snapshots are kept",
-        rec.id,
-        rec.release,
-        rec.resumed + 1
-    );
-    rec
-}
-
-/// Closes an open deployment without a rollback, recording who and why.
-async fn supersede(
-    storage: &dyn Storage,
-    mut old: DeploymentRecord,
-    by_release: &str,
-    reason: &str,
-) -> Result<()> {
-    let reason = crate::redact::redact(reason);
-    old.state = DeployState::Superseded;
-    old.finished_at = Some(chrono::Utc::now());
-    old.superseded = Some(deploy::Supersession {
-        by_release: by_release.to_string(),
-        reason: reason.clone(),
-        at: chrono::Utc::now(),
-    });
-    old.save(storage).await?;
-    tracing::warn!(
-        "deployment {} of release {} superseded by release {by_release}: {reason}",
-        old.id,
-        old.release
-    );
-    Ok(())
-}
-
-/// A deployment id names one release's deployment; another release under
-/// the same id is a mistake in the pipeline (exit 2, nothing done).
-fn same_release(rec: &DeploymentRecord, release: &str) -> Result<()> {
-    if rec.release == release {
-        return Ok(());
-    }
-    Err(Error::usage_hint(
-        format!(
-            "deployment {} is of release {}, not {release}",
-            rec.id, rec.release
-        ),
-        "pass each release its own --deployment-id; `valero-db releases --output json` lists them",
-    ))
 }
 
 /// Ends a deployment: succeeded and saved, or rolled back (exit 7).
@@ -600,7 +507,19 @@ pub struct Closing<'a> {
 }
 
 pub async fn hook_post(ctx: &Context, c: Closing<'_>) -> Outcome {
-    let (storage, mut rec) = match closing_record(ctx, &c).await {
+    let wanted = Wanted {
+        environment: &ctx.env.name,
+        release: c.release,
+        id: c.id,
+    };
+    let found = async {
+        wanted.validate()?;
+        let storage = ctx.storage().await?;
+        let rec = attach::to_close(storage.as_ref(), &wanted).await?;
+        Ok::<_, Error>((storage, rec))
+    }
+    .await;
+    let (storage, mut rec) = match found {
         Ok(found) => found,
         Err(e) => return Outcome::failed(e),
     };
@@ -621,37 +540,6 @@ pub async fn hook_post(ctx: &Context, c: Closing<'_>) -> Outcome {
         })
     };
     conclude(ctx, storage.as_ref(), rec, cause, c.rollback).await
-}
-
-/// The deployment a post-deploy closes: the one the pipeline's id names,
-/// else the release's newest — open (also one whose pre-deploy was
-/// killed), or ended, whose result is then repeated.
-async fn closing_record(
-    ctx: &Context,
-    c: &Closing<'_>,
-) -> Result<(Box<dyn Storage>, DeploymentRecord)> {
-    if let Some(id) = c.id {
-        deploy::validate_deployment_id(id)?;
-    }
-    deploy::validate_release(c.release)?;
-    let storage = ctx.storage().await?;
-    let records = deploy::list(storage.as_ref(), &ctx.env.name).await?;
-    let found = match c.id {
-        Some(id) => records.into_iter().find(|r| r.id == id),
-        None => records.into_iter().rev().find(|r| r.release == c.release),
-    };
-    let Some(rec) = found else {
-        return Err(Error::usage_hint(
-            format!(
-                "no deployment {} in environment {}",
-                c.id.map_or_else(|| format!("of release {}", c.release), str::to_string),
-                ctx.env.name
-            ),
-            "run `valero-db hook pre-deploy --release TAG` first; `valero-db releases` lists deployments",
-        ));
-    };
-    same_release(&rec, c.release)?;
-    Ok((storage, rec))
 }
 
 /// A retried post-deploy of a deployment that has ended: the same report

@@ -1,5 +1,8 @@
 //! The rollout wrapper's parts: the deployment record stored next to the
-//! snapshots, and running the rollout, verify and rollback commands.
+//! snapshots, which deployment a retried hook works on (`attach`), and
+//! running the rollout, verify and rollback commands.
+
+pub mod attach;
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
