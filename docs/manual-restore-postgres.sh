@@ -14,9 +14,32 @@ fit() {
   awk -v known="$known" 'BEGIN { n = split(known, a, "\n"); for (i = 1; i <= n; i++) k[a[i]] = 1 }
     /^SET [a-z_]+ = .*;$/ && !($2 in k) { next } { print }'
 }
+# What the manifest records beside pg_dump's DDL, read with psql's own JSON
+# functions: the extensions that live in the schema (created right after the
+# schema, at their version), the materialized views the snapshot had
+# without data (left so), and the schema's ACL (pg_dump leaves out what
+# matches initdb's ACL of `public`).
+manifest_sql() {
+  psql "$url" -X -At -v m="$(cat "$snap/manifest.json")" -v s="$schema" <<SQL
+WITH pos AS (SELECT e -> 'position' AS p FROM json_array_elements((:'m')::json -> 'engines') e
+             WHERE e ->> 'engine' = 'postgres')
+$1
+SQL
+}
+extensions="$(manifest_sql "SELECT format('CREATE EXTENSION IF NOT EXISTS %I WITH SCHEMA %I VERSION %L;', x ->> 'name', :'s', x ->> 'version')
+  FROM pos, json_array_elements(coalesce(p -> 'extensions', '[]')) x;")"
+unpopulated="$(manifest_sql "SELECT coalesce(string_agg(quote_literal(v), ','), '''''')
+  FROM pos, json_array_elements_text(coalesce(p -> 'unpopulated_views', '[]')) v;")"
+schema_acl="$(manifest_sql "SELECT format('REVOKE ALL ON SCHEMA %I FROM PUBLIC;', :'s') WHERE (SELECT json_typeof(p -> 'schema_acl') = 'array' FROM pos)
+  UNION ALL SELECT format('GRANT %s ON SCHEMA %I TO %s%s;', g ->> 'privilege', :'s',
+    CASE WHEN g ->> 'grantee' = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(g ->> 'grantee') END,
+    CASE WHEN (g ->> 'grantable')::bool THEN ' WITH GRANT OPTION' ELSE '' END)
+  FROM pos, json_array_elements(CASE WHEN json_typeof(p -> 'schema_acl') = 'array' THEN p -> 'schema_acl' ELSE '[]' END) g;")"
 {
   echo "DROP SCHEMA IF EXISTS $qschema CASCADE;"
-  zstd -dc "$snap/postgres/pre-data.sql.zst" | fit
+  zstd -dc "$snap/postgres/pre-data.sql.zst" | fit |
+    awk -v ext="$extensions" '{ print } !done && /^CREATE SCHEMA .*;$/ { if (ext != "") print ext; done = 1 }'
+  echo "$schema_acl"
   for f in "$snap"/postgres/data/*.copy.zst; do
     [ -e "$f" ] || continue
     t="$(basename "$f" .copy.zst)"; t="${t#*-}"   # 00003-name.copy.zst -> name
@@ -30,7 +53,8 @@ fit() {
   cat <<SQL
 DO \$\$ DECLARE v regclass; BEGIN
   FOR v IN SELECT c.oid::regclass FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE n.nspname = '${schema//\'/\'\'}' AND c.relkind = 'm' ORDER BY c.oid LOOP
+           WHERE n.nspname = '${schema//\'/\'\'}' AND c.relkind = 'm'
+             AND c.relname NOT IN ($unpopulated) ORDER BY c.oid LOOP
     EXECUTE 'REFRESH MATERIALIZED VIEW ' || v;
   END LOOP; END \$\$;
 SQL

@@ -70,6 +70,22 @@ pub struct Segment {
     /// MongoDB: the change stream's resume token after the last event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_token: Option<serde_json::Value>,
+    /// PostgreSQL: every sequence's value, read after `covered_until`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequences: Option<SequenceValues>,
+}
+
+/// The values of a schema's sequences, read at one moment. Logical
+/// decoding does not carry sequences; a value read at or after a time `T`
+/// is at least as high as any value handed out before `T` (sequences only
+/// move up between restores), so a restore to `T` sets each sequence to
+/// the first values read at or after `T`: gaps, never reuse.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceValues {
+    pub read_at: chrono::DateTime<chrono::Utc>,
+    /// Sequence name → its last value (sequences never used are absent).
+    pub values: std::collections::BTreeMap<String, i64>,
 }
 
 /// How far capture has looked, updated after every pass (also without
@@ -82,6 +98,8 @@ pub struct CoveredUntil {
     pub position: String,
     pub covered_until: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequences: Option<SequenceValues>,
 }
 
 fn json_err(e: serde_json::Error) -> Error {
@@ -119,6 +137,7 @@ pub async fn write_progress(
     slot: &str,
     position: &str,
     covered_until: chrono::DateTime<chrono::Utc>,
+    sequences: Option<&SequenceValues>,
 ) -> Result<()> {
     let progress = CoveredUntil {
         format: FORMAT_VERSION,
@@ -126,6 +145,7 @@ pub async fn write_progress(
         position: position.to_string(),
         covered_until,
         updated_at: chrono::Utc::now(),
+        sequences: sequences.cloned(),
     };
     storage
         .put_bytes(
@@ -250,6 +270,8 @@ pub struct ReplayPlan {
     pub at: chrono::DateTime<chrono::Utc>,
     /// Segment folder and manifest, in order.
     pub segments: Vec<(String, Segment)>,
+    /// The first sequence values read at or after `at` (PostgreSQL).
+    pub sequences: Option<SequenceValues>,
 }
 
 /// The capture state of a service as `status` and metrics show it.
@@ -419,7 +441,28 @@ pub fn plan(
     Ok(Some(ReplayPlan {
         at,
         segments: chosen,
+        sequences: listing.sequences_after(from, at),
     }))
+}
+
+impl Listing {
+    /// The earliest sequence values read at or after `at` by a pass that
+    /// came after the snapshot (position `from`).
+    pub fn sequences_after(
+        &self,
+        from: u64,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Option<SequenceValues> {
+        let after_snapshot = |end: &str| parse_lsn(end).is_ok_and(|e| e > from);
+        self.segments
+            .iter()
+            .filter(|(_, s)| after_snapshot(&s.end))
+            .filter_map(|(_, s)| s.sequences.as_ref())
+            .chain(self.progress.iter().filter_map(|p| p.sequences.as_ref()))
+            .filter(|v| v.read_at >= at)
+            .min_by_key(|v| v.read_at)
+            .cloned()
+    }
 }
 
 #[cfg(test)]
@@ -471,6 +514,7 @@ mod tests {
                 encrypted: false,
             },
             resume_token: None,
+            sequences: None,
         };
         (
             format!("dev/.capture/svc/postgres/{}", position_name(start)),
@@ -549,6 +593,7 @@ mod tests {
             position: format_lsn(20),
             covered_until: t(40),
             updated_at: t(40),
+            sequences: None,
         });
         let p = plan(&listing, 10, "snap", t(30)).unwrap().unwrap();
         assert_eq!(chosen(&p), [format_lsn(10)]);
@@ -565,6 +610,7 @@ mod tests {
                 position: format_lsn(99),
                 covered_until: t(40),
                 updated_at: t(40),
+                sequences: None,
             }),
         };
         assert!(plan(&listing, 10, "snap", t(30)).is_err());
@@ -580,6 +626,56 @@ mod tests {
         };
         let p = plan(&listing, 25, "snap", t(9)).unwrap().unwrap();
         assert_eq!(chosen(&p), [format_lsn(20), format_lsn(30)]);
+    }
+
+    #[test]
+    fn a_restore_to_a_time_takes_the_first_sequence_values_read_after_it() {
+        let values = |minute: u32, v: i64| SequenceValues {
+            read_at: t(minute),
+            values: [("account_id_seq".to_string(), v)].into_iter().collect(),
+        };
+        let mut listing = Listing {
+            streams: vec![stream(100, 0)],
+            segments: vec![
+                segment(100, 200, 1, 2, 3),
+                segment(200, 300, 4, 5, 6),
+                segment(300, 400, 7, 8, 9),
+            ],
+            progress: None,
+        };
+        for (i, (minute, v)) in [(3, 10), (6, 20), (9, 30)].into_iter().enumerate() {
+            listing.segments[i].1.sequences = Some(values(minute, v));
+        }
+        let seq_at = |listing: &Listing, minute| {
+            listing
+                .sequences_after(100, t(minute))
+                .map(|s| s.values["account_id_seq"])
+        };
+        let at = |minute| seq_at(&listing, minute);
+        assert_eq!(at(2), Some(10));
+        assert_eq!(at(3), Some(10), "read exactly at the time counts");
+        assert_eq!(at(4), Some(20));
+        assert_eq!(at(10), None, "nothing read after the time");
+        // A segment before the snapshot's position is not used.
+        assert_eq!(
+            listing
+                .sequences_after(200, t(2))
+                .map(|s| s.values["account_id_seq"]),
+            Some(20)
+        );
+        listing.progress = Some(CoveredUntil {
+            format: FORMAT_VERSION,
+            slot: "slot".into(),
+            position: format_lsn(400),
+            covered_until: t(11),
+            updated_at: t(12),
+            sequences: Some(values(12, 31)),
+        });
+        assert_eq!(
+            seq_at(&listing, 10),
+            Some(31),
+            "the progress record reads after the last segment"
+        );
     }
 
     #[test]

@@ -252,6 +252,10 @@ pub struct RestoreArgs {
     /// schema instead of waiting for them (needs --yes)
     #[arg(long, requires = "yes")]
     pub terminate_sessions: bool,
+    /// Leave the snapshot's ownership and privileges out: every object is
+    /// owned by the restoring role and carries no grants
+    #[arg(long)]
+    pub skip_privileges: bool,
     /// Confirm (required when not interactive or in a protected environment)
     #[arg(long)]
     pub yes: bool,

@@ -34,6 +34,9 @@ struct RawEnvironment {
     migration_lock_timeout: Option<String>,
     /// How often a migration that ran into `migration_lock_timeout` is retried.
     migration_lock_retries: Option<u32>,
+    /// Roles named in snapshots from elsewhere → the roles standing for them here.
+    #[serde(default)]
+    role_map: BTreeMap<String, String>,
 }
 
 /// `encryption = { key_env = "VAR" }` or `{ key_file = "path" }`.
@@ -114,6 +117,9 @@ pub struct Environment {
     pub encryption: Option<KeySource>,
     /// How migrations wait for the application's locks.
     pub statement_locks: StatementLocks,
+    /// `role_map`: a role named in a restored snapshot's ownership and
+    /// privileges → the role that stands for it in this environment.
+    pub role_map: BTreeMap<String, String>,
 }
 
 /// How a migration's statements wait for locks the application holds: each
@@ -357,7 +363,9 @@ impl Config {
             }
         };
         let statement_locks = self.statement_locks(name, raw)?;
+        let role_map = self.role_map(name, raw)?;
         Ok(Environment {
+            role_map,
             name: name.to_string(),
             storage,
             protected: raw.protected,
@@ -373,6 +381,25 @@ impl Config {
                 concurrency: raw.s3.concurrency,
             },
         })
+    }
+
+    /// `role_map` of an environment: role names as the server spells them,
+    /// never empty (a role name is at most 63 bytes).
+    fn role_map(&self, name: &str, raw: &RawEnvironment) -> Result<BTreeMap<String, String>> {
+        let key = format!("environments.{name}.role_map");
+        let mut map = BTreeMap::new();
+        for (from, to) in &raw.role_map {
+            let to = self.expand(&format!("{key}.{from}"), to)?;
+            for role in [from.as_str(), to.as_str()] {
+                if role.is_empty() || role.len() > 63 || role == "PUBLIC" {
+                    return Err(self.err(format!(
+                        "{key}: \"{role}\" is not a role name (1 to 63 bytes, not PUBLIC)"
+                    )));
+                }
+            }
+            map.insert(from.clone(), to);
+        }
+        Ok(map)
     }
 
     /// `migration_lock_timeout` (at least 10ms, at most 10 minutes) and

@@ -77,6 +77,26 @@ impl LiveSessions {
     pub const ATTEMPT: std::time::Duration = std::time::Duration::from_secs(2);
 }
 
+/// What a restore does with the ownership and privileges a snapshot
+/// records (PostgreSQL).
+#[derive(Debug, Clone, Default)]
+pub struct Privileges {
+    /// `--skip-privileges`: every object is owned by the restoring role and
+    /// carries no grants.
+    pub skip: bool,
+    /// The target environment's `role_map`: a role named in the snapshot →
+    /// the role that stands for it here.
+    pub role_map: std::collections::BTreeMap<String, String>,
+}
+
+/// How a restore behaves towards what lives outside the snapshot: the
+/// application's sessions and the server's roles.
+#[derive(Debug, Clone)]
+pub struct Conduct {
+    pub live: LiveSessions,
+    pub privileges: Privileges,
+}
+
 /// What a restore of one engine did.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreStats {

@@ -44,13 +44,39 @@ INSERT INTO "Weird Table" ("select", "Mixed", t, f, n, d, ts, arr, b, j, p, r, f
 INSERT INTO events VALUES ('2024-05-01', 1, 'a'), ('2025-05-01', 2, NULL);
 SELECT setval('counter', 42);
 REFRESH MATERIALIZED VIEW weird_count;
+CREATE MATERIALIZED VIEW weird_later AS SELECT id FROM "Weird Table" WITH NO DATA;
+CREATE COLLATION german_icu (provider = icu, locale = 'de-DE');
+CREATE TABLE labels (id int PRIMARY KEY, name text COLLATE german_icu, a int, b int);
+INSERT INTO labels VALUES (1, 'Äpfel', 1, 2), (2, 'Zebra', 2, 4);
+CREATE STATISTICS labels_ab (dependencies, ndistinct) ON a, b FROM labels;
+GRANT SELECT, INSERT ON "Weird Table" TO valero_app;
+GRANT UPDATE ("select", t) ON "Weird Table" TO valero_app;
+GRANT SELECT ON weird_view, weird_count TO valero_app;
+GRANT USAGE, SELECT ON SEQUENCE counter TO valero_app;
+REVOKE EXECUTE ON FUNCTION log_insert() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION log_insert() TO valero_app;
+REVOKE USAGE ON TYPE mood FROM PUBLIC;
+GRANT USAGE ON TYPE mood TO valero_app;
+DO $$ BEGIN
+  EXECUTE format('GRANT USAGE ON SCHEMA %I TO valero_app', current_schema());
+  EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT ON TABLES TO valero_app', current_schema());
+  EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC', current_schema());
+END $$;
 "#;
+
+/// A project whose service is the awkward schema, migrated; its
+/// application role `valero_app` exists on the server.
+fn awkward_project(tag: &str) -> Project {
+    common::ensure_role("valero_app");
+    let p = Project::new(tag);
+    p.migration("postgres", "0001_awkward.up.sql", AWKWARD_SCHEMA);
+    p.migrate_now();
+    p
+}
 
 #[test]
 fn postgres_restore_is_identical_in_catalog_data_and_sequences() {
-    let p = Project::new("r_fidelity");
-    p.migration("postgres", "0001_awkward.up.sql", AWKWARD_SCHEMA);
-    p.migrate_now();
+    let p = awkward_project("r_fidelity");
     let catalog = schema_dump(&p.schema);
     let data = data_fingerprint(&p.schema);
     p.run(&["snapshot"]).ok();
@@ -58,7 +84,8 @@ fn postgres_restore_is_identical_in_catalog_data_and_sequences() {
     // Damage everything.
     psql(&format!(
         "SET search_path TO \"{s}\"; DELETE FROM audit; UPDATE \"Weird Table\" SET t = 'changed'; DROP TABLE events CASCADE; \
-         DROP VIEW weird_view; CREATE TABLE intruder (x int); SELECT setval('counter', 999); ALTER TABLE audit ADD COLUMN extra int",
+         DROP VIEW weird_view; CREATE TABLE intruder (x int); SELECT setval('counter', 999); ALTER TABLE audit ADD COLUMN extra int; \
+         REVOKE ALL ON \"Weird Table\" FROM valero_app; REFRESH MATERIALIZED VIEW weird_later",
         s = p.schema
     ));
     assert_ne!(data_fingerprint(&p.schema), data);
@@ -540,9 +567,7 @@ async fn an_interrupted_mongodb_restore_is_undone_or_completed_by_the_next_comma
 
 #[test]
 fn manual_postgres_restore_procedure_works() {
-    let p = Project::new("r_manual");
-    p.migration("postgres", "0001_awkward.up.sql", AWKWARD_SCHEMA);
-    p.migrate_now();
+    let p = awkward_project("r_manual");
     let catalog = schema_dump(&p.schema);
     let data = data_fingerprint(&p.schema);
     p.run(&["snapshot"]).ok();
@@ -815,7 +840,9 @@ async fn a_failed_postgres_commit_leaves_mongodb_untouched() {
         "application_name LIKE 'valero-db host=% pid={}' AND datname = current_database()",
         child.id()
     );
-    let waiting = "state = 'idle in transaction' AND query LIKE '%relkind = ''m''%'";
+    // The last query before the commit: the restore's list of materialized
+    // views to refresh (the snapshot's own list orders by name).
+    let waiting = "state = 'idle in transaction' AND query LIKE '%relkind = ''m'' ORDER BY c.oid%'";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     while psql(&format!(
         "SELECT count(*) FROM pg_stat_activity WHERE {session} AND {waiting}"

@@ -14,7 +14,9 @@ use crate::config::{EngineKind, Service};
 use crate::context::{confirm, Context};
 use crate::error::{Error, PartialCommit, Result};
 use crate::output::Outcome;
-use crate::restore::{describe_age, parse_timestamp, select_at, LiveSessions, RestoreStats};
+use crate::restore::{
+    describe_age, parse_timestamp, select_at, Conduct, LiveSessions, Privileges, RestoreStats,
+};
 use crate::service::session::LockedService;
 use crate::service::take::{take_service, Request};
 use crate::snapshot::{self, Found};
@@ -366,16 +368,22 @@ async fn restore_service(
         label: Some(format!("before restoring {}", c.found.manifest.id)),
     };
     let pre = take_service(target, &c.service.name, &mut locked.engines, &req).await?;
-    let live = LiveSessions {
-        wait: ctx.global.lock_timeout,
-        terminate: args.terminate_sessions,
+    let conduct = Conduct {
+        live: LiveSessions {
+            wait: ctx.global.lock_timeout,
+            terminate: args.terminate_sessions,
+        },
+        privileges: Privileges {
+            skip: args.skip_privileges,
+            role_map: ctx.env.role_map.clone(),
+        },
     };
     let mut stats = Vec::new();
     for i in 0..locked.engines.len() {
         let plan = c.replays.get(&locked.engines[i].engine.kind());
         match locked.engines[i]
             .engine
-            .restore_prepare(source, &c.found, plan, live)
+            .restore_prepare(source, &c.found, plan, &conduct)
             .await
         {
             Ok(s) => stats.push(s),

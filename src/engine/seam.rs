@@ -8,7 +8,7 @@ use crate::config::EngineKind;
 use crate::error::{Error, Result};
 use crate::migrate::files::{Migration, Script};
 use crate::migrate::plan::AppliedMigration;
-use crate::restore::{LiveSessions, RestoreStats};
+use crate::restore::{Conduct, RestoreStats};
 use crate::snapshot::manifest::EngineInfo;
 use crate::snapshot::{Found, SnapshotWriter};
 use crate::storage::Storage;
@@ -72,7 +72,7 @@ pub trait Engine: Send {
         _storage: &dyn Storage,
         _found: &Found,
         _replay: Option<&ReplayPlan>,
-        _live: LiveSessions,
+        _conduct: &Conduct,
     ) -> Result<RestoreStats> {
         Err(Error::internal(format!(
             "restore of {} is not supported",

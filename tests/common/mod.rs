@@ -249,6 +249,33 @@ impl Project {
 }
 
 /// Runs SQL with psql and returns the unaligned output.
+/// A new database on the test server, and its URL. Extensions exist once
+/// per database: tests that install them into a service's schema each get
+/// their own.
+pub fn own_database(tag: &str) -> String {
+    let name = unique(tag);
+    psql(&format!("CREATE DATABASE \"{name}\""));
+    let mut url = url::Url::parse(&pg_url()).expect("VALERO_PG_URL");
+    url.set_path(&name);
+    url.to_string()
+}
+
+impl Project {
+    /// Points the project's PostgreSQL service at the database `url`.
+    pub fn use_database(&self, url: &str) {
+        let text = std::fs::read_to_string(self.config_path()).expect("config");
+        self.write_raw_config(&text.replace("${VALERO_PG_URL}", url));
+    }
+}
+
+/// Creates a role on the test server unless it exists (tests running at
+/// the same time may both try).
+pub fn ensure_role(name: &str) {
+    psql(&format!(
+        "DO $$ BEGIN CREATE ROLE \"{name}\" NOLOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+    ));
+}
+
 pub fn psql(sql: &str) -> String {
     psql_at(&pg_url(), sql)
 }

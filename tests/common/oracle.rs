@@ -2,7 +2,7 @@
 //! the catalog, per-table checksums and sequence values for the data, and
 //! the snapshot listing as the binary reports it.
 
-use super::{psql, Project};
+use super::{psql_at, Project};
 
 /// `pg_dump` of the PostgreSQL test server's version (`VALERO_PG_BIN`).
 pub fn pg_dump_bin() -> String {
@@ -20,19 +20,19 @@ pub fn without_session_lines(dump: &str) -> String {
 }
 
 /// The independent oracle for the catalog: `pg_dump --schema-only` of one
-/// schema (ownership and privileges left out), without the session-bound
-/// `\restrict` lines.
+/// schema with ownership and privileges (grants, column grants, default
+/// privileges), without the session-bound `\restrict` lines, followed by
+/// what a one-schema dump leaves out: the extensions installed in the
+/// schema (name, version) and the schema's own owner and ACL.
 pub fn schema_dump(schema: &str) -> String {
+    schema_dump_at(&super::pg_url(), schema)
+}
+
+/// `schema_dump` of a schema in the database at `url`.
+pub fn schema_dump_at(url: &str, schema: &str) -> String {
+    let psql = |sql: &str| psql_at(url, sql);
     let out = std::process::Command::new(pg_dump_bin())
-        .args([
-            "--schema-only",
-            "--no-owner",
-            "--no-privileges",
-            "--schema",
-            schema,
-            "--dbname",
-            &super::pg_url(),
-        ])
+        .args(["--schema-only", "--schema", schema, "--dbname", url])
         .output()
         .expect("pg_dump");
     assert!(
@@ -40,15 +40,35 @@ pub fn schema_dump(schema: &str) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    without_session_lines(&String::from_utf8_lossy(&out.stdout))
+    let mut dump = without_session_lines(&String::from_utf8_lossy(&out.stdout));
+    dump.push_str(&format!(
+        "\n-- extensions: {}\n-- schema owner and ACL: {}\n",
+        psql(&format!(
+            "SELECT coalesce(string_agg(extname || ' ' || extversion, ', ' ORDER BY extname), 'none') FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE n.nspname = '{schema}'"
+        )),
+        psql(&format!(
+            "SELECT nspowner::regrole::text || ' ' || coalesce((SELECT string_agg(x::text, ',' ORDER BY x::text) FROM aclexplode(nspacl) x), 'default') FROM pg_namespace WHERE nspname = '{schema}'"
+        )),
+    ));
+    dump
 }
 
-/// Per-table checksums of every row, plus every sequence's state.
+/// Per-table checksums of every row (populated materialized views too,
+/// and which are unpopulated), plus every sequence's state.
 pub fn data_fingerprint(schema: &str) -> String {
+    data_fingerprint_at(&super::pg_url(), schema)
+}
+
+/// `data_fingerprint` of a schema in the database at `url`.
+pub fn data_fingerprint_at(url: &str, schema: &str) -> String {
+    let psql = |sql: &str| psql_at(url, sql);
     let tables = psql(&format!(
-        "SELECT string_agg(quote_ident(relname), ',' ORDER BY relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{schema}' AND relkind IN ('r', 'm')"
+        "SELECT string_agg(quote_ident(relname), ',' ORDER BY relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{schema}' AND (relkind = 'r' OR relkind = 'm' AND relispopulated)"
     ));
-    let mut out = String::new();
+    let unpopulated = psql(&format!(
+        "SELECT coalesce(string_agg(relname, ',' ORDER BY relname), 'none') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{schema}' AND relkind = 'm' AND NOT relispopulated"
+    ));
+    let mut out = format!("unpopulated materialized views: {unpopulated}\n");
     for t in tables.split(',').filter(|t| !t.is_empty()) {
         let sum = psql(&format!(
             "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM \"{schema}\".{t} x"

@@ -301,6 +301,7 @@ impl Capture<'_> {
             created_at: chrono::Utc::now(),
             object: entry.clone(),
             resume_token: token,
+            sequences: None,
         };
         if let Some(lease) = self.lease {
             // Lost: the folder may be the new holder's now; leave it alone
@@ -321,7 +322,15 @@ impl Capture<'_> {
         covered_until: chrono::DateTime<chrono::Utc>,
     ) -> Result<()> {
         let slot = &format!("change stream on {}", self.db.name());
-        capture::write_progress(self.storage, &self.folder(), slot, position, covered_until).await
+        capture::write_progress(
+            self.storage,
+            &self.folder(),
+            slot,
+            position,
+            covered_until,
+            None,
+        )
+        .await
     }
 }
 

@@ -373,7 +373,7 @@ impl Engine for MongoEngine {
         storage: &dyn crate::storage::Storage,
         found: &crate::snapshot::Found,
         replay: Option<&crate::capture::ReplayPlan>,
-        _live: crate::restore::LiveSessions,
+        _conduct: &crate::restore::Conduct,
     ) -> Result<crate::restore::RestoreStats> {
         if !found
             .manifest

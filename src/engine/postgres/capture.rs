@@ -21,7 +21,7 @@ use crate::capture::{
     self, folder, format_lsn, parse_lsn, position_name, ReplayPlan, Segment, Stream, CHANGES,
     FORMAT_VERSION,
 };
-use crate::capture::{Lag, ReplayStats};
+use crate::capture::{Lag, ReplayStats, SequenceValues};
 use crate::config::EngineKind;
 use crate::error::{Error, Result};
 use crate::snapshot::stream::ObjectStream;
@@ -345,6 +345,7 @@ impl Capture<'_> {
     pub async fn pass(&mut self) -> Result<PassReport> {
         let start = self.resume_point().await?;
         let covered_until = self.flush_wal().await?;
+        let sequences = self.read_sequences().await?;
         let name = position_name(parse_lsn(&start)?);
         let base = format!("{}/{name}", self.folder());
         let mut writer = SnapshotWriter::new(self.storage, base.clone());
@@ -367,7 +368,8 @@ impl Capture<'_> {
         };
         let Some(end) = tally.end else {
             sink.abort().await;
-            self.write_progress(&start, covered_until).await?;
+            self.write_progress(&start, covered_until, &sequences)
+                .await?;
             return Ok(report);
         };
         if report.transactions == 0 {
@@ -376,7 +378,8 @@ impl Capture<'_> {
             let end = format_lsn(end);
             self.advance(&end).await?;
             // Progress names the chain's position: the next segment starts there.
-            self.write_progress(&start, covered_until).await?;
+            self.write_progress(&start, covered_until, &sequences)
+                .await?;
             report.position = end;
             return Ok(report);
         }
@@ -402,11 +405,12 @@ impl Capture<'_> {
             created_at: chrono::Utc::now(),
             object: entry.clone(),
             resume_token: None,
+            sequences: Some(sequences.clone()),
         };
         capture::store_segment(self.storage, &mut writer, &base, &segment).await?;
         // Durable and verified: only now may the slot forget these changes.
         self.advance(&segment.end).await?;
-        self.write_progress(&segment.end, segment.covered_until)
+        self.write_progress(&segment.end, segment.covered_until, &sequences)
             .await?;
         report.segment = Some(base);
         report.position = segment.end;
@@ -417,9 +421,42 @@ impl Capture<'_> {
         &mut self,
         position: &str,
         covered_until: chrono::DateTime<chrono::Utc>,
+        sequences: &SequenceValues,
     ) -> Result<()> {
         let slot = &self.slot();
-        capture::write_progress(self.storage, &self.folder(), slot, position, covered_until).await
+        let folder = self.folder();
+        capture::write_progress(
+            self.storage,
+            &folder,
+            slot,
+            position,
+            covered_until,
+            Some(sequences),
+        )
+        .await
+    }
+
+    /// Every sequence of the schema, read after `flush_wal` chose the time
+    /// this pass covers up to (see `capture::SequenceValues`).
+    async fn read_sequences(&mut self) -> Result<SequenceValues> {
+        let what = self.what();
+        let rows = sqlx::query(
+            "SELECT clock_timestamp(), s.sequencename::text, s.last_value FROM (SELECT 1) one \
+             LEFT JOIN pg_sequences s ON s.schemaname = $1 AND s.last_value IS NOT NULL",
+        )
+        .bind(self.schema)
+        .fetch_all(&mut *self.conn)
+        .await
+        .map_err(|e| classify(&what, e))?;
+        let read_at = rows
+            .first()
+            .map(|r| r.get(0))
+            .unwrap_or_else(chrono::Utc::now);
+        let values = rows
+            .iter()
+            .filter_map(|r| Some((r.get::<Option<String>, _>(1)?, r.get::<Option<i64>, _>(2)?)))
+            .collect();
+        Ok(SequenceValues { read_at, values })
     }
 
     /// Removes the slot and the publication (`capture --drop`). Stored
@@ -607,6 +644,9 @@ pub async fn replay(
     exec(conn, "SET LOCAL session_replication_role = replica")
         .await
         .map_err(|e| classify(what, e))?;
+    // Replayed rows carry the values identity columns generated then.
+    let identities = IdentityColumns::always(conn, schema, what).await?;
+    identities.generate(conn, what, "BY DEFAULT").await?;
     let mut replay = Replay {
         conn: &mut *conn,
         schema,
@@ -624,11 +664,75 @@ pub async fn replay(
         }
     }
     let stats = replay.stats;
+    identities.generate(conn, what, "ALWAYS").await?;
     exec(conn, "SET LOCAL session_replication_role = origin")
         .await
         .map_err(|e| classify(what, e))?;
     bump_sequences(conn, schema, what).await?;
+    if let Some(recorded) = &plan.sequences {
+        raise_sequences(conn, schema, recorded, what).await?;
+    }
     Ok(stats)
+}
+
+/// The schema's `GENERATED ALWAYS AS IDENTITY` columns (of tables that are
+/// not partitions: a partition's identity follows its parent's). Replay
+/// makes them `BY DEFAULT` while it inserts and updates the captured
+/// values, and `ALWAYS` again before the restore commits.
+struct IdentityColumns(Vec<(String, String)>);
+
+impl IdentityColumns {
+    async fn always(conn: &mut PgConnection, schema: &str, what: &str) -> Result<IdentityColumns> {
+        let rows = sqlx::query(
+            "SELECT format('%I.%I', n.nspname, c.relname), quote_ident(a.attname) \
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND a.attidentity = 'a' AND NOT a.attisdropped AND NOT c.relispartition \
+             ORDER BY c.oid, a.attnum",
+        )
+        .bind(schema)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| classify(what, e))?;
+        Ok(IdentityColumns(
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        ))
+    }
+
+    async fn generate(&self, conn: &mut PgConnection, what: &str, how: &str) -> Result<()> {
+        for (table, column) in &self.0 {
+            exec(
+                conn,
+                &format!("ALTER TABLE {table} ALTER COLUMN {column} SET GENERATED {how}"),
+            )
+            .await
+            .map_err(|e| classify(what, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Moves each sequence up to the value capture read at or after the
+/// restore's time: at least as high as any it had handed out by then, so
+/// no number is issued twice (a receipt number, an invoice number).
+async fn raise_sequences(
+    conn: &mut PgConnection,
+    schema: &str,
+    recorded: &SequenceValues,
+    what: &str,
+) -> Result<()> {
+    for (name, value) in &recorded.values {
+        sqlx::query(
+            "SELECT setval(format('%I.%I', s.schemaname, s.sequencename)::regclass, $3) FROM pg_sequences s \
+             WHERE s.schemaname = $1 AND s.sequencename = $2 AND coalesce(s.last_value < $3, true)",
+        )
+        .bind(schema)
+        .bind(name)
+        .bind(value)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| classify(what, e))?;
+    }
+    Ok(())
 }
 
 /// Whether replay goes on after a message.

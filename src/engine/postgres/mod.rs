@@ -7,6 +7,7 @@ pub mod capture;
 pub mod copy_binary;
 pub mod pgoutput;
 pub mod restore;
+pub mod script;
 pub mod sessions;
 pub mod snapshot;
 pub mod sql;
@@ -661,7 +662,7 @@ impl Engine for PostgresEngine {
         storage: &dyn crate::storage::Storage,
         found: &crate::snapshot::Found,
         replay: Option<&crate::capture::ReplayPlan>,
-        live: crate::restore::LiveSessions,
+        conduct: &crate::restore::Conduct,
     ) -> Result<crate::restore::RestoreStats> {
         let info = found
             .manifest
@@ -675,12 +676,18 @@ impl Engine for PostgresEngine {
                     found.manifest.id, self.service
                 ))
             })?;
-        restore::preflight(
+        let target = restore::Target {
+            service: &self.service,
+            schema: &self.schema,
+            server: &self.server,
+        };
+        let ddl = restore::preflight(
             &mut self.conn,
-            &self.service,
-            &self.schema,
+            storage,
+            found,
+            target,
             &info,
-            &self.server,
+            &conduct.privileges,
         )
         .await?;
         restore::prepare(
@@ -690,7 +697,11 @@ impl Engine for PostgresEngine {
             &info,
             &self.service,
             &self.schema,
-            restore::Around { replay, live },
+            restore::Around {
+                replay,
+                live: conduct.live,
+                ddl,
+            },
         )
         .await
     }

@@ -10,11 +10,13 @@ use sqlx::Row;
 use std::collections::{HashMap, HashSet};
 
 use super::copy_binary::{Converter, Kind, Unconvertible};
+use super::script::{Extension, Grants, Script};
+use super::snapshot::{Inside, SchemaGrant};
 use super::sql::{classify, exec, names_in_schema, quote_ident, Server};
 use super::waits;
 use crate::config::EngineKind;
 use crate::error::{BlockedWork, Error, Result};
-use crate::restore::{LiveSessions, RestoreStats};
+use crate::restore::{LiveSessions, Privileges, RestoreStats};
 use crate::snapshot::manifest::EngineInfo;
 use crate::snapshot::stream::ObjectStream;
 use crate::snapshot::{Found, ObjectEntry, ObjectKind};
@@ -82,13 +84,18 @@ async fn outside_dependents(
 async fn missing_requirements(
     conn: &mut PgConnection,
     info: &EngineInfo,
+    inside: &Inside,
 ) -> std::result::Result<Vec<String>, sqlx::Error> {
     let mut missing = Vec::new();
     let Some(reqs) = info.position.get("requires").and_then(|r| r.as_array()) else {
         return Ok(missing);
     };
+    let recreated = |name: &str| inside.extensions.iter().any(|e| e.name == name);
     for r in reqs {
         if let Some(ext) = r.get("extension").and_then(|e| e.as_str()) {
+            if recreated(ext) {
+                continue;
+            }
             let ok: bool =
                 sqlx::query("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = $1)")
                     .bind(ext)
@@ -117,15 +124,33 @@ async fn missing_requirements(
     Ok(missing)
 }
 
-/// Checks what can be checked before the transaction starts; called before
-/// `prepare`.
+/// The snapshot's DDL as this restore runs it: read (and verified) before
+/// anything changes, roles renamed or privileges left out, the schema's
+/// extensions created right after the schema.
+pub struct Ddl {
+    pre: Option<String>,
+    post: Option<String>,
+    inside: Inside,
+    grants: Grants,
+    role_map: std::collections::BTreeMap<String, String>,
+}
+
+/// Checks what can be checked before the transaction starts and reads the
+/// DDL; called before `prepare`. Every refusal here is exit 2 with nothing
+/// changed.
 pub async fn preflight(
     conn: &mut PgConnection,
-    service: &str,
-    schema: &str,
+    storage: &dyn Storage,
+    found: &Found,
+    target: Target<'_>,
     info: &EngineInfo,
-    server: &Server,
-) -> Result<()> {
+    privileges: &Privileges,
+) -> Result<Ddl> {
+    let Target {
+        service,
+        schema,
+        server,
+    } = target;
     let what = format!("PostgreSQL of service {service}");
     let server_version = &server.version;
     let snapshot_major = major_of(&info.server_version);
@@ -150,7 +175,8 @@ pub async fn preflight(
             "valero-db changes nothing outside the service's schema; remove or redefine those objects first",
         ));
     }
-    let missing = missing_requirements(conn, info)
+    let inside = Inside::recorded(&info.position);
+    let missing = missing_requirements(conn, info, &inside)
         .await
         .map_err(|e| classify(&what, e))?;
     if !missing.is_empty() {
@@ -162,7 +188,203 @@ pub async fn preflight(
             "create them first (e.g. CREATE EXTENSION), then restore again",
         ));
     }
+    check_extensions(conn, &what, service, schema, &inside.extensions).await?;
+    let settings = known_settings(conn, &what).await?;
+    let read = |kind| read_script(storage, found, kind, &settings);
+    let grants = if privileges.skip {
+        Grants::Skip
+    } else {
+        Grants::Keep
+    };
+    let ddl = Ddl {
+        pre: read(ObjectKind::PostgresPreData).await?,
+        post: read(ObjectKind::PostgresPostData).await?,
+        inside,
+        grants,
+        role_map: privileges.role_map.clone(),
+    };
+    if grants == Grants::Keep {
+        check_roles(conn, &what, service, &ddl).await?;
+    }
+    Ok(ddl)
+}
+
+/// Where a restore goes: the service, its schema, the server.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub service: &'a str,
+    pub schema: &'a str,
+    pub server: &'a Server,
+}
+
+/// Each extension the snapshot recreates in the schema must be available
+/// on this server at its version, and not installed in another schema
+/// (a database holds an extension once).
+async fn check_extensions(
+    conn: &mut PgConnection,
+    what: &str,
+    service: &str,
+    schema: &str,
+    extensions: &[Extension],
+) -> Result<()> {
+    let mut problems = Vec::new();
+    for e in extensions {
+        let row = sqlx::query(
+            "SELECT EXISTS (SELECT 1 FROM pg_available_extension_versions WHERE name = $1 AND version = $2), \
+                    (SELECT n.nspname::text FROM pg_extension x JOIN pg_namespace n ON n.oid = x.extnamespace \
+                     WHERE x.extname = $1 AND n.nspname <> $3)",
+        )
+        .bind(&e.name)
+        .bind(&e.version)
+        .bind(schema)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|err| classify(what, err))?;
+        let available: bool = row.get(0);
+        let elsewhere: Option<String> = row.get(1);
+        if !available {
+            problems.push(format!(
+                "extension {} {} is not available on this server",
+                e.name, e.version
+            ));
+        } else if let Some(other) = elsewhere {
+            problems.push(format!(
+                "extension {} is installed in schema {other} of this database, the snapshot has it in schema {schema}",
+                e.name
+            ));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::usage_hint(
+        format!(
+            "service {service}: the snapshot's schema holds extensions this database cannot take: {}; nothing was changed",
+            problems.join("; ")
+        ),
+        "install the extension's files at that version on the server (pg_available_extension_versions lists them), or move the other installation; then restore again",
+    ))
+}
+
+/// Every role the snapshot's ownership and privileges name (after the
+/// environment's role_map) must exist here, and the restoring role must be
+/// allowed to make each owner one: checked before anything changes.
+async fn check_roles(conn: &mut PgConnection, what: &str, service: &str, ddl: &Ddl) -> Result<()> {
+    let mut owners = std::collections::BTreeSet::new();
+    let mut named = std::collections::BTreeSet::new();
+    for text in [&ddl.pre, &ddl.post].into_iter().flatten() {
+        let roles = Script::parse(text).roles();
+        owners.extend(roles.owners);
+        named.extend(roles.named);
+    }
+    for g in ddl.inside.schema_acl.iter().flatten() {
+        if g.grantee != "PUBLIC" {
+            named.insert(g.grantee.clone());
+        }
+    }
+    let mapped = |r: &String| ddl.role_map.get(r).cloned().unwrap_or_else(|| r.clone());
+    let named: Vec<String> = named.iter().map(mapped).collect();
+    let owners: Vec<String> = owners.iter().map(mapped).collect();
+    let row = sqlx::query(
+        "SELECT (SELECT coalesce(array_agg(r ORDER BY r), '{}') FROM unnest($1::text[]) r \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r)), \
+                (SELECT coalesce(array_agg(r ORDER BY r), '{}') FROM unnest($2::text[]) r \
+                 WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) \
+                   AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
+                   AND NOT pg_has_role(current_user, r, 'MEMBER')), \
+                current_user::text",
+    )
+    .bind(&named)
+    .bind(&owners)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| classify(what, e))?;
+    let missing: Vec<String> = row.get(0);
+    let not_settable: Vec<String> = row.get(1);
+    let me: String = row.get(2);
+    if !missing.is_empty() {
+        return Err(Error::usage_hint(
+            format!(
+                "service {service}: the snapshot's owners and privileges name roles this server lacks: {}; nothing was changed",
+                missing.join(", ")
+            ),
+            "create those roles, map them to this environment's roles with role_map = { \"snapshot_role\" = \"role_here\" } in the environment's configuration, or restore without ownership and privileges with --skip-privileges",
+        ));
+    }
+    if !not_settable.is_empty() {
+        return Err(Error::usage_hint(
+            format!(
+                "service {service}: role {me} restores, but may not make {} the owner of the snapshot's objects (it is neither superuser nor a member); nothing was changed",
+                not_settable.join(", ")
+            ),
+            format!(
+                "GRANT {} TO {me}, map the owners with role_map, or restore with --skip-privileges (every object is then owned by {me})",
+                not_settable.join(", ")
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// Reads a SQL object of the snapshot (verified while it streams), without
+/// psql meta-commands and settings this server lacks.
+async fn read_script(
+    storage: &dyn Storage,
+    found: &Found,
+    kind: ObjectKind,
+    settings: &HashSet<String>,
+) -> Result<Option<String>> {
+    let Some(entry) = found.manifest.objects.iter().find(|o| o.kind == kind) else {
+        return Ok(None);
+    };
+    let bytes = ObjectStream::open(storage, &found.base, entry)
+        .await?
+        .read_all()
+        .await?;
+    let sql = String::from_utf8(bytes).map_err(|_| {
+        Error::integrity(
+            format!("snapshot {}: {} is not UTF-8 SQL", found.base, entry.key),
+            None,
+        )
+    })?;
+    Ok(Some(fit_settings(&strip_psql_meta(&sql), settings)))
+}
+
+impl Ddl {
+    /// A script reshaped for this restore; the pre-data one also creates
+    /// the schema's extensions.
+    fn shaped(&self, text: &str, schema: Option<&str>) -> String {
+        let mut script = Script::parse(text);
+        script.reshape(self.grants, &self.role_map);
+        if let Some(schema) = schema {
+            script.create_extensions_after_schema(schema, &self.inside.extensions);
+        }
+        script.text()
+    }
+
+    /// The schema's ACL as the snapshot recorded it, grantees mapped; None
+    /// when it is not restored (skipped, or not recorded).
+    fn schema_acl(&self) -> Option<Vec<SchemaGrant>> {
+        if self.grants == Grants::Skip {
+            return None;
+        }
+        let mut acl: Vec<SchemaGrant> = self
+            .inside
+            .schema_acl
+            .as_ref()?
+            .iter()
+            .map(|g| SchemaGrant {
+                grantee: self
+                    .role_map
+                    .get(&g.grantee)
+                    .cloned()
+                    .unwrap_or_else(|| g.grantee.clone()),
+                ..g.clone()
+            })
+            .collect();
+        acl.sort();
+        Some(acl)
+    }
 }
 
 /// Phase one: everything inside an open transaction. The caller commits
@@ -176,12 +398,17 @@ pub async fn prepare(
     schema: &str,
     around: Around<'_>,
 ) -> Result<RestoreStats> {
-    let Around { replay, live } = around;
+    let Around { replay, live, ddl } = around;
     let what = format!("PostgreSQL of service {service}");
     exec(conn, "BEGIN").await.map_err(|e| classify(&what, e))?;
     let loaded = async {
         let terminated = take_locks(conn, service, schema, live).await?;
-        let mut stats = load(conn, storage, found, info, &what, schema, replay).await?;
+        let source = Source {
+            storage,
+            found,
+            what: &what,
+        };
+        let mut stats = load(conn, &source, info, schema, replay, &ddl).await?;
         stats.terminated_sessions = terminated;
         Ok(stats)
     }
@@ -197,6 +424,7 @@ pub async fn prepare(
 pub struct Around<'a> {
     pub replay: Option<&'a crate::capture::ReplayPlan>,
     pub live: LiveSessions,
+    pub ddl: Ddl,
 }
 
 /// Every relation of the schema `LOCK TABLE` accepts: tables, partitioned
@@ -353,20 +581,14 @@ fn sql_failed(what: &str, step: &str, e: sqlx::Error) -> Error {
 /// materialized views.
 async fn load(
     conn: &mut PgConnection,
-    storage: &dyn Storage,
-    found: &Found,
+    source: &Source<'_>,
     info: &EngineInfo,
-    what: &str,
     schema: &str,
     replay: Option<&crate::capture::ReplayPlan>,
+    ddl: &Ddl,
 ) -> Result<RestoreStats> {
     let mut stats = RestoreStats::new(EngineKind::Postgres);
-    let source = Source {
-        storage,
-        found,
-        what,
-        settings: known_settings(conn, what).await?,
-    };
+    let (found, what) = (source.found, source.what);
     mark_as_restore(conn, found, what, schema).await?;
     let publications = publications_of(conn, what, schema).await?;
     let mut clock = std::time::Instant::now();
@@ -389,26 +611,29 @@ async fn load(
     if !exists {
         return Ok(stats);
     }
-    let pre = source.object(ObjectKind::PostgresPreData).ok_or_else(|| {
+    let pre = ddl.pre.as_deref().ok_or_else(|| {
         Error::integrity(format!("snapshot {}: no pre-data object", found.base), None)
     })?;
-    source.run_sql(conn, pre, "pre-data DDL").await?;
+    run_ddl(conn, what, &ddl.shaped(pre, Some(schema)), "pre-data DDL").await?;
+    if let Some(acl) = ddl.schema_acl() {
+        restore_schema_acl(conn, what, schema, &acl).await?;
+    }
     stats.objects += 1;
     lap("pre-data DDL");
 
-    load_tables(conn, &source, schema, &mut stats, &mut lap).await?;
+    load_tables(conn, source, schema, &mut stats, &mut lap).await?;
 
     if let Some(seq) = source.object(ObjectKind::PostgresSequences) {
         source.run_sql(conn, seq, "sequences").await?;
         stats.objects += 1;
     }
-    if let Some(post) = source.object(ObjectKind::PostgresPostData) {
-        source.run_sql(conn, post, "post-data DDL").await?;
+    if let Some(post) = ddl.post.as_deref() {
+        run_ddl(conn, what, &ddl.shaped(post, None), "post-data DDL").await?;
         stats.objects += 1;
         lap("post-data DDL (indexes, constraints, triggers)");
     }
     if let Some(plan) = replay {
-        let replayed = replay_changes(conn, &source, info, plan, schema).await?;
+        let replayed = replay_changes(conn, source, info, plan, schema).await?;
         lap(&format!(
             "replaying {} captured transactions",
             replayed.transactions
@@ -422,8 +647,70 @@ async fn load(
             .await
             .map_err(|e| sql_failed(what, "the capture publication", e))?;
     }
-    refresh_views(conn, what, schema).await?;
+    refresh_views(conn, what, schema, &ddl.inside.unpopulated_views).await?;
     Ok(stats)
+}
+
+async fn run_ddl(conn: &mut PgConnection, what: &str, sql: &str, step: &str) -> Result<()> {
+    if sql.trim().is_empty() {
+        return Ok(());
+    }
+    exec(conn, sql).await.map_err(|e| sql_failed(what, step, e))
+}
+
+/// Gives the schema the ACL the snapshot recorded: pg_dump leaves out what
+/// matches the ACL initdb gave `public`, which a recreated schema lacks.
+/// Revokes what the snapshot does not have, grants what it has.
+async fn restore_schema_acl(
+    conn: &mut PgConnection,
+    what: &str,
+    schema: &str,
+    wanted: &[SchemaGrant],
+) -> Result<()> {
+    let now: Vec<String> = sqlx::query_scalar(
+        "SELECT coalesce(r.rolname::text, 'PUBLIC') || '/' || a.privilege_type || '/' || a.is_grantable::text \
+         FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a \
+         LEFT JOIN pg_roles r ON r.oid = a.grantee WHERE n.nspname = $1",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| classify(what, e))?;
+    let key = |g: &SchemaGrant| format!("{}/{}/{}", g.grantee, g.privilege, g.grantable);
+    let grantee = |name: &str| {
+        if name == "PUBLIC" {
+            name.to_string()
+        } else {
+            quote_ident(name)
+        }
+    };
+    let wanted_keys: HashSet<String> = wanted.iter().map(key).collect();
+    let mut sql = String::new();
+    for entry in now.iter().filter(|k| !wanted_keys.contains(*k)) {
+        let mut parts = entry.rsplitn(3, '/');
+        let (_, privilege, role) = (parts.next(), parts.next(), parts.next());
+        if let (Some(privilege), Some(role)) = (privilege, role) {
+            sql.push_str(&format!(
+                "REVOKE {privilege} ON SCHEMA {} FROM {};\n",
+                quote_ident(schema),
+                grantee(role)
+            ));
+        }
+    }
+    for g in wanted.iter().filter(|g| !now.contains(&key(g))) {
+        sql.push_str(&format!(
+            "GRANT {} ON SCHEMA {} TO {}{};\n",
+            g.privilege,
+            quote_ident(schema),
+            grantee(&g.grantee),
+            if g.grantable {
+                " WITH GRANT OPTION"
+            } else {
+                ""
+            }
+        ));
+    }
+    run_ddl(conn, what, &sql, "the schema's privileges").await
 }
 
 /// The snapshot being restored: where its objects are read from.
@@ -431,8 +718,6 @@ struct Source<'a> {
     storage: &'a dyn Storage,
     found: &'a Found,
     what: &'a str,
-    /// The target server's settings (see `fit_settings`).
-    settings: HashSet<String>,
 }
 
 impl Source<'_> {
@@ -452,7 +737,7 @@ impl Source<'_> {
             .read_all()
             .await?;
         let sql = String::from_utf8(bytes)
-            .map(|s| fit_settings(&strip_psql_meta(&s), &self.settings))
+            .map(|s| strip_psql_meta(&s))
             .map_err(|_| {
                 Error::integrity(
                     format!(
@@ -597,13 +882,22 @@ async fn replay_changes(
     super::capture::replay(conn, source.storage, plan, schema, position, source.what).await
 }
 
-/// Materialized views were created WITH NO DATA; creation order is
-/// dependency order, so they are refreshed in that order.
-async fn refresh_views(conn: &mut PgConnection, what: &str, schema: &str) -> Result<()> {
-    let sql = "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+/// Materialized views were created WITH NO DATA; those the snapshot had
+/// populated are refreshed from the restored data (as pg_restore does),
+/// in creation order, which is dependency order. Those it had unpopulated
+/// stay so.
+async fn refresh_views(
+    conn: &mut PgConnection,
+    what: &str,
+    schema: &str,
+    unpopulated: &[String],
+) -> Result<()> {
+    let sql =
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = $1 AND c.relkind = 'm' ORDER BY c.oid";
     let views = names_in_schema(conn, what, sql, schema).await?;
-    for v in views {
+    for name in views.iter().filter(|v| !unpopulated.contains(v)) {
+        let v = format!("{}.{}", quote_ident(schema), quote_ident(name));
         exec(conn, &format!("REFRESH MATERIALIZED VIEW {v}"))
             .await
             .map_err(|e| sql_failed(what, &v, e))?;

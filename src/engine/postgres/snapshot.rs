@@ -11,6 +11,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::Row;
 use tokio::io::AsyncReadExt;
 
+use super::script::Extension;
 use super::sql::{classify, exec, names_in_schema, quote_ident, quote_literal, Server};
 use crate::config::EngineKind;
 use crate::error::{Error, Result};
@@ -148,8 +149,6 @@ async fn dump_section(
     cmd.arg("--schema-only")
         .arg(format!("--section={}", section.name()))
         .arg(format!("--snapshot={snapshot_id}"))
-        .arg("--no-owner")
-        .arg("--no-privileges")
         .arg("--schema")
         .arg(format!("\"{}\"", schema.replace('"', "\"\"")))
         .arg("--dbname")
@@ -323,6 +322,10 @@ async fn take_in_transaction(
         .await
         .map_err(|e| classify(&what, e))?;
     info.position["requires"] = serde_json::json!(requirements);
+    let inside = Inside::read(conn, schema)
+        .await
+        .map_err(|e| classify(&what, e))?;
+    inside.record(&mut info.position);
 
     dump_section(service, url, schema, &snapshot_id, Section::PreData, out).await?;
     copy_tables(conn, &what, schema, out).await?;
@@ -444,6 +447,110 @@ async fn write_sequences(
     Ok(())
 }
 
+/// What a restore recreates beside pg_dump's DDL: the extensions that live
+/// in the schema (pg_dump leaves them out of a one-schema dump, and dropping
+/// the schema drops them), the schema's own ACL (pg_dump compares the
+/// `public` schema's with the one initdb made, which a restored schema no
+/// longer has), and which materialized views hold no data.
+#[derive(Debug, Default, PartialEq)]
+pub struct Inside {
+    pub extensions: Vec<Extension>,
+    pub schema_acl: Option<Vec<SchemaGrant>>,
+    pub unpopulated_views: Vec<String>,
+}
+
+/// One entry of the schema's ACL: `grantee` is a role name or `PUBLIC`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct SchemaGrant {
+    pub grantee: String,
+    pub privilege: String,
+    pub grantable: bool,
+}
+
+impl Inside {
+    async fn read(
+        conn: &mut PgConnection,
+        schema: &str,
+    ) -> std::result::Result<Inside, sqlx::Error> {
+        let extensions = sqlx::query(
+            "SELECT e.extname::text, e.extversion FROM pg_extension e \
+             JOIN pg_namespace n ON n.oid = e.extnamespace WHERE n.nspname = $1 ORDER BY e.oid",
+        )
+        .bind(schema)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| Extension {
+            name: r.get(0),
+            version: r.get(1),
+        })
+        .collect();
+        let acl: Option<Vec<(String, String, bool)>> = sqlx::query(
+            "SELECT CASE WHEN n.nspacl IS NULL THEN NULL ELSE \
+               (SELECT coalesce(array_agg(coalesce(r.rolname::text, 'PUBLIC') || '/' || a.privilege_type || '/' || a.is_grantable::text), '{}') \
+                FROM aclexplode(n.nspacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee) END \
+             FROM pg_namespace n WHERE n.nspname = $1",
+        )
+        .bind(schema)
+        .fetch_one(&mut *conn)
+        .await?
+        .get::<Option<Vec<String>>, _>(0)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| {
+                    let mut parts = i.rsplitn(3, '/');
+                    let grantable = parts.next()? == "true";
+                    let privilege = parts.next()?.to_string();
+                    Some((parts.next()?.to_string(), privilege, grantable))
+                })
+                .collect()
+        });
+        let unpopulated_views = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind = 'm' AND NOT c.relispopulated ORDER BY c.relname",
+        )
+        .bind(schema)
+        .fetch_all(&mut *conn)
+        .await?;
+        let schema_acl = acl.map(|entries| {
+            let mut grants: Vec<SchemaGrant> = entries
+                .into_iter()
+                .map(|(grantee, privilege, grantable)| SchemaGrant {
+                    grantee,
+                    privilege,
+                    grantable,
+                })
+                .collect();
+            grants.sort();
+            grants
+        });
+        Ok(Inside {
+            extensions,
+            schema_acl,
+            unpopulated_views,
+        })
+    }
+
+    fn record(&self, position: &mut serde_json::Value) {
+        position["extensions"] = serde_json::json!(self.extensions);
+        position["schema_acl"] = serde_json::json!(self.schema_acl);
+        position["unpopulated_views"] = serde_json::json!(self.unpopulated_views);
+    }
+
+    /// What a snapshot recorded; snapshots older than this record have
+    /// none of it (and their views were all refreshed).
+    pub fn recorded(position: &serde_json::Value) -> Inside {
+        let field = |key: &str| position.get(key).cloned().unwrap_or_default();
+        Inside {
+            extensions: serde_json::from_value(field("extensions")).unwrap_or_default(),
+            schema_acl: serde_json::from_value(field("schema_acl")).unwrap_or_default(),
+            unpopulated_views: serde_json::from_value(field("unpopulated_views"))
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// What the schema uses from outside itself: types of other schemas used
 /// by its columns (with the extension that owns them, if any), and
 /// extensions its functions or types depend on. Restore checks these exist.
@@ -466,7 +573,8 @@ async fn requirements(
          SELECT DISTINCT NULL, NULL, e.extname::text FROM pg_depend d \
          JOIN pg_extension e ON e.oid = d.refobjid AND d.refclassid = 'pg_extension'::regclass \
          JOIN pg_proc p ON d.classid = 'pg_proc'::regclass AND p.oid = d.objid \
-         JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1 \
+         JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname = $1 AND e.extnamespace <> n.oid \
          ORDER BY 3, 1, 2",
     )
     .bind(schema)
