@@ -307,6 +307,12 @@ pub struct RollbackArgs {
     pub yes: bool,
 }
 
+/// What `lint --deny` fails on besides errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Deny {
+    Warnings,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check, snapshot, migrate, run the rollout, verify; roll the databases back on failure
@@ -365,6 +371,19 @@ pub enum Command {
     },
     /// Apply pending migrations (after a verified snapshot)
     Migrate(MigrateArgs),
+    /// Check pending migrations for lock hazards, rewrites and data loss
+    ///
+    /// Exit 0 with warnings; 5 for errors, or for warnings with --deny
+    /// warnings. `-- valero:allow <rule> <reason>` above a statement accepts
+    /// one finding on purpose. Rules: docs/lint.md.
+    Lint {
+        /// Every migration file, not only the pending ones (no database needed)
+        #[arg(long)]
+        all: bool,
+        /// `warnings`: warnings fail the lint as well
+        #[arg(long, value_enum, value_name = "LEVEL")]
+        deny: Option<Deny>,
+    },
     /// Run down migrations back to a version
     Rollback(RollbackArgs),
     /// Create the next migration file pair

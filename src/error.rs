@@ -99,6 +99,9 @@ pub enum Error {
     NoSnapshot { message: String },
     #[error("{message}")]
     NotReady { message: String },
+    /// `lint` found errors, or warnings under `--deny warnings`.
+    #[error("{message}")]
+    Lint { message: String },
     #[error("interrupted")]
     Interrupted,
     #[error("{message}")]
@@ -259,7 +262,7 @@ impl Error {
             Error::Usage { .. } | Error::Config { .. } | Error::MigrationFile { .. } => 2,
             Error::Unreachable { .. } | Error::StorageFull { .. } => 3,
             Error::LockTimeout { .. } | Error::Blocked { .. } | Error::DeploymentOpen { .. } => 4,
-            Error::Integrity { .. } => 5,
+            Error::Integrity { .. } | Error::Lint { .. } => 5,
             Error::MigrationFailed { .. } | Error::Dirty { .. } => 6,
             Error::DeployFailed { .. } => 7,
             Error::NoSnapshot { .. } => 8,
@@ -278,6 +281,7 @@ impl Error {
             Error::StorageFull { .. } => "storage_full",
             Error::LockTimeout { .. } | Error::Blocked { .. } => "lock_timeout",
             Error::Integrity { .. } => "integrity",
+            Error::Lint { .. } => "lint",
             Error::MigrationFailed { .. } => "migration_failed",
             Error::Dirty { .. } => "dirty",
             Error::DeployFailed { .. } => "deploy_failed",
@@ -302,6 +306,10 @@ impl Error {
             Error::Usage { hint, .. } | Error::Integrity { hint, .. } => hint.clone(),
             Error::MigrationFailed { hint, .. } | Error::DeployFailed { hint, .. } => hint.clone(),
             Error::DeploymentOpen { hint, .. } => Some(hint.clone()),
+            Error::Lint { .. } => Some(
+                "write each finding the safer way it names, or accept one on purpose with a `-- valero:allow <rule> <reason>` comment above its statement"
+                    .into(),
+            ),
             Error::Config { .. } => {
                 Some("fix the configuration file; `valero-db --help` lists the options".into())
             }

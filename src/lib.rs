@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod deploy;
 pub mod engine;
 pub mod error;
+pub mod lint;
 pub mod metrics;
 pub mod migrate;
 pub mod output;

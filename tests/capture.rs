@@ -13,6 +13,9 @@ use common::{psql, tmp_files, Project};
 
 /// A PostgreSQL-only project (MongoDB capture has its own file, capture_mongodb.rs).
 fn project(tag: &str) -> Project {
+    // The application's role: its grants travel through snapshots and
+    // restores to a time like everything else (`state` compares them).
+    common::ensure_role("valero_app");
     let p = Project::new(tag);
     p.write_raw_config(&format!(
         "[environments.dev]\nstorage = \"file://backups\"\n\n[services.svc]\npostgres = {{ url = \"${{VALERO_PG_URL}}\", schema = \"{}\" }}\n",
@@ -25,6 +28,8 @@ fn project(tag: &str) -> Project {
          CREATE TABLE notes (account int, body text);\n\
          ALTER TABLE notes REPLICA IDENTITY FULL;\n\
          CREATE INDEX ON accounts (name);\n\
+         GRANT SELECT, INSERT ON accounts TO valero_app;\n\
+         GRANT UPDATE (body) ON notes TO valero_app;\n\
          INSERT INTO accounts (name, balance, meta) SELECT 'acct ' || g, g * 1.5, jsonb_build_object('g', g) FROM generate_series(1, 50) g;\n",
     );
     p.migrate_now();
@@ -35,7 +40,8 @@ fn sql(p: &Project, statement: &str) -> String {
     psql(&statement.replace("$S", &format!("\"{}\"", p.schema)))
 }
 
-/// The schema's DDL and every table's rows, as text to compare.
+/// The schema's DDL with its privileges and every table's rows, as text
+/// to compare.
 fn state(p: &Project) -> String {
     let ddl = std::process::Command::new(common::oracle::pg_dump_bin())
         .args([

@@ -30,6 +30,9 @@ pub struct EngineRun {
     /// What was (or, with --dry-run, would be) applied or reverted.
     pub planned: Vec<u64>,
     pub steps: Vec<Step>,
+    /// `lint`'s findings on the planned up files (migrate only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lint: Vec<crate::lint::Finding>,
 }
 
 type Discovered = Vec<(Service, Vec<(EngineKind, Vec<Migration>)>)>;
@@ -67,6 +70,32 @@ fn plan_error(service: &str, engine: EngineKind, e: PlanError) -> Error {
     }
 }
 
+/// `lint`'s findings on the files a run will apply; logged as warnings
+/// (the dry run's report shows them too).
+fn lint_planned(
+    service: &str,
+    engine: EngineKind,
+    local: &[Migration],
+    plan: &[u64],
+) -> Vec<crate::lint::Finding> {
+    let planned: Vec<&Migration> = local.iter().filter(|m| plan.contains(&m.version)).collect();
+    let mut findings = crate::lint::lint(&planned);
+    for f in findings.iter_mut() {
+        f.file = format!("{service}/{engine}/{}", f.file);
+        if f.counts() {
+            tracing::warn!(
+                "lint: {}:{} {} {}: {}",
+                f.file,
+                f.at,
+                f.severity_name(),
+                f.rule,
+                f.message
+            );
+        }
+    }
+    findings
+}
+
 fn render(runs: &[EngineRun], dry_run: bool, verb: &str) -> String {
     let mut out = String::new();
     for r in runs {
@@ -95,6 +124,7 @@ fn render(runs: &[EngineRun], dry_run: bool, verb: &str) -> String {
             for v in &r.planned {
                 out.push_str(&format!("  {verb} {v}\n"));
             }
+            out.push_str(&crate::lint::render(&r.lint));
         } else {
             out.push_str(&format!("{} {}: {from} -> {to}\n", r.service, r.engine));
             for s in &r.steps {
@@ -288,6 +318,7 @@ async fn migrate_locked(
         .map(|m| m.version)
         .filter(|v| args.to.is_none_or(|t| *v <= t))
         .collect();
+        let lint = lint_planned(&name, kind, &slot.local, &plan);
         runs.push(EngineRun {
             service: name.clone(),
             engine: kind,
@@ -295,6 +326,7 @@ async fn migrate_locked(
             to_version: plan.last().copied().or(analysis.current),
             planned: plan.clone(),
             steps: vec![],
+            lint,
         });
         plans.push(plan);
     }
@@ -589,6 +621,7 @@ async fn rollback_locked(
             },
             planned: plan.clone(),
             steps: vec![],
+            lint: vec![],
         });
         plans.push(plan);
     }
@@ -746,6 +779,7 @@ async fn current_versions(
             to_version: analysis.current,
             planned: Vec::new(),
             steps: Vec::new(),
+            lint: Vec::new(),
         });
     }
     Ok(())
@@ -801,6 +835,7 @@ async fn baseline_locked(
                     duration_ms: 0,
                 })
                 .collect(),
+            lint: Vec::new(),
         });
     }
     Ok(())

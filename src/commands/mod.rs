@@ -3,6 +3,7 @@
 
 pub mod capture;
 pub mod deploy;
+pub mod lint;
 pub mod migrate;
 pub mod new;
 pub mod restore;
@@ -69,6 +70,7 @@ async fn run_command(ctx: &Context, command: Command) -> Outcome {
         Command::Check { max_age } => deploy::check(ctx, max_age).await,
         Command::Status { check } => status::run(ctx, check).await,
         Command::Migrate(args) => migrate::migrate(ctx, args).await,
+        Command::Lint { all, deny } => lint::run(ctx, all, deny).await,
         Command::Rollback(args) => migrate::rollback(ctx, args).await,
         Command::Baseline {
             baseline_version,
