@@ -19,7 +19,7 @@ versions=("$@")
 [[ ${#versions[@]} -gt 0 ]] || versions=(14 16 17 18)
 
 # The tests whose subject is PostgreSQL; MongoDB-only tests are skipped.
-core=(--test migrate_postgres --test restore --test restore_dependencies --test capture --test pg_versions)
+core=(--test migrate_postgres --test restore --test restore_dependencies --test rehearse --test capture --test pg_versions)
 skip=(--skip mongodb)
 
 summary=()
@@ -30,7 +30,7 @@ for v in "${versions[@]}"; do
   tests=("${core[@]}")
   # PostgreSQL 14 has no schema publications: capture is refused there
   # (tests/pg_versions.rs checks that), so its capture tests do not apply.
-  [[ "$v" == 14 ]] && tests=(--test migrate_postgres --test restore --test restore_dependencies --test pg_versions)
+  [[ "$v" == 14 ]] && tests=(--test migrate_postgres --test restore --test restore_dependencies --test rehearse --test pg_versions)
   VALERO_PG_VERSION="$v" scripts/services.sh run cargo test "${tests[@]}" -- "${skip[@]}" || status=$?
   VALERO_PG_VERSION="$v" scripts/services.sh stop || true
   summary+=("PostgreSQL $v: $([[ $status == 0 ]] && echo passed || echo FAILED) in $((SECONDS - started)) s")

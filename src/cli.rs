@@ -265,6 +265,32 @@ pub struct RestoreArgs {
 }
 
 #[derive(Debug, Clone, Default, Args)]
+pub struct RehearseArgs {
+    /// The snapshot to restore (default: the newest one)
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<String>,
+    /// Take the snapshot from another environment (its data on this
+    /// environment's server)
+    #[arg(long, value_name = "ENV")]
+    pub from_env: Option<String>,
+    /// `lock=DURATION`: fail (exit 9) when a migration blocks writes to a
+    /// table for longer
+    #[arg(long, value_parser = parse_budget, value_name = "lock=DURATION")]
+    pub budget: Option<Duration>,
+    /// Restore the copy without the snapshot's ownership and privileges
+    #[arg(long)]
+    pub skip_privileges: bool,
+}
+
+/// `lock=5s` → 5 s.
+fn parse_budget(text: &str) -> Result<Duration, String> {
+    let value = text
+        .strip_prefix("lock=")
+        .ok_or_else(|| format!("{text}: write the budget as lock=DURATION, e.g. lock=5s"))?;
+    crate::units::parse_duration(value)
+}
+
+#[derive(Debug, Clone, Default, Args)]
 pub struct MigrateArgs {
     /// Stop at this version
     #[arg(long, value_name = "VERSION")]
@@ -371,6 +397,17 @@ pub enum Command {
     },
     /// Apply pending migrations (after a verified snapshot)
     Migrate(MigrateArgs),
+    /// Rehearse the pending migrations on a restored copy, measuring locks and time
+    ///
+    /// Restores the newest snapshot (or --snapshot, or one of --from-env)
+    /// into a scratch database on the service's PostgreSQL server, applies
+    /// the pending migrations there as `migrate` would, reports per
+    /// migration its time, the locks it held on each table and for how
+    /// long, tables rewritten and WAL written, and drops the scratch
+    /// database. The live service is never touched. A migration that fails
+    /// on the copy is exit 6; --budget lock=D makes a write-blocking lock
+    /// held longer than D exit 9.
+    Rehearse(RehearseArgs),
     /// Check pending migrations for lock hazards, rewrites and data loss
     ///
     /// Exit 0 with warnings; 5 for errors, or for warnings with --deny

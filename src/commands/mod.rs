@@ -6,6 +6,7 @@ pub mod deploy;
 pub mod lint;
 pub mod migrate;
 pub mod new;
+pub mod rehearse;
 pub mod restore;
 pub mod snapshot;
 pub mod status;
@@ -71,6 +72,7 @@ async fn run_command(ctx: &Context, command: Command) -> Outcome {
         Command::Status { check } => status::run(ctx, check).await,
         Command::Migrate(args) => migrate::migrate(ctx, args).await,
         Command::Lint { all, deny } => lint::run(ctx, all, deny).await,
+        Command::Rehearse(args) => rehearse::run(ctx, args).await,
         Command::Rollback(args) => migrate::rollback(ctx, args).await,
         Command::Baseline {
             baseline_version,

@@ -2,6 +2,7 @@
 //! databases works through (open, lock, recover, inspect, apply), taking its
 //! snapshots, and reading its status.
 
+pub mod rehearse;
 pub mod session;
 pub mod status;
 pub mod take;

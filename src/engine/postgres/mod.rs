@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod copy_binary;
 pub mod pgoutput;
+pub mod rehearse;
 pub mod restore;
 pub mod script;
 pub mod sessions;
@@ -134,6 +135,11 @@ impl PostgresEngine {
             pid,
             locks,
         })
+    }
+
+    /// The server process of this session (what a rehearsal watches).
+    pub fn backend_pid(&self) -> i32 {
+        self.pid
     }
 
     fn what(&self) -> String {
