@@ -37,7 +37,7 @@ fn live_state(p: &Project) -> (String, String) {
 }
 
 fn scratch_databases(p: &Project) -> String {
-    let prefix = valero_db::engine::postgres::rehearse::scratch_prefix("svc", &p.schema);
+    let prefix = valero_db::engine::scratch_prefix("svc", &p.schema);
     psql(&format!(
         "SELECT count(*) FROM pg_database WHERE starts_with(datname, '{prefix}')"
     ))
@@ -131,14 +131,25 @@ fn a_not_null_that_fails_on_real_data_fails_the_rehearsal_with_exit_6() {
     let p = project("reh_fail");
     p.migration(
         "postgres",
-        "0002_not_null.up.sql",
+        "0002_backfill.up.sql",
+        "UPDATE big SET maybe = -1 WHERE id <= 100;\n",
+    );
+    p.migration(
+        "postgres",
+        "0003_not_null.up.sql",
         "ALTER TABLE big ALTER COLUMN maybe SET NOT NULL;\n",
     );
     let before = live_state(&p);
     p.run(&["rehearse"])
         .expect_code(6)
-        .stderr_has("0002_not_null.up.sql")
+        .stderr_has("0003_not_null.up.sql")
         .stderr_has("contains null values");
+    let report = p.run(&["rehearse", "--output", "json"]).json();
+    let ran = &report["services"][0]["migrations"];
+    assert_eq!(ran[0]["file"], "0002_backfill.up.sql", "{report}");
+    assert_eq!(ran[0]["rows"], 100, "rows touched: {report}");
+    assert_eq!(ran[1]["file"], "0003_not_null.up.sql");
+    assert_eq!(report["error"]["exit_code"], 6);
     assert_eq!(live_state(&p), before);
     assert_eq!(scratch_databases(&p), "0");
 }
@@ -148,7 +159,7 @@ fn a_killed_rehearsal_leaves_a_scratch_database_that_the_next_run_drops() {
     let p = project("reh_kill");
     p.migration("postgres", "0002_slow.up.sql", "SELECT pg_sleep(60);\n");
     let mut child = p.spawn(&["rehearse"]);
-    let prefix = valero_db::engine::postgres::rehearse::scratch_prefix("svc", &p.schema);
+    let prefix = valero_db::engine::scratch_prefix("svc", &p.schema);
     let running = format!(
         "SELECT count(*) FROM pg_stat_activity WHERE starts_with(datname, '{prefix}') AND query LIKE 'SELECT pg_sleep(60)%'"
     );
@@ -182,4 +193,96 @@ fn a_killed_rehearsal_leaves_a_scratch_database_that_the_next_run_drops() {
         .ok()
         .stderr_has("left by an earlier rehearsal");
     assert_eq!(scratch_databases(&p), "0");
+}
+
+#[tokio::test]
+async fn mongodb_commands_are_timed_on_a_scratch_copy_and_stale_leftovers_are_dropped() {
+    use bson::{doc, Document};
+    let p = Project::new("reh_mongo");
+    p.migration(
+        "postgres",
+        "0001_t.up.sql",
+        "CREATE TABLE t (id int PRIMARY KEY);\n",
+    );
+    p.migration(
+        "mongodb",
+        "0001_events.up.json",
+        r#"[{"create": "events"}, {"insert": "events", "documents": [{"_id": 1, "kind": "a"}, {"_id": 2, "kind": "b"}, {"_id": 3, "kind": "a"}]}]"#,
+    );
+    p.migrate_now();
+    p.run(&["snapshot"]).ok();
+    p.migration(
+        "mongodb",
+        "0002_kind.up.json",
+        r#"[{"createIndexes": "events", "indexes": [{"key": {"kind": 1}, "name": "kind_1"}]},
+            {"update": "events", "updates": [{"q": {"kind": "a"}, "u": {"$set": {"seen": true}}, "multi": true}]}]"#,
+    );
+    // A scratch database a killed rehearsal left an hour ago, and one a
+    // running rehearsal keeps alive.
+    let prefix = valero_db::engine::scratch_prefix("svc", &p.mongo_db);
+    let client = mongodb::Client::with_uri_str(common::mongo_url())
+        .await
+        .unwrap();
+    let beat = |at: bson::DateTime| doc! {"_id": "heartbeat", "at": at};
+    let hour_ago =
+        bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() - 3_600_000);
+    let (stale, alive) = (format!("{prefix}old_1"), format!("{prefix}alive_1"));
+    for (name, at) in [(&stale, hour_ago), (&alive, bson::DateTime::now())] {
+        client
+            .database(name)
+            .collection::<Document>("valero_rehearsal")
+            .insert_one(beat(at))
+            .await
+            .unwrap();
+    }
+
+    let run = p.run(&["rehearse", "--output", "json"]);
+    run.ok();
+    let report = run.json();
+    let mongo = report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["engine"] == "mongodb")
+        .unwrap_or_else(|| panic!("no MongoDB rehearsal in {report}"))
+        .clone();
+    let m = &mongo["migrations"][0];
+    assert_eq!(m["file"], "0002_kind.up.json", "{mongo}");
+    let commands = m["commands"].as_array().unwrap();
+    assert_eq!(commands.len(), 2, "{m}");
+    assert_eq!(commands[0]["name"], "createIndexes");
+    assert_eq!(commands[1]["name"], "update");
+    assert!(commands.iter().all(|c| c["duration_ms"].is_u64()));
+
+    // The live database is untouched: no index, nothing updated, 0002 pending.
+    let live = common::mongo(&p.mongo_db).await;
+    let mut names = Vec::new();
+    let mut cursor = live
+        .collection::<Document>("events")
+        .list_index_names()
+        .await
+        .unwrap();
+    names.append(&mut cursor);
+    assert!(!names.contains(&"kind_1".to_string()), "{names:?}");
+    assert_eq!(
+        live.collection::<Document>("events")
+            .count_documents(doc! {"seen": true})
+            .await
+            .unwrap(),
+        0
+    );
+    p.run(&["status", "--check"]).expect_code(9);
+    let left: Vec<String> = client
+        .list_database_names()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert_eq!(
+        left,
+        vec![alive.clone()],
+        "the stale leftover and this run's copy are gone"
+    );
+    client.database(&alive).drop().await.unwrap();
 }

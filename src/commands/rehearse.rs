@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::migrate::files;
 use crate::output::Outcome;
 use crate::restore::{Conduct, LiveSessions, Privileges};
-use crate::service::rehearse::{rehearse_postgres, Rehearsal, Stage};
+use crate::service::rehearse::{rehearse_mongodb, rehearse_postgres, Rehearsal, Stage};
 use crate::snapshot::{self, Found};
 use crate::storage::{self, Storage};
 
@@ -69,31 +69,34 @@ async fn rehearse_all(
         release: None,
     };
     for service in ctx.services()? {
-        if service.mongodb.is_some() {
-            notes.push(format!(
-                "{}: MongoDB migrations are not rehearsed yet (PostgreSQL only)",
-                service.name
-            ));
-        }
-        let Some(target) = &service.postgres else {
-            continue;
-        };
         let found = choose(source.as_ref(), &source_env.name, &service, args).await?;
-        let local = files::discover(&root, &service.name, EngineKind::Postgres)?;
-        let stage = Stage {
-            service: &service,
-            target,
-            storage: source.as_ref(),
-            found: &found,
-            local: &local,
-            conduct: &conduct,
-            locks: ctx.env.statement_locks,
-            meta: &meta,
-        };
-        let (rehearsal, failed) = rehearse_postgres(stage).await?;
-        done.push(rehearsal);
-        if let Some(e) = failed {
-            return Err(e);
+        for engine in service.engines() {
+            if !found.manifest.engines.iter().any(|e| e.engine == engine) {
+                notes.push(format!(
+                    "{} {engine}: snapshot {} has no {engine} part; not rehearsed",
+                    service.name, found.manifest.id
+                ));
+                continue;
+            }
+            let local = files::discover(&root, &service.name, engine)?;
+            let stage = Stage {
+                service: &service,
+                storage: source.as_ref(),
+                found: &found,
+                local: &local,
+                conduct: &conduct,
+                locks: ctx.env.statement_locks,
+                meta: &meta,
+            };
+            let (rehearsal, failed) = match (engine, &service.postgres, &service.mongodb) {
+                (EngineKind::Postgres, Some(pg), _) => rehearse_postgres(stage, pg).await?,
+                (EngineKind::Mongodb, _, Some(m)) => rehearse_mongodb(stage, m).await?,
+                _ => continue,
+            };
+            done.push(rehearsal);
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
     }
     Ok(())
@@ -128,12 +131,8 @@ fn over_budget(done: &[Rehearsal], budget: Option<Duration>) -> Option<Error> {
     let mut over = Vec::new();
     for r in done {
         for m in &r.migrations {
-            for l in m
-                .effects
-                .locks
-                .iter()
-                .filter(|l| l.blocks_writes && l.held_ms > limit)
-            {
+            let locks = m.effects.iter().flat_map(|e| e.locks.iter());
+            for l in locks.filter(|l| l.blocks_writes && l.held_ms > limit) {
                 over.push(format!(
                     "{} {}: {} on {} for {} ms",
                     r.service, m.file, l.mode, l.table, l.held_ms
@@ -154,25 +153,28 @@ fn render(done: &[Rehearsal], notes: &[String]) -> String {
     let mut out = String::new();
     for r in done {
         out.push_str(&format!(
-            "{}: snapshot {} restored into scratch database {} (dropped)\n",
-            r.service, r.snapshot, r.scratch_database
+            "{} {}: snapshot {} restored into scratch database {} (dropped)\n",
+            r.service, r.engine, r.snapshot, r.scratch_database
         ));
         if r.migrations.is_empty() {
             out.push_str("  nothing pending\n");
         }
         for m in &r.migrations {
-            out.push_str(&format!(
-                "  {}  {} ms  WAL {}{}\n",
-                m.file,
-                m.duration_ms,
-                crate::units::human_bytes(m.effects.wal_bytes.max(0) as u64),
-                if m.effects.rewritten.is_empty() {
-                    String::new()
-                } else {
-                    format!("  rewrote {}", m.effects.rewritten.join(", "))
+            out.push_str(&format!("  {}  {} ms", m.file, m.duration_ms));
+            if let Some(rows) = m.rows {
+                out.push_str(&format!("  {rows} rows"));
+            }
+            if let Some(e) = &m.effects {
+                out.push_str(&format!(
+                    "  WAL {}",
+                    crate::units::human_bytes(e.wal_bytes.max(0) as u64)
+                ));
+                if !e.rewritten.is_empty() {
+                    out.push_str(&format!("  rewrote {}", e.rewritten.join(", ")));
                 }
-            ));
-            for l in &m.effects.locks {
+            }
+            out.push('\n');
+            for l in m.effects.iter().flat_map(|e| e.locks.iter()) {
                 out.push_str(&format!(
                     "    {} {} held {} ms{}\n",
                     l.table,
@@ -183,6 +185,12 @@ fn render(done: &[Rehearsal], notes: &[String]) -> String {
                     } else {
                         ""
                     }
+                ));
+            }
+            for c in &m.commands {
+                out.push_str(&format!(
+                    "    command {} {} {} ms\n",
+                    c.command, c.name, c.duration_ms
                 ));
             }
         }

@@ -30,3 +30,29 @@ pub async fn connect_service(
     }
     Ok(engines)
 }
+
+/// Every scratch database a rehearsal of one service's schema or database
+/// creates starts with this; the rest is the time and a random part.
+pub fn scratch_prefix(service: &str, schema: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(schema.as_bytes());
+    let service: String = service
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(20)
+        .collect();
+    format!("valero_rehearse_{service}_{}_", hex::encode(&digest[..4]))
+}
+
+#[cfg(test)]
+mod scratch_tests {
+    use super::scratch_prefix;
+
+    #[test]
+    fn scratch_names_are_per_service_and_target_and_fit_a_database_name() {
+        let a = scratch_prefix("fibu", "fibu");
+        assert!(a.starts_with("valero_rehearse_fibu_"));
+        assert_ne!(a, scratch_prefix("fibu", "fibu_staging"));
+        assert!(a.len() + 14 + 1 + 6 <= 63, "{a}");
+    }
+}

@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod driver;
 pub mod lease;
+pub mod rehearse;
 pub mod restore;
 pub mod snapshot;
 
@@ -31,9 +32,16 @@ pub struct MongoEngine {
     db: Database,
     lock: Lease,
     renewer: Option<tokio::task::JoinHandle<()>>,
+    /// How long each command of the last migration applied took (ms).
+    command_ms: Vec<u64>,
 }
 
 impl MongoEngine {
+    /// How long each command of the last migration applied took, in ms.
+    pub fn command_durations(&self) -> &[u64] {
+        &self.command_ms
+    }
+
     pub async fn connect(service: &str, target: &MongoTarget) -> Result<Self> {
         let what = format!(
             "MongoDB of service {service} ({})",
@@ -57,6 +65,7 @@ impl MongoEngine {
             db,
             lock,
             renewer: None,
+            command_ms: Vec::new(),
         })
     }
 
@@ -110,14 +119,17 @@ impl MongoEngine {
 
     /// Runs commands in order; on failure returns the index and the message.
     async fn run_commands(
-        &self,
+        &mut self,
         commands: &[Document],
         progress_of: Option<i64>,
     ) -> std::result::Result<(), (usize, String, bool)> {
+        self.command_ms.clear();
         for (i, command) in commands.iter().enumerate() {
+            let started = Instant::now();
             if let Err(e) = self.db.run_command(command.clone()).await {
                 return Err((i, command_error_message(&e), is_connection_error(&e)));
             }
+            self.command_ms.push(started.elapsed().as_millis() as u64);
             if let Some(version) = progress_of {
                 // Progress is best effort: it helps an operator of a dirty
                 // version see how far it got.

@@ -47,6 +47,8 @@ pub struct PostgresEngine {
     options: PgConnectOptions,
     /// This session's backend pid.
     pid: i32,
+    /// See `rows_touched`.
+    rows_touched: u64,
     /// How migration statements wait for the application's locks.
     locks: StatementLocks,
     /// Ends the session on the server if valero-db is interrupted.
@@ -134,12 +136,19 @@ impl PostgresEngine {
             options,
             pid,
             locks,
+            rows_touched: 0,
         })
     }
 
     /// The server process of this session (what a rehearsal watches).
     pub fn backend_pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Rows the last migration applied inserted, updated, deleted, copied
+    /// or returned.
+    pub fn rows_touched(&self) -> u64 {
+        self.rows_touched
     }
 
     fn what(&self) -> String {
@@ -312,12 +321,13 @@ impl PostgresEngine {
             self.locks.timeout.as_millis()
         );
         let label = self.label(script);
+        self.rows_touched = 0;
         let mut tx = self.conn.begin().await.map_err(|e| classify(&what, e))?;
         exec(&mut tx, &settings)
             .await
             .map_err(|e| classify(&what, e))?;
         let watch = waits::Watch::start(self.options.clone(), self.pid, label);
-        let outcome = exec(&mut tx, sql).await;
+        let outcome = sql::exec_counting(&mut tx, sql).await;
         let blockers = watch.stop().await;
         if let Err(e) = outcome {
             if matches!(e, sqlx::Error::Io(_)) {
@@ -336,12 +346,14 @@ impl PostgresEngine {
                 Some("the transaction was rolled back; nothing of this migration was applied. Fix the file and run migrate again".into()),
             ));
         }
+        let rows = outcome.unwrap_or_default();
         let (q, args) = history_sql;
         bind_all(sqlx::query(q), args)
             .execute(&mut *tx)
             .await
             .map_err(|e| classify(&what, e))?;
         tx.commit().await.map_err(|e| classify(&what, e))?;
+        self.rows_touched = rows;
         Ok(None)
     }
 
@@ -356,16 +368,20 @@ impl PostgresEngine {
         .map_err(|e| classify(&what, e))?;
         let mut result = Ok(());
         let label = self.label(script);
+        self.rows_touched = 0;
         for (i, statement) in sql_split::split(sql).iter().enumerate() {
             // No lock_timeout here: `CREATE INDEX CONCURRENTLY` waits for
             // old transactions by design, and cut off it would leave an
             // invalid index. The wait is reported instead.
             let watch = waits::Watch::start(self.options.clone(), self.pid, label.clone());
-            let outcome = exec(&mut self.conn, statement).await;
+            let outcome = sql::exec_counting(&mut self.conn, statement).await;
             watch.stop().await;
-            if let Err(e) = outcome {
-                result = Err((i, Self::db_error_message(&e)));
-                break;
+            match outcome {
+                Ok(rows) => self.rows_touched += rows,
+                Err(e) => {
+                    result = Err((i, Self::db_error_message(&e)));
+                    break;
+                }
             }
         }
         let _ = exec(&mut self.conn, "RESET search_path").await;

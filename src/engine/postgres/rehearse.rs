@@ -13,20 +13,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Row};
 
 use super::sql::{classify, exec, quote_ident};
+use crate::engine::scratch_prefix;
 use crate::error::{Error, Result};
-
-/// Every scratch database of one service and schema starts with this; the
-/// rest is the time and a random part.
-pub fn scratch_prefix(service: &str, schema: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(schema.as_bytes());
-    let service: String = service
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .take(20)
-        .collect();
-    format!("valero_rehearse_{service}_{}_", hex::encode(&digest[..4]))
-}
 
 /// A scratch database on the live server, reached through the service's
 /// own URL (which only creates and drops it).
@@ -281,11 +269,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scratch_names_are_per_service_and_schema_and_fit_a_database_name() {
-        let a = scratch_prefix("fibu", "fibu");
-        assert!(a.starts_with("valero_rehearse_fibu_"));
-        assert_ne!(a, scratch_prefix("fibu", "fibu_staging"));
-        assert!(a.len() + 14 + 1 + 6 <= 63, "{a}");
+    fn lock_modes_are_ordered_by_strength() {
         assert!(strength("AccessExclusiveLock") > strength("ShareLock"));
+        assert!(strength("ShareLock") > strength("ShareUpdateExclusiveLock"));
     }
 }

@@ -33,6 +33,19 @@ pub fn exec<'a>(
     Box::pin(async move { sqlx::Executor::execute(conn, sql).await.map(|_| ()) })
 }
 
+/// `exec`, answering the rows the statements inserted, updated, deleted,
+/// copied or returned (the sum of their command tags).
+pub fn exec_counting<'a>(
+    conn: &'a mut PgConnection,
+    sql: &'a str,
+) -> BoxFuture<'a, std::result::Result<u64, sqlx::Error>> {
+    Box::pin(async move {
+        sqlx::Executor::execute(conn, sql)
+            .await
+            .map(|r| r.rows_affected())
+    })
+}
+
 /// The text of the first column of every row `sql` returns for `schema`
 /// (its `$1`): the names of a schema's tables, views, publications.
 pub async fn names_in_schema(
