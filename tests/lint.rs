@@ -2,7 +2,8 @@
 //! per rule as migration files, allow comments with reasons, the JSON
 //! report, exit codes (0 with warnings, 5 for errors or denied warnings),
 //! pending migrations only unless `--all`, the findings in `migrate
-//! --dry-run`, and the example project's migrations lint clean.
+//! --dry-run` and the pre-deploy hook's log, and the example project's
+//! migrations lint clean.
 
 mod common;
 
@@ -257,12 +258,13 @@ fn only_pending_migrations_are_linted_and_migrate_dry_run_shows_their_findings()
     let dry = p.run(&["migrate", "--dry-run", "--output", "json"]).json();
     let pg = common::engine_entry(&dry, "postgres");
     assert_eq!(pg["lint"][0]["rule"], "require-concurrent-index-creation");
-    // A real run says it in the log, and applies.
-    p.run(&["migrate", "--no-snapshot", "--yes"])
+    // The pipeline's pre-deploy hook says it in the log, and applies.
+    p.run(&["hook", "pre-deploy", "--release", "v2", "--yes"])
         .ok()
         .stderr_has(
             "lint: svc/postgres/0002_index.up.sql:line 1 warning require-concurrent-index-creation",
         );
+    p.run(&["status", "--check"]).ok();
 }
 
 #[test]
