@@ -14,9 +14,11 @@ FROM debian:bookworm-slim
 # pg_dump generates the schema DDL of snapshots; it must be at least as new
 # as the PostgreSQL server. PostgreSQL 18's client (from the PostgreSQL
 # project's apt repository, set up by Debian's postgresql-common script)
-# serves every supported server, 14 to 18.
+# serves every supported server, 14 to 18. curl: the post-deploy hook's
+# --verify in deploy/kubernetes/jobs.yaml (every executable an asset calls
+# is installed here; tests/delivery.rs checks it).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates postgresql-common zstd \
+ && apt-get install -y --no-install-recommends ca-certificates curl postgresql-common zstd \
  && /usr/share/postgresql-common/pgdg/apt.postgresql.org.sh -y \
  && apt-get install -y --no-install-recommends postgresql-client-18 \
  && rm -rf /var/lib/apt/lists/* \

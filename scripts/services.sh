@@ -127,6 +127,17 @@ install_secantus() {
   fi
 }
 
+# The validators the delivery tests run on deploy/ (Kubernetes schemas,
+# GitHub's workflow schema), from PyPI into the same venv; both ship their
+# schemas, nothing is downloaded when they run.
+install_asset_tools() {
+  install_secantus # the venv
+  if [[ ! -x "$TOOLS/venv/bin/kubernetes-validate" || ! -x "$TOOLS/venv/bin/check-jsonschema" ]]; then
+    log "installing kubernetes-validate and check-jsonschema from PyPI"
+    "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate check-jsonschema >&2
+  fi
+}
+
 s3s_bin() {
   if command -v s3s-fs >/dev/null 2>&1; then command -v s3s-fs; return; fi
   if [[ -x "$HOME/.cargo/bin/s3s-fs" ]]; then echo "$HOME/.cargo/bin/s3s-fs"; return; fi
@@ -278,6 +289,7 @@ export AWS_SECRET_ACCESS_KEY='$S3_SECRET_KEY'
 export AWS_REGION='us-east-1'
 export VALERO_PG_BIN='$(cat "$STATE/pg.client")'
 export VALERO_PG_VERSION='$PG_VERSION'
+export VALERO_ASSET_TOOLS='$TOOLS/venv/bin'
 export VALERO_TLS_CA='$STATE/tls/ca.crt'
 export VALERO_PG_TLS_URL='postgres://valero:$PG_PASSWORD@127.0.0.1:$(cat "$STATE/pgtls.port")/valero?sslmode=verify-full&sslrootcert=$STATE/tls/ca.crt'
 export VALERO_MONGO_TLS_URL='mongodb://127.0.0.1:$(cat "$STATE/mongotls.port")/?directConnection=true&tls=true&tlsCAFile=$STATE/tls/ca.crt'
@@ -315,6 +327,7 @@ start() {
   start_mongo
   start_mongo_tls "$(cat "$STATE/mongo.port")"
   start_s3
+  install_asset_tools
   write_env
 }
 

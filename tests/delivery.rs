@@ -1,0 +1,400 @@
+//! The delivery assets as operators run them: the Kubernetes templates
+//! rendered with their values and validated against the Kubernetes schemas
+//! (`kubernetes-validate`), hooks that work on a first install and fit
+//! PodSecurity "restricted", every executable they call installed by the
+//! image's Dockerfile, the hook commands read from the YAML (never retyped)
+//! and run against the test services, and the pipeline example validated
+//! against GitHub's workflow schema (`check-jsonschema`) in a sane order.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use common::Project;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tool(name: &str) -> PathBuf {
+    let dir = common::env_or_fail("VALERO_ASSET_TOOLS");
+    let path = Path::new(&dir).join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: scripts/services.sh installs it",
+        path.display()
+    );
+    path
+}
+
+/// jobs.yaml with values.yaml's values and Helm's built-ins filled in, as
+/// `helm template` would; `env` overrides the environment.
+fn rendered_jobs(overrides: &[(&str, &str)]) -> String {
+    let values: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("deploy/kubernetes/values.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut text = std::fs::read_to_string(root().join("deploy/kubernetes/jobs.yaml")).unwrap();
+    for (key, value) in values["valeroDb"].as_mapping().unwrap() {
+        let key = key.as_str().unwrap();
+        let value = overrides
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_else(|| value.as_str().unwrap().to_string());
+        text = text.replace(&format!("{{{{ .Values.valeroDb.{key} }}}}"), &value);
+    }
+    text = text
+        .replace("{{ .Release.Revision }}", "7")
+        .replace("{{ .Release.Name }}", "valero")
+        .replace("{{ .Chart.AppVersion }}", "v2.0.0");
+    let unrendered: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains("{{"))
+        .collect();
+    assert!(
+        unrendered.is_empty(),
+        "placeholders without a value: {unrendered:?}"
+    );
+    text
+}
+
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// The pod spec of a Job, CronJob or Deployment.
+fn pod_spec(doc: &Value) -> &Value {
+    match doc["kind"].as_str().unwrap() {
+        "CronJob" => &doc["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        _ => &doc["spec"]["template"]["spec"],
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_sequence()
+        .map(|s| {
+            s.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn kubernetes_manifests_render_and_pass_the_kubernetes_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(&jobs, rendered_jobs(&[])).unwrap();
+    for file in [jobs, root().join("deploy/kubernetes/prerequisites.yaml")] {
+        let out = std::process::Command::new(tool("kubernetes-validate"))
+            .arg("--strict")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{}: {text}", file.display());
+        assert!(text.contains("passed"), "{text}");
+    }
+}
+
+#[test]
+fn hooks_work_on_a_first_install_and_fit_podsecurity_restricted() {
+    let jobs = documents(&rendered_jobs(&[]));
+    let prerequisites = documents(
+        &std::fs::read_to_string(root().join("deploy/kubernetes/prerequisites.yaml")).unwrap(),
+    );
+    let defined = |kind: &str| -> BTreeSet<String> {
+        prerequisites
+            .iter()
+            .filter(|d| d["kind"] == kind)
+            .map(|d| d["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let header = std::fs::read_to_string(root().join("deploy/kubernetes/jobs.yaml")).unwrap();
+    let helm_timeout_s = header
+        .split("--timeout ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.strip_suffix('m'))
+        .and_then(|m| m.parse::<u64>().ok())
+        .expect("jobs.yaml names the helm --timeout in minutes")
+        * 60;
+    assert!(jobs.iter().all(|d| d["kind"] != "ServiceAccount" && d["kind"] != "Secret"),
+        "hooks run before the chart's ordinary resources: the ServiceAccount and Secret are prerequisites");
+    for doc in &jobs {
+        let name = doc["metadata"]["name"].as_str().unwrap();
+        let pod = pod_spec(doc);
+        let is_hook = !doc["metadata"]["annotations"]["helm.sh/hook"].is_null();
+        let sa = pod["serviceAccountName"].as_str().unwrap();
+        assert!(
+            defined("ServiceAccount").contains(sa),
+            "{name}: ServiceAccount {sa}"
+        );
+        if is_hook {
+            let deadline = doc["spec"]["activeDeadlineSeconds"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name}: a hook Job needs activeDeadlineSeconds"));
+            assert!(
+                deadline < helm_timeout_s,
+                "{name}: {deadline}s outlives helm's --timeout of {helm_timeout_s}s"
+            );
+        }
+        let psc = &pod["securityContext"];
+        assert_eq!(psc["runAsNonRoot"], Value::Bool(true), "{name}");
+        assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        for volume in pod["volumes"].as_sequence().unwrap() {
+            assert!(
+                volume["hostPath"].is_null(),
+                "{name}: hostPath is not allowed"
+            );
+        }
+        for c in pod["containers"].as_sequence().unwrap() {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], Value::Bool(false), "{name}");
+            assert_eq!(sc["readOnlyRootFilesystem"], Value::Bool(true), "{name}");
+            assert!(
+                strings(&sc["capabilities"]["drop"]).contains(&"ALL".to_string()),
+                "{name}"
+            );
+            let tmp = c["volumeMounts"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|m| m["mountPath"] == "/tmp");
+            assert!(tmp, "{name}: a read-only root needs a writable /tmp");
+            for from in c["envFrom"].as_sequence().unwrap() {
+                let secret = from["secretRef"]["name"].as_str().unwrap();
+                assert!(
+                    defined("Secret").contains(secret),
+                    "{name}: Secret {secret}"
+                );
+            }
+            let args = strings(&c["args"]).join(" ");
+            assert!(
+                !args.contains(" prod"),
+                "{name}: the environment is a value, not a literal: {args}"
+            );
+        }
+    }
+}
+
+/// The packages the Dockerfile's runtime stage installs.
+fn image_packages() -> BTreeSet<String> {
+    let dockerfile = std::fs::read_to_string(root().join("docker/valero-db.Dockerfile")).unwrap();
+    let runtime = dockerfile
+        .split("FROM debian:bookworm-slim")
+        .nth(1)
+        .unwrap();
+    runtime
+        .split("apt-get install")
+        .skip(1)
+        .flat_map(|part| {
+            part.split("&&")
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .filter(|w| !w.starts_with('-') && *w != "\\")
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The executables the manifests call: containers' commands, `sh -c`
+/// scripts, and the commands `--verify` runs.
+fn called_executables() -> BTreeSet<String> {
+    let mut called = BTreeSet::from(["valero-db".to_string()]);
+    for doc in documents(&rendered_jobs(&[])) {
+        for c in pod_spec(&doc)["containers"].as_sequence().unwrap() {
+            let command = strings(&c["command"]);
+            let args = strings(&c["args"]);
+            if let Some(first) = command.first() {
+                called.insert(first.clone());
+            }
+            let scripts: Vec<&String> = if command.last().is_some_and(|c| c == "-c") {
+                args.iter().collect()
+            } else {
+                args.iter()
+                    .zip(args.iter().skip(1))
+                    .filter(|(flag, _)| *flag == "--verify")
+                    .map(|(_, cmd)| cmd)
+                    .collect()
+            };
+            for script in scripts {
+                for part in script.split(['&', ';', '|']) {
+                    if let Some(word) = part.split_whitespace().next() {
+                        called.insert(word.to_string());
+                    }
+                }
+            }
+        }
+    }
+    called
+}
+
+#[test]
+fn every_executable_the_manifests_call_is_installed_by_the_image() {
+    let packages = image_packages();
+    assert!(packages.contains("zstd"), "{packages:?}");
+    for exe in called_executables() {
+        // valero-db is copied in; sh is Debian's essential dash.
+        if exe == "valero-db" || exe == "sh" {
+            continue;
+        }
+        let path = which(&exe)
+            .unwrap_or_else(|| panic!("{exe} is not installed here to look up its package"));
+        let out = std::process::Command::new("dpkg")
+            .arg("-S")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let owner = String::from_utf8_lossy(&out.stdout);
+        let package = owner
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        assert!(
+            packages.contains(&package),
+            "{exe} ({path}, Debian package {package}) is called by deploy/kubernetes/jobs.yaml but the image installs only {packages:?}"
+        );
+    }
+}
+
+fn which(exe: &str) -> Option<String> {
+    std::env::var("PATH")
+        .ok()?
+        .split(':')
+        .map(|d| Path::new(d).join(exe))
+        .find(|p| p.exists())
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// A health endpoint answering `status` to every request.
+fn health_server(status: u16) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            );
+        }
+    });
+    port
+}
+
+/// A hook Job's args from the rendered YAML.
+fn hook_args(rendered: &str, job: &str) -> Vec<String> {
+    let doc = documents(rendered)
+        .into_iter()
+        .find(|d| {
+            d["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(job))
+        })
+        .unwrap();
+    strings(&pod_spec(&doc)["containers"][0]["args"])
+}
+
+#[test]
+fn the_hook_jobs_commands_deploy_a_good_release_and_roll_back_a_bad_one() {
+    for (status, code, state) in [(200, 0, "succeeded"), (503, 7, "rolled-back")] {
+        let p = Project::new("delivery");
+        p.migration("postgres", "0001_t.up.sql", "CREATE TABLE t (v int);\n");
+        p.migration("postgres", "0001_t.down.sql", "DROP TABLE t;\n");
+        let port = health_server(status);
+        let rendered = rendered_jobs(&[
+            ("environment", "dev"),
+            ("verifyUrl", &format!("http://127.0.0.1:{port}/healthz")),
+            (
+                "pushgateway",
+                &format!("http://127.0.0.1:{}", common::closed_port()),
+            ),
+        ]);
+        p.run(
+            &hook_args(&rendered, "valero-db-pre-deploy")
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .ok();
+        let post = p.run(
+            &hook_args(&rendered, "valero-db-post-deploy")
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        post.expect_code(code);
+        let releases = p.run(&["releases", "--output", "json"]).json();
+        assert_eq!(releases["deployments"][0]["state"], state, "{releases}");
+        assert_eq!(releases["deployments"][0]["release"], "v2.0.0");
+    }
+}
+
+#[test]
+fn the_pipeline_example_is_a_valid_workflow_in_a_safe_order() {
+    let file = root().join("deploy/ci/github-actions-deploy.yml");
+    let out = std::process::Command::new(tool("check-jsonschema"))
+        .args(["--builtin-schema", "vendor.github-workflows"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let workflow: Value = serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let steps: Vec<String> = workflow["jobs"]["deploy"]["steps"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|s| s["run"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let position = |needle: &str| {
+        steps
+            .iter()
+            .position(|s| s.contains(needle))
+            .unwrap_or_else(|| panic!("no step runs {needle}"))
+    };
+    assert!(position("valero-db lint") < position("hook pre-deploy"));
+    assert!(position("valero-db rehearse") < position("hook pre-deploy"));
+    assert!(position("hook pre-deploy") < position("rollout.sh"));
+    // `check` exits 9 while migrations are pending: only after the deploy.
+    assert!(position("valero-db check") > position("--result success"));
+    let all = steps.join("\n");
+    assert!(
+        !all.contains("cargo install"),
+        "a deployment repository has no valero-db source"
+    );
+    assert!(!all.contains("apt-get install") || all.contains("apt-get update"));
+    assert!(
+        all.contains("--deployment-id"),
+        "a re-run job must resume its deployment"
+    );
+    // The application's way back is the release before, not this one.
+    let back = steps
+        .iter()
+        .find(|s| s.contains("steps.previous.outputs.release"))
+        .expect("a rollback step");
+    assert!(!back.contains("inputs.release"), "{back}");
+}
