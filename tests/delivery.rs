@@ -94,17 +94,11 @@ fn kubernetes_manifests_render_and_pass_the_kubernetes_schemas() {
     let jobs = dir.path().join("jobs.yaml");
     std::fs::write(&jobs, rendered_jobs(&[])).unwrap();
     for file in [jobs, root().join("deploy/kubernetes/prerequisites.yaml")] {
-        let out = std::process::Command::new(tool("kubernetes-validate"))
-            .arg("--strict")
-            .arg(&file)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let text = common::succeeds(
+            std::process::Command::new(tool("kubernetes-validate"))
+                .arg("--strict")
+                .arg(&file),
         );
-        assert!(out.status.success(), "{}: {text}", file.display());
         assert!(text.contains("passed"), "{text}");
     }
 }
@@ -352,16 +346,10 @@ fn the_hook_jobs_commands_deploy_a_good_release_and_roll_back_a_bad_one() {
 #[test]
 fn the_pipeline_example_is_a_valid_workflow_in_a_safe_order() {
     let file = root().join("deploy/ci/github-actions-deploy.yml");
-    let out = std::process::Command::new(tool("check-jsonschema"))
-        .args(["--builtin-schema", "vendor.github-workflows"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    common::succeeds(
+        std::process::Command::new(tool("check-jsonschema"))
+            .args(["--builtin-schema", "vendor.github-workflows"])
+            .arg(&file),
     );
     let workflow: Value = serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     let steps: Vec<String> = workflow["jobs"]["deploy"]["steps"]

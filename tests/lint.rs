@@ -270,16 +270,10 @@ fn only_pending_migrations_are_linted_and_migrate_dry_run_shows_their_findings()
 #[test]
 fn the_example_project_lints_clean() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("valero-db"))
-        .current_dir(root)
-        .env_remove("VALERO_DB_CONFIG")
-        .args(["lint", "--all", "--deny", "warnings"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    common::succeeds(
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("valero-db"))
+            .current_dir(root)
+            .env_remove("VALERO_DB_CONFIG")
+            .args(["lint", "--all", "--deny", "warnings"]),
     );
 }

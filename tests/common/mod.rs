@@ -268,6 +268,19 @@ impl Project {
     }
 }
 
+/// Runs a command and fails the test with its output unless it exits 0;
+/// answers its stdout and stderr together.
+pub fn succeeds(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().expect("run the command");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed: {text}");
+    text
+}
+
 /// Creates a role on the test server unless it exists (tests running at
 /// the same time may both try).
 pub fn ensure_role(name: &str) {
