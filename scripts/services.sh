@@ -127,10 +127,16 @@ install_secantus() {
   fi
 }
 
-# The validators the delivery tests run on deploy/ (Kubernetes schemas,
-# GitHub's workflow schema), from PyPI into the same venv; both ship their
-# schemas, nothing is downloaded when they run.
+# The validators the delivery tests run on deploy/: Debian's promtool
+# (alert rule unit tests), and from PyPI into the same venv the Kubernetes
+# and GitHub workflow schema checkers (both ship their schemas, nothing is
+# downloaded when they run).
 install_asset_tools() {
+  if ! command -v promtool >/dev/null 2>&1; then
+    log "installing prometheus (promtool) from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
+  fi
   install_secantus # the venv
   if [[ ! -x "$TOOLS/venv/bin/kubernetes-validate" || ! -x "$TOOLS/venv/bin/check-jsonschema" ]]; then
     log "installing kubernetes-validate and check-jsonschema from PyPI"

@@ -386,3 +386,35 @@ fn the_pipeline_example_is_a_valid_workflow_in_a_safe_order() {
         .expect("a rollback step");
     assert!(!back.contains("inputs.release"), "{back}");
 }
+
+#[test]
+fn every_alert_rule_has_promtool_unit_tests_that_pass() {
+    let dir = root().join("deploy/monitoring");
+    let text = common::succeeds(
+        std::process::Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(dir.join("prometheus-rules.yaml")),
+    );
+    assert!(text.contains("SUCCESS"), "{text}");
+    let text = common::succeeds(
+        std::process::Command::new("promtool")
+            .args(["test", "rules"])
+            .arg(dir.join("prometheus-rules.test.yaml")),
+    );
+    assert!(text.contains("SUCCESS"), "{text}");
+    let rules: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("prometheus-rules.yaml")).unwrap())
+            .unwrap();
+    let tests = std::fs::read_to_string(dir.join("prometheus-rules.test.yaml")).unwrap();
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let name = rule["alert"].as_str().unwrap();
+            assert!(
+                tests.contains(&format!(
+                    "alertname: {name}\n        exp_alerts:\n          - exp_labels"
+                )),
+                "{name} has no test that makes it fire"
+            );
+        }
+    }
+}

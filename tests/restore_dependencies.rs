@@ -12,23 +12,25 @@ mod common;
 use common::oracle::{data_fingerprint_at, schema_dump_at};
 use common::{ensure_role, own_database, psql, psql_at, unique, Project};
 
-/// A PostgreSQL-only project whose service lives in `schema` of the
-/// database at `url`; `dev_extra` goes into `[environments.dev]`.
+/// A PostgreSQL-only project whose service lives in `schema` (default: the
+/// project's unique one) of the database at `url`; `dev_extra` goes into
+/// `[environments.dev]`. `Project::schema` stays the unique name: it is what
+/// the project drops from the shared database when it ends.
 fn project_at(tag: &str, url: &str, schema: Option<&str>, dev_extra: &str) -> Project {
-    let mut p = Project::new(tag);
-    if let Some(s) = schema {
-        p.schema = s.to_string();
-    }
-    write_config(&p, url, dev_extra);
+    let p = Project::new(tag);
+    write_config_for(&p, url, schema.unwrap_or(&p.schema), dev_extra);
     p
 }
 
 fn write_config(p: &Project, url: &str, dev_extra: &str) {
+    write_config_for(p, url, &p.schema, dev_extra);
+}
+
+fn write_config_for(p: &Project, url: &str, schema: &str, dev_extra: &str) {
     p.write_raw_config(&format!(
         "[environments.dev]\nstorage = \"file://backups\"\n{dev_extra}\n\n\
          [environments.prod]\nstorage = \"file://backups\"\nprotected = true\n\n\
-         [services.svc]\npostgres = {{ url = \"{url}\", schema = \"{}\" }}\n",
-        p.schema
+         [services.svc]\npostgres = {{ url = \"{url}\", schema = \"{schema}\" }}\n"
     ));
 }
 
