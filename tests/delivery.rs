@@ -418,3 +418,61 @@ fn every_alert_rule_has_promtool_unit_tests_that_pass() {
         }
     }
 }
+
+/// Every metric name the code publishes (src/metrics.rs declares them).
+fn emitted_metric_names() -> BTreeSet<String> {
+    let code = std::fs::read_to_string(root().join("src/metrics.rs")).unwrap();
+    metric_names(&code)
+}
+
+fn metric_names(text: &str) -> BTreeSet<String> {
+    text.match_indices("valero_db_")
+        .map(|(i, _)| {
+            text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect::<String>()
+        })
+        .collect()
+}
+
+#[test]
+fn the_dashboard_and_the_alerts_read_only_metrics_the_code_emits() {
+    let emitted = emitted_metric_names();
+    assert!(
+        emitted.contains("valero_db_capture_lag_seconds"),
+        "{emitted:?}"
+    );
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/monitoring/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut used = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "panel {} must use the datasource variable",
+            panel["title"]
+        );
+        for target in panel["targets"].as_array().unwrap() {
+            used.extend(metric_names(target["expr"].as_str().unwrap()));
+        }
+    }
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        used.extend(metric_names(variable["query"].as_str().unwrap_or_default()));
+    }
+    assert!(
+        used.contains("valero_db_capture_lag_seconds"),
+        "the dashboard shows capture lag"
+    );
+    let rules =
+        std::fs::read_to_string(root().join("deploy/monitoring/prometheus-rules.yaml")).unwrap();
+    let rule_lines: String = rules
+        .lines()
+        .filter(|l| l.contains("expr:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    used.extend(metric_names(&rule_lines));
+    let unknown: Vec<&String> = used.difference(&emitted).collect();
+    assert!(unknown.is_empty(), "read but never emitted: {unknown:?}");
+}
