@@ -7,7 +7,7 @@
 use sqlx::postgres::PgConnection;
 use sqlx::Row;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::copy_binary::{Converter, Kind, Unconvertible};
 use super::script::{Extension, Grants, Script};
@@ -282,9 +282,8 @@ async fn check_roles(conn: &mut PgConnection, what: &str, service: &str, ddl: &D
             named.insert(g.grantee.clone());
         }
     }
-    let mapped = |r: &String| ddl.role_map.get(r).cloned().unwrap_or_else(|| r.clone());
-    let named: Vec<String> = named.iter().map(mapped).collect();
-    let owners: Vec<String> = owners.iter().map(mapped).collect();
+    let named: Vec<String> = named.iter().map(|r| ddl.mapped(r)).collect();
+    let owners: Vec<String> = owners.iter().map(|r| ddl.mapped(r)).collect();
     let row = sqlx::query(
         "SELECT (SELECT coalesce(array_agg(r ORDER BY r), '{}') FROM unnest($1::text[]) r \
                  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r)), \
@@ -326,8 +325,8 @@ async fn check_roles(conn: &mut PgConnection, what: &str, service: &str, ddl: &D
     Ok(())
 }
 
-/// Reads a SQL object of the snapshot (verified while it streams), without
-/// psql meta-commands and settings this server lacks.
+/// A SQL object of the snapshot of `kind`, if it has one, without the
+/// settings this server lacks (see `read_sql`).
 async fn read_script(
     storage: &dyn Storage,
     found: &Found,
@@ -337,6 +336,13 @@ async fn read_script(
     let Some(entry) = found.manifest.objects.iter().find(|o| o.kind == kind) else {
         return Ok(None);
     };
+    let sql = read_sql(storage, found, entry).await?;
+    Ok(Some(fit_settings(&sql, settings)))
+}
+
+/// Reads a SQL object of the snapshot (verified while it streams), without
+/// psql meta-commands.
+async fn read_sql(storage: &dyn Storage, found: &Found, entry: &ObjectEntry) -> Result<String> {
     let bytes = ObjectStream::open(storage, &found.base, entry)
         .await?
         .read_all()
@@ -347,7 +353,7 @@ async fn read_script(
             None,
         )
     })?;
-    Ok(Some(fit_settings(&strip_psql_meta(&sql), settings)))
+    Ok(strip_psql_meta(&sql))
 }
 
 impl Ddl {
@@ -368,22 +374,23 @@ impl Ddl {
         if self.grants == Grants::Skip {
             return None;
         }
-        let mut acl: Vec<SchemaGrant> = self
-            .inside
-            .schema_acl
-            .as_ref()?
-            .iter()
-            .map(|g| SchemaGrant {
-                grantee: self
-                    .role_map
-                    .get(&g.grantee)
-                    .cloned()
-                    .unwrap_or_else(|| g.grantee.clone()),
-                ..g.clone()
-            })
-            .collect();
-        acl.sort();
-        Some(acl)
+        let recorded = self.inside.schema_acl.as_ref()?;
+        Some(
+            recorded
+                .iter()
+                .map(|g| SchemaGrant {
+                    grantee: self.mapped(&g.grantee),
+                    ..g.clone()
+                })
+                .collect(),
+        )
+    }
+
+    /// The role standing here for a role the snapshot names (`role_map`).
+    fn mapped(&self, role: &str) -> String {
+        self.role_map
+            .get(role)
+            .map_or_else(|| role.to_string(), String::clone)
     }
 }
 
@@ -667,42 +674,27 @@ async fn restore_schema_acl(
     schema: &str,
     wanted: &[SchemaGrant],
 ) -> Result<()> {
-    let now: Vec<String> = sqlx::query_scalar(
-        "SELECT coalesce(r.rolname::text, 'PUBLIC') || '/' || a.privilege_type || '/' || a.is_grantable::text \
-         FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a \
-         LEFT JOIN pg_roles r ON r.oid = a.grantee WHERE n.nspname = $1",
-    )
-    .bind(schema)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| classify(what, e))?;
-    let key = |g: &SchemaGrant| format!("{}/{}/{}", g.grantee, g.privilege, g.grantable);
-    let grantee = |name: &str| {
-        if name == "PUBLIC" {
-            name.to_string()
-        } else {
-            quote_ident(name)
-        }
-    };
-    let wanted_keys: HashSet<String> = wanted.iter().map(key).collect();
+    let now: BTreeSet<SchemaGrant> = SchemaGrant::of_schema(conn, schema, true)
+        .await
+        .map_err(|e| classify(what, e))?
+        .into_iter()
+        .collect();
+    let wanted: BTreeSet<SchemaGrant> = wanted.iter().cloned().collect();
     let mut sql = String::new();
-    for entry in now.iter().filter(|k| !wanted_keys.contains(*k)) {
-        let mut parts = entry.rsplitn(3, '/');
-        let (_, privilege, role) = (parts.next(), parts.next(), parts.next());
-        if let (Some(privilege), Some(role)) = (privilege, role) {
-            sql.push_str(&format!(
-                "REVOKE {privilege} ON SCHEMA {} FROM {};\n",
-                quote_ident(schema),
-                grantee(role)
-            ));
-        }
+    for g in now.difference(&wanted) {
+        sql.push_str(&format!(
+            "REVOKE {} ON SCHEMA {} FROM {};\n",
+            g.privilege,
+            quote_ident(schema),
+            g.grantee_sql()
+        ));
     }
-    for g in wanted.iter().filter(|g| !now.contains(&key(g))) {
+    for g in wanted.difference(&now) {
         sql.push_str(&format!(
             "GRANT {} ON SCHEMA {} TO {}{};\n",
             g.privilege,
             quote_ident(schema),
-            grantee(&g.grantee),
+            g.grantee_sql(),
             if g.grantable {
                 " WITH GRANT OPTION"
             } else {
@@ -732,27 +724,8 @@ impl Source<'_> {
         entry: &ObjectEntry,
         step: &str,
     ) -> Result<()> {
-        let bytes = ObjectStream::open(self.storage, &self.found.base, entry)
-            .await?
-            .read_all()
-            .await?;
-        let sql = String::from_utf8(bytes)
-            .map(|s| strip_psql_meta(&s))
-            .map_err(|_| {
-                Error::integrity(
-                    format!(
-                        "snapshot {}: {} is not UTF-8 SQL",
-                        self.found.base, entry.key
-                    ),
-                    None,
-                )
-            })?;
-        if sql.trim().is_empty() {
-            return Ok(());
-        }
-        exec(conn, &sql)
-            .await
-            .map_err(|e| sql_failed(self.what, step, e))
+        let sql = read_sql(self.storage, self.found, entry).await?;
+        run_ddl(conn, self.what, &sql, step).await
     }
 }
 

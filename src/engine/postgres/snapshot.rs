@@ -467,6 +467,46 @@ pub struct SchemaGrant {
     pub grantable: bool,
 }
 
+impl SchemaGrant {
+    /// The schema's ACL entries, sorted; with `effective`, the default ACL
+    /// (owner only) when the schema has none of its own.
+    pub async fn of_schema(
+        conn: &mut PgConnection,
+        schema: &str,
+        effective: bool,
+    ) -> std::result::Result<Vec<SchemaGrant>, sqlx::Error> {
+        let rows: Vec<(String, String, bool)> = sqlx::query_as(
+            "SELECT coalesce(r.rolname::text, 'PUBLIC'), a.privilege_type, a.is_grantable \
+             FROM pg_namespace n, \
+                  aclexplode(CASE WHEN $2 THEN coalesce(n.nspacl, acldefault('n', n.nspowner)) ELSE n.nspacl END) a \
+             LEFT JOIN pg_roles r ON r.oid = a.grantee WHERE n.nspname = $1",
+        )
+        .bind(schema)
+        .bind(effective)
+        .fetch_all(conn)
+        .await?;
+        let mut grants: Vec<SchemaGrant> = rows
+            .into_iter()
+            .map(|(grantee, privilege, grantable)| SchemaGrant {
+                grantee,
+                privilege,
+                grantable,
+            })
+            .collect();
+        grants.sort();
+        Ok(grants)
+    }
+
+    /// The grantee as SQL names it: `PUBLIC`, or a quoted role.
+    pub fn grantee_sql(&self) -> String {
+        if self.grantee == "PUBLIC" {
+            self.grantee.clone()
+        } else {
+            quote_ident(&self.grantee)
+        }
+    }
+}
+
 impl Inside {
     async fn read(
         conn: &mut PgConnection,
@@ -485,27 +525,16 @@ impl Inside {
             version: r.get(1),
         })
         .collect();
-        let acl: Option<Vec<(String, String, bool)>> = sqlx::query(
-            "SELECT CASE WHEN n.nspacl IS NULL THEN NULL ELSE \
-               (SELECT coalesce(array_agg(coalesce(r.rolname::text, 'PUBLIC') || '/' || a.privilege_type || '/' || a.is_grantable::text), '{}') \
-                FROM aclexplode(n.nspacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee) END \
-             FROM pg_namespace n WHERE n.nspname = $1",
-        )
-        .bind(schema)
-        .fetch_one(&mut *conn)
-        .await?
-        .get::<Option<Vec<String>>, _>(0)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|i| {
-                    let mut parts = i.rsplitn(3, '/');
-                    let grantable = parts.next()? == "true";
-                    let privilege = parts.next()?.to_string();
-                    Some((parts.next()?.to_string(), privilege, grantable))
-                })
-                .collect()
-        });
+        let own_acl: bool =
+            sqlx::query_scalar("SELECT nspacl IS NOT NULL FROM pg_namespace WHERE nspname = $1")
+                .bind(schema)
+                .fetch_one(&mut *conn)
+                .await?;
+        let schema_acl = if own_acl {
+            Some(SchemaGrant::of_schema(conn, schema, false).await?)
+        } else {
+            None
+        };
         let unpopulated_views = sqlx::query_scalar(
             "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relkind = 'm' AND NOT c.relispopulated ORDER BY c.relname",
@@ -513,18 +542,6 @@ impl Inside {
         .bind(schema)
         .fetch_all(&mut *conn)
         .await?;
-        let schema_acl = acl.map(|entries| {
-            let mut grants: Vec<SchemaGrant> = entries
-                .into_iter()
-                .map(|(grantee, privilege, grantable)| SchemaGrant {
-                    grantee,
-                    privilege,
-                    grantable,
-                })
-                .collect();
-            grants.sort();
-            grants
-        });
         Ok(Inside {
             extensions,
             schema_acl,
