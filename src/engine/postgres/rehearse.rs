@@ -16,6 +16,19 @@ use super::sql::{classify, exec, quote_ident};
 use crate::engine::scratch_prefix;
 use crate::error::{Error, Result};
 
+/// A plain session for a rehearsal's side work (creating and dropping the
+/// scratch database, watching the migrating backend).
+async fn connect(url: &str, what: &str, application: &str) -> Result<PgConnection> {
+    let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| {
+        Error::usage(format!("{what}: {}", crate::redact::redact(&e.to_string())))
+    })?;
+    options
+        .application_name(application)
+        .connect()
+        .await
+        .map_err(|e| classify(what, e))
+}
+
 /// A scratch database on the live server, reached through the service's
 /// own URL (which only creates and drops it).
 pub struct Scratch {
@@ -31,10 +44,7 @@ impl Scratch {
     /// then creates a new scratch database.
     pub async fn create(live_url: &str, service: &str, schema: &str) -> Result<Scratch> {
         let what = format!("PostgreSQL of service {service}");
-        let options: PgConnectOptions = live_url
-            .parse()
-            .map_err(|e: sqlx::Error| Error::usage(format!("{what}: {e}")))?;
-        let mut admin = options.connect().await.map_err(|e| classify(&what, e))?;
+        let mut admin = connect(live_url, &what, "valero-db rehearsal").await?;
         let prefix = scratch_prefix(service, schema);
         let leftovers: Vec<String> = sqlx::query_scalar(
             "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)",
@@ -138,14 +148,7 @@ const SAMPLE: Duration = Duration::from_millis(20);
 impl Observer {
     pub async fn connect(url: &str, service: &str, schema: &str) -> Result<Observer> {
         let what = format!("PostgreSQL of service {service} (rehearsal)");
-        let options: PgConnectOptions = url
-            .parse()
-            .map_err(|e: sqlx::Error| Error::usage(format!("{what}: {e}")))?;
-        let conn = options
-            .application_name("valero-db rehearsal observer")
-            .connect()
-            .await
-            .map_err(|e| classify(&what, e))?;
+        let conn = connect(url, &what, "valero-db rehearsal observer").await?;
         Ok(Observer {
             conn,
             schema: schema.to_string(),
