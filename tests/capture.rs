@@ -17,10 +17,7 @@ fn project(tag: &str) -> Project {
     // restores to a time like everything else (`state` compares them).
     common::ensure_role("valero_app");
     let p = Project::new(tag);
-    p.write_raw_config(&format!(
-        "[environments.dev]\nstorage = \"file://backups\"\n\n[services.svc]\npostgres = {{ url = \"${{VALERO_PG_URL}}\", schema = \"{}\" }}\n",
-        p.schema
-    ));
+    p.write_postgres_only_config("${VALERO_PG_URL}");
     p.migration(
         "postgres",
         "0001_ledger.up.sql",
@@ -517,10 +514,7 @@ fn capture_in_a_loop_reconnects_when_the_database_goes_away_and_comes_back() {
 fn capture_says_clearly_when_wal_level_is_not_logical() {
     // The TLS-only cluster of scripts/services.sh runs with wal_level=replica.
     let p = Project::new("cap_wal");
-    p.write_raw_config(&format!(
-        "[environments.dev]\nstorage = \"file://backups\"\n\n[services.svc]\npostgres = {{ url = \"${{VALERO_PG_TLS_URL}}\", schema = \"{}\" }}\n",
-        p.schema
-    ));
+    p.write_postgres_only_config("${VALERO_PG_TLS_URL}");
     p.run(&["capture", "--once"])
         .expect_code(2)
         .stderr_has("wal_level = logical")

@@ -501,10 +501,7 @@ fn restart_postgres() {
 /// A project whose only database is the restartable cluster.
 fn restartable_project(tag: &str) -> Project {
     let p = Project::new(tag);
-    p.write_raw_config(&format!(
-        "[environments.dev]\nstorage = \"file://backups\"\n\n[services.svc]\npostgres = {{ url = \"${{VALERO_PG_TLS_URL}}\", schema = \"{}\" }}\n",
-        p.schema
-    ));
+    p.write_postgres_only_config("${VALERO_PG_TLS_URL}");
     p
 }
 

@@ -22,10 +22,7 @@ fn server_major() -> u32 {
 /// `$SVC_PG_URL`, so one project can be pointed at two servers.
 fn two_server_project(tag: &str) -> Project {
     let p = Project::new(tag);
-    p.write_raw_config(&format!(
-        "[environments.dev]\nstorage = \"file://backups\"\n\n[services.svc]\npostgres = {{ url = \"${{SVC_PG_URL}}\", schema = \"{}\" }}\n",
-        p.schema
-    ));
+    p.write_postgres_only_config("${SVC_PG_URL}");
     p
 }
 
@@ -213,10 +210,7 @@ fn a_pg_dump_older_than_the_server_is_refused_naming_both_versions() {
 fn capture_says_where_it_is_not_available() {
     let major = server_major();
     let p = Project::new("v_capture");
-    p.write_raw_config(&format!(
-        "[environments.dev]\nstorage = \"file://backups\"\n\n[services.svc]\npostgres = {{ url = \"${{VALERO_PG_URL}}\", schema = \"{}\" }}\n",
-        p.schema
-    ));
+    p.write_postgres_only_config("${VALERO_PG_URL}");
     p.migration(
         "postgres",
         "0001_t.up.sql",

@@ -17,10 +17,7 @@ use serde_json::Value;
 /// and snapshotted.
 fn project(tag: &str) -> Project {
     let p = Project::new(tag);
-    p.write_raw_config(&format!(
-        "[environments.dev]\nstorage = \"file://backups\"\n\n[services.svc]\npostgres = {{ url = \"${{VALERO_PG_URL}}\", schema = \"{}\" }}\n",
-        p.schema
-    ));
+    p.write_postgres_only_config("${VALERO_PG_URL}");
     p.migration(
         "postgres",
         "0001_big.up.sql",

@@ -114,6 +114,15 @@ mongodb = {{ url = "${{VALERO_MONGO_URL}}", database = "{db}" }}
         std::fs::write(self.config_path(), text).expect("write config");
     }
 
+    /// A config with only `dev` and service `svc` on PostgreSQL at `url`
+    /// (a URL or a `${VAR}`), in the project's schema.
+    pub fn write_postgres_only_config(&self, url: &str) {
+        self.write_raw_config(&format!(
+            "[environments.dev]\nstorage = \"file://backups\"\n\n[services.svc]\npostgres = {{ url = \"{url}\", schema = \"{}\" }}\n",
+            self.schema
+        ));
+    }
+
     pub fn write_raw_config(&self, text: &str) {
         std::fs::write(self.config_path(), text).expect("write config");
     }
