@@ -15,12 +15,17 @@ pub const MIGRATE_LEASE: &str = "migrate";
 /// How long a lease lives without renewal. A crashed holder blocks others
 /// for at most this long. `VALERO_DB_MONGO_LEASE_TTL` (seconds) overrides.
 pub(crate) fn lease_ttl() -> Duration {
-    std::env::var("VALERO_DB_MONGO_LEASE_TTL")
+    seconds_from_env("VALERO_DB_MONGO_LEASE_TTL", 30)
+}
+
+/// A positive number of seconds from the variable `var`, else `default`.
+pub(crate) fn seconds_from_env(var: &str, default: u64) -> Duration {
+    std::env::var(var)
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
         .filter(|s| *s > 0)
         .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(30))
+        .unwrap_or(Duration::from_secs(default))
 }
 
 /// A lease document in `valero_schema_lock`: the per-service lock of

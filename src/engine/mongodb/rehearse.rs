@@ -10,6 +10,7 @@ use bson::doc;
 use mongodb::{Client, Database};
 
 use super::driver::{classify, connect_client};
+use super::lease::seconds_from_env;
 use crate::engine::scratch_prefix;
 use crate::error::Result;
 
@@ -19,12 +20,7 @@ const BEAT: Duration = Duration::from_secs(2);
 /// How old a heartbeat may be before its scratch database counts as left
 /// behind: `$VALERO_DB_REHEARSE_STALE` seconds, default 30.
 fn stale_after() -> Duration {
-    std::env::var("VALERO_DB_REHEARSE_STALE")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .filter(|s| *s > 0)
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(30))
+    seconds_from_env("VALERO_DB_REHEARSE_STALE", 30)
 }
 
 pub struct MongoScratch {
