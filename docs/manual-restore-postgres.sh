@@ -14,6 +14,17 @@ fit() {
   awk -v known="$known" 'BEGIN { n = split(known, a, "\n"); for (i = 1; i <= n; i++) k[a[i]] = 1 }
     /^SET [a-z_]+ = .*;$/ && !($2 in k) { next } { print }'
 }
+# Table objects hold COPY text regrouped column by column (docs/snapshot-
+# format.md, "Column blocks"): a line "<rows> <columns>", then the values of
+# the first column, one per line, then the next column's. Back to rows:
+columns_to_rows() {
+  LC_ALL=C awk 'need == 0 { rows = $1; cols = $2; need = rows * cols; n = 0; next }
+    { v[n++] = $0 }
+    n == need { for (r = 0; r < rows; r++) { line = v[r]
+                  for (c = 1; c < cols; c++) line = line "\t" v[c * rows + r]
+                  print line }
+                need = 0; split("", v) }'
+}
 # What the manifest records beside pg_dump's DDL, read with psql's own JSON
 # functions: the extensions that live in the schema (created right after the
 # schema, at their version), the materialized views the snapshot had
@@ -40,12 +51,15 @@ schema_acl="$(manifest_sql "SELECT format('REVOKE ALL ON SCHEMA %I FROM PUBLIC;'
   zstd -dc "$snap/postgres/pre-data.sql.zst" | fit |
     awk -v ext="$extensions" '{ print } !done && /^CREATE SCHEMA .*;$/ { if (ext != "") print ext; done = 1 }'
   echo "$schema_acl"
-  for f in "$snap"/postgres/data/*.copy.zst; do
+  for f in "$snap"/postgres/data/*.zst; do
     [ -e "$f" ] || continue
-    t="$(basename "$f" .copy.zst)"; t="${t#*-}"   # 00003-name.copy.zst -> name
+    t="$(basename "$f")"; t="${t%.*.zst}"; t="${t#*-}"   # 00003-name.columns.zst -> name
     t="$(printf '%b' "$(sed 's/+\([0-9A-F][0-9A-F]\)/\\x\1/g' <<<"$t")")"   # +XX -> byte XX
     echo "COPY $qschema.\"${t//\"/\"\"}\" FROM STDIN;"
-    zstd -dc "$f"
+    case "$f" in
+      *.columns.zst) zstd -dc "$f" | columns_to_rows ;;
+      *) zstd -dc "$f" ;;   # format 1: COPY text as is
+    esac
     echo '\.'
   done
   zstd -dc "$snap/postgres/sequences.sql.zst"

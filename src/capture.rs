@@ -510,6 +510,7 @@ mod tests {
                 size: 0,
                 sha256: String::new(),
                 raw_size: 0,
+                encoding: Default::default(),
                 rows: None,
                 encrypted: false,
             },

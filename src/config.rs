@@ -37,6 +37,14 @@ struct RawEnvironment {
     /// Roles named in snapshots from elsewhere → the roles standing for them here.
     #[serde(default)]
     role_map: BTreeMap<String, String>,
+    /// `compression = { level = N }` for the environment's snapshot objects.
+    compression: Option<RawCompression>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompression {
+    level: i64,
 }
 
 /// `encryption = { key_env = "VAR" }` or `{ key_file = "path" }`.
@@ -120,6 +128,31 @@ pub struct Environment {
     /// `role_map`: a role named in a restored snapshot's ownership and
     /// privileges → the role that stands for it in this environment.
     pub role_map: BTreeMap<String, String>,
+    /// How snapshot objects and capture segments are compressed.
+    pub compression: Compression,
+}
+
+/// zstd settings of an environment's snapshots (`compression = { level = N }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compression {
+    /// zstd level, 1 (fastest) to 19 (smallest).
+    pub level: i32,
+}
+
+impl Compression {
+    /// Chosen from `bench/bench.py --levels` on two data sets of different
+    /// compressibility (README, "Figures"): with column blocks, levels above
+    /// 3 cost time for 1–2 % of size; level 1 saves little time.
+    pub const DEFAULT_LEVEL: i32 = 3;
+    pub const LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression {
+            level: Self::DEFAULT_LEVEL,
+        }
+    }
 }
 
 /// How a migration's statements wait for locks the application holds: each
@@ -364,8 +397,10 @@ impl Config {
         };
         let statement_locks = self.statement_locks(name, raw)?;
         let role_map = self.role_map(name, raw)?;
+        let compression = self.compression(name, raw)?;
         Ok(Environment {
             role_map,
+            compression,
             name: name.to_string(),
             storage,
             protected: raw.protected,
@@ -381,6 +416,21 @@ impl Config {
                 concurrency: raw.s3.concurrency,
             },
         })
+    }
+
+    /// `compression` of an environment, or the default level.
+    fn compression(&self, name: &str, raw: &RawEnvironment) -> Result<Compression> {
+        let Some(RawCompression { level }) = raw.compression else {
+            return Ok(Compression::default());
+        };
+        match i32::try_from(level) {
+            Ok(level) if Compression::LEVELS.contains(&level) => Ok(Compression { level }),
+            _ => Err(self.err(format!(
+                "environments.{name}.compression.level: {level} is outside {}..{} (zstd: 1 fastest, 19 smallest)",
+                Compression::LEVELS.start(),
+                Compression::LEVELS.end()
+            ))),
+        }
     }
 
     /// `role_map` of an environment: role names as the server spells them,
@@ -727,6 +777,19 @@ mod tests {
     fn dev_with(extra: &str) -> Result<Environment> {
         let text = format!("[environments.dev]\nstorage = \"file://b\"\n{extra}");
         Config::parse(Path::new("valero-db.toml"), &text)?.environment("dev")
+    }
+
+    #[test]
+    fn compression_level_defaults_and_is_bounded() {
+        assert_eq!(dev_with("").unwrap().compression.level, 3);
+        let set = dev_with("compression = { level = 9 }\n").unwrap();
+        assert_eq!(set.compression.level, 9);
+        for bad in ["0", "20", "-1", "99999999999"] {
+            let e = dev_with(&format!("compression = {{ level = {bad} }}\n")).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+            assert!(e.to_string().contains("compression.level"), "{e}");
+        }
+        assert!(dev_with("compression = { level = 3, long = true }\n").is_err());
     }
 
     #[test]

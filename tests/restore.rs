@@ -592,6 +592,135 @@ fn manual_postgres_restore_procedure_works() {
     assert_eq!(data_fingerprint(&p.schema), data);
 }
 
+/// A table object's stored bytes, decompressed.
+fn unzstd(path: &std::path::Path) -> Vec<u8> {
+    zstd::decode_all(std::fs::File::open(path).unwrap()).unwrap()
+}
+
+/// Stores `raw` compressed as the object of manifest entry `entry`, under
+/// `key`, with its size, sha256 and raw size in the entry.
+fn store_object(snap: &std::path::Path, entry: &mut serde_json::Value, key: &str, raw: &[u8]) {
+    use sha2::Digest;
+    let stored = zstd::encode_all(raw, 3).unwrap();
+    std::fs::remove_file(snap.join(entry["key"].as_str().unwrap())).unwrap();
+    std::fs::write(snap.join(key), &stored).unwrap();
+    entry["key"] = key.into();
+    entry["size"] = stored.len().into();
+    entry["sha256"] = hex::encode(sha2::Sha256::digest(&stored)).into();
+    entry["raw_size"] = raw.len().into();
+}
+
+fn edit_manifest(snap: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = snap.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut m);
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+#[test]
+fn a_format_1_snapshot_of_plain_copy_text_still_restores_exactly() {
+    let p = awkward_project("r_format1");
+    let catalog = schema_dump(&p.schema);
+    let data = data_fingerprint(&p.schema);
+    p.run(&["snapshot"]).ok();
+    let (id, _) = snapshot_ids(&p, "dev").remove(0);
+    let snap = p.path().join("backups/dev/svc").join(&id);
+    // Rewrite the snapshot as valero-db wrote it before column blocks.
+    edit_manifest(&snap, |m| {
+        m["format"] = 1.into();
+        let mut tables = 0;
+        for o in m["objects"].as_array_mut().unwrap() {
+            if o["kind"] != "postgres/table" {
+                continue;
+            }
+            assert_eq!(o["encoding"], "copy-columns", "{o}");
+            let encoded = unzstd(&snap.join(o["key"].as_str().unwrap()));
+            let mut decoder = valero_db::snapshot::columns::ColumnDecoder::new();
+            let rows = decoder.push(&encoded).unwrap();
+            decoder.finish().unwrap();
+            let key = o["key"]
+                .as_str()
+                .unwrap()
+                .replace(".columns.zst", ".copy.zst");
+            store_object(&snap, o, &key, &rows);
+            o.as_object_mut().unwrap().remove("encoding");
+            tables += 1;
+        }
+        assert!(tables >= 3, "the fixture has tables");
+    });
+    psql(&format!(
+        "SET search_path TO \"{s}\"; DELETE FROM audit; UPDATE \"Weird Table\" SET t = 'changed'",
+        s = p.schema
+    ));
+    p.run(&["snapshots", "verify", &id]).ok();
+    p.run(&["restore", "--snapshot", &id, "--yes"]).ok();
+    assert_eq!(schema_dump(&p.schema), catalog);
+    assert_eq!(data_fingerprint(&p.schema), data);
+}
+
+#[test]
+fn a_damaged_column_block_with_a_matching_checksum_is_exit_5_and_changes_nothing() {
+    let p = awkward_project("r_badblock");
+    p.run(&["snapshot"]).ok();
+    let (id, _) = snapshot_ids(&p, "dev").remove(0);
+    let snap = p.path().join("backups/dev/svc").join(&id);
+    psql(&format!("DELETE FROM \"{}\".audit", p.schema));
+    let data = data_fingerprint(&p.schema);
+    edit_manifest(&snap, |m| {
+        let o = m["objects"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|o| o["kind"] == "postgres/table" && o["rows"].as_u64() > Some(1))
+            .expect("a table with rows");
+        let encoded = unzstd(&snap.join(o["key"].as_str().unwrap()));
+        // One value line fewer than the block header promises.
+        let cut = encoded[..encoded.len() - 1]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .unwrap();
+        let key = o["key"].as_str().unwrap().to_string();
+        store_object(&snap, o, &key, &encoded[..cut + 1]);
+    });
+    p.run(&["restore", "--snapshot", &id, "--yes"])
+        .expect_code(5)
+        .stderr_has("corrupt");
+    assert_eq!(
+        data_fingerprint(&p.schema),
+        data,
+        "the database was touched"
+    );
+}
+
+#[test]
+fn the_environments_compression_level_is_used_and_restores_exactly() {
+    let p = awkward_project("r_level");
+    psql(&format!(
+        "INSERT INTO \"{}\".audit (at, what) SELECT now() - g * interval '1 minute', 'Buchung ' || g || ' an Konto ' || g % 97 \
+         FROM generate_series(1, 60000) g",
+        p.schema
+    ));
+    let catalog = schema_dump(&p.schema);
+    let data = data_fingerprint(&p.schema);
+    let stored = |level: u32| {
+        p.write_config(&format!(
+            "[environments.dev.compression]\nlevel = {level}\n"
+        ));
+        let out = p.run(&["snapshot", "--output", "json"]).json();
+        out["snapshots"][0]["size"].as_u64().expect("size")
+    };
+    let (fast, small) = (stored(1), stored(19));
+    assert!(
+        small < fast,
+        "level 19 stored {small} bytes, level 1 {fast}"
+    );
+    let (id, _) = snapshot_ids(&p, "dev").pop().unwrap();
+    psql(&format!("DELETE FROM \"{}\".audit", p.schema));
+    p.run(&["restore", "--snapshot", &id, "--yes"]).ok();
+    assert_eq!(schema_dump(&p.schema), catalog);
+    assert_eq!(data_fingerprint(&p.schema), data);
+}
+
 #[test]
 fn a_public_sample_schema_round_trips() {
     // pgbench's schema, written by the PostgreSQL project, not by us.
@@ -798,7 +927,10 @@ fn text_the_converter_does_not_know_loads_as_text_after_a_partial_binary_load() 
     // were sent as binary.
     rewrite_table_object(&p, &id, "t", |stored| {
         let mut text = zstd::decode_all(stored.as_slice()).unwrap();
-        text.extend_from_slice(b" 300001\t2030-01-01T10:00:00\tlast\n");
+        let header = text.split(|b| *b == b'\n').next().unwrap();
+        assert!(header.ends_with(b" 3"), "stored as column blocks");
+        // One more column block (docs/snapshot-format.md) of one row.
+        text.extend_from_slice(b"1 3\n 300001\n2030-01-01T10:00:00\nlast\n");
         let len = text.len() as u64;
         (zstd::encode_all(text.as_slice(), 3).unwrap(), Some(len))
     });

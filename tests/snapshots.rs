@@ -88,7 +88,7 @@ fn migrate_takes_a_verified_pre_migrate_snapshot_with_the_schema_version() {
 }
 
 #[test]
-fn objects_decompress_to_exactly_what_copy_returns() {
+fn objects_decompress_and_decode_to_exactly_what_copy_returns() {
     let p = Project::new("snap_copy");
     seed(&p);
     p.migrate_now();
@@ -116,7 +116,11 @@ fn objects_decompress_to_exactly_what_copy_returns() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(stored, out.stdout, "COPY text round-trips byte for byte");
+    assert_eq!(items["encoding"], "copy-columns");
+    let mut columns = valero_db::snapshot::columns::ColumnDecoder::new();
+    let decoded = columns.push(&stored).unwrap();
+    columns.finish().unwrap();
+    assert_eq!(decoded, out.stdout, "COPY text round-trips byte for byte");
     assert_eq!(items["rows"], 501);
     let pre = String::from_utf8(zstd_file(&dir.join("postgres/pre-data.sql.zst"))).unwrap();
     assert!(

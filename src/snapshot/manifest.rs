@@ -7,7 +7,11 @@ use serde::{Deserialize, Serialize};
 use crate::config::EngineKind;
 use crate::error::{Error, Result};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// Written by this version. 2 added column-block table objects
+/// (`encoding`); format 1 manifests are read as before.
+pub const FORMAT_VERSION: u32 = 2;
+/// Every format this version reads.
+pub const READABLE_FORMATS: std::ops::RangeInclusive<u32> = 1..=FORMAT_VERSION;
 
 /// A new snapshot id: UTC time (sorts by time) and a random suffix.
 pub fn new_id(at: chrono::DateTime<chrono::Utc>) -> String {
@@ -45,13 +49,34 @@ pub struct ObjectEntry {
     pub size: u64,
     /// sha256 of the stored bytes, hex.
     pub sha256: String,
-    /// Uncompressed bytes.
+    /// Uncompressed bytes (what zstd decompresses to, before decoding).
     pub raw_size: u64,
+    /// How the uncompressed bytes are laid out; absent for plain.
+    #[serde(default, skip_serializing_if = "Encoding::is_plain")]
+    pub encoding: Encoding,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
     /// Stored encrypted (see the manifest's `encryption`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub encrypted: bool,
+}
+
+/// The layout of an object's uncompressed bytes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Encoding {
+    /// The bytes as the engine produced them.
+    #[default]
+    #[serde(rename = "plain")]
+    Plain,
+    /// COPY text regrouped column by column (`snapshot::columns`).
+    #[serde(rename = "copy-columns")]
+    CopyColumns,
+}
+
+impl Encoding {
+    pub fn is_plain(&self) -> bool {
+        *self == Encoding::Plain
+    }
 }
 
 /// What a stored object holds; written as `<engine>/<what>`.
@@ -159,8 +184,13 @@ impl Manifest {
 
     pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        if m.format != FORMAT_VERSION {
-            return Err(format!("unknown format version {}", m.format));
+        if !READABLE_FORMATS.contains(&m.format) {
+            return Err(format!(
+                "unknown format version {} (this valero-db reads {} to {}; a newer valero-db wrote it)",
+                m.format,
+                READABLE_FORMATS.start(),
+                READABLE_FORMATS.end()
+            ));
         }
         validate_id(&m.id).map_err(|e| e.to_string())?;
         for o in &m.objects {

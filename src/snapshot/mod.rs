@@ -3,6 +3,7 @@
 //! last. Objects are zstd-compressed and sha256-hashed while they stream.
 //! A snapshot without a manifest does not exist for any command.
 
+pub mod columns;
 pub mod found;
 pub mod manifest;
 pub mod retention;
@@ -15,14 +16,11 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::storage::{ObjectWriter, Storage};
 pub use found::{Found, Summary};
-pub use manifest::{new_id, validate_id, Manifest, ObjectEntry, ObjectKind};
+pub use manifest::{new_id, validate_id, Encoding, Manifest, ObjectEntry, ObjectKind};
 
 pub const MANIFEST: &str = "manifest.json";
 /// Manifests are small; anything bigger is refused as tampered.
 pub const MANIFEST_LIMIT: usize = 64 << 20;
-
-/// zstd level 3 is the sweet spot of speed and size for database dumps.
-const ZSTD_LEVEL: i32 = 3;
 
 /// A name made safe as one component of an object key; unsafe bytes
 /// become `+XX`.
@@ -72,14 +70,27 @@ impl<'a> SnapshotWriter<'a> {
         kind: ObjectKind,
         name: Option<&str>,
     ) -> Result<ObjectSink> {
+        self.encoded_object(rel_key, kind, name, Encoding::Plain)
+            .await
+    }
+
+    /// Starts a compressed object whose bytes are re-laid out first
+    /// (`Encoding::CopyColumns` for a table's COPY text).
+    pub async fn encoded_object(
+        &mut self,
+        rel_key: &str,
+        kind: ObjectKind,
+        name: Option<&str>,
+        encoding: Encoding,
+    ) -> Result<ObjectSink> {
         crate::storage::validate_key(rel_key).map_err(Error::internal)?;
         let inner = self
             .storage
             .put(&format!("{}/{rel_key}", self.base))
             .await?;
-        let mut encoder =
-            zstd::stream::write::Encoder::new(Vec::with_capacity(256 << 10), ZSTD_LEVEL)
-                .map_err(|e| Error::internal(format!("zstd: {e}")))?;
+        let level = self.storage.compression().level;
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::with_capacity(256 << 10), level)
+            .map_err(|e| Error::internal(format!("zstd: {e}")))?;
         if self.threads > 1 {
             let _ = encoder.multithread(self.threads);
         }
@@ -98,6 +109,10 @@ impl<'a> SnapshotWriter<'a> {
             encrypted: cipher.is_some(),
             cipher,
             encoder: Some(encoder),
+            columns: match encoding {
+                Encoding::Plain => None,
+                Encoding::CopyColumns => Some(columns::ColumnEncoder::new()),
+            },
             hasher: Sha256::new(),
             stored: 0,
             raw: 0,
@@ -108,6 +123,7 @@ impl<'a> SnapshotWriter<'a> {
                 size: 0,
                 sha256: String::new(),
                 raw_size: 0,
+                encoding,
                 rows: None,
                 encrypted: false,
             },
@@ -137,6 +153,8 @@ pub struct ObjectSink {
     cipher: Option<crate::crypto::Encryptor>,
     encrypted: bool,
     encoder: Option<zstd::stream::write::Encoder<'static, Vec<u8>>>,
+    /// Regroups a table's COPY text into column blocks before zstd.
+    columns: Option<columns::ColumnEncoder>,
     hasher: Sha256,
     stored: u64,
     raw: u64,
@@ -147,8 +165,22 @@ const FLUSH_AT: usize = 1 << 20;
 
 impl ObjectSink {
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.raw += data.len() as u64;
         self.progress.inc(data.len() as u64);
+        match self.columns.as_mut() {
+            Some(columns) => {
+                let blocks = columns.push(data);
+                self.compress(&blocks).await
+            }
+            None => self.compress(data).await,
+        }
+    }
+
+    /// Uncompressed bytes (after any re-layout) into zstd.
+    async fn compress(&mut self, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.raw += data.len() as u64;
         let enc = self
             .encoder
             .as_mut()
@@ -192,33 +224,9 @@ impl ObjectSink {
 
     /// Completes the object; on failure nothing remains under its key.
     pub async fn finish(mut self) -> Result<ObjectEntry> {
-        let enc = self
-            .encoder
-            .take()
-            .ok_or_else(|| Error::internal("finish twice"))?;
-        let tail = match enc.finish() {
-            Ok(t) => t,
-            Err(e) => {
-                self.abort().await;
-                return Err(Error::internal(format!("zstd: {e}")));
-            }
-        };
-        if let Err(e) = self.emit(&tail).await {
+        if let Err(e) = self.flush_tail().await {
             self.abort().await;
             return Err(e);
-        }
-        if let Some(c) = self.cipher.take() {
-            let sealed = match c.finish() {
-                Ok(s) => s,
-                Err(e) => {
-                    self.abort().await;
-                    return Err(e);
-                }
-            };
-            if let Err(e) = self.store(&sealed).await {
-                self.abort().await;
-                return Err(e);
-            }
         }
         let inner = self
             .inner
@@ -231,6 +239,28 @@ impl ObjectSink {
         entry.encrypted = self.encrypted;
         entry.sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
         Ok(entry)
+    }
+
+    /// Everything still buffered, stored: the last column blocks, the end
+    /// of the zstd frame and the last sealed chunk.
+    async fn flush_tail(&mut self) -> Result<()> {
+        if let Some(columns) = self.columns.take() {
+            let last = columns.finish()?;
+            self.compress(&last).await?;
+        }
+        let encoder = self
+            .encoder
+            .take()
+            .ok_or_else(|| Error::internal("finish twice"))?;
+        let tail = encoder
+            .finish()
+            .map_err(|e| Error::internal(format!("zstd: {e}")))?;
+        self.emit(&tail).await?;
+        if let Some(cipher) = self.cipher.take() {
+            let sealed = cipher.finish()?;
+            self.store(&sealed).await?;
+        }
+        Ok(())
     }
 
     pub async fn abort(mut self) {

@@ -1,9 +1,11 @@
 //! The read side of the snapshot format: one stored object streamed
-//! decrypted and decompressed, its size and sha256 checked as it streams.
+//! decrypted, decompressed and decoded (column blocks back to COPY text),
+//! its size and sha256 checked as it streams.
 
 use sha2::{Digest, Sha256};
 
-use super::manifest::ObjectEntry;
+use super::columns::ColumnDecoder;
+use super::manifest::{Encoding, ObjectEntry};
 use crate::error::{Error, Result};
 use crate::storage::{ObjectReader, Storage};
 
@@ -15,6 +17,8 @@ pub struct ObjectStream {
     /// Opens the stored bytes first when the object is encrypted.
     cipher: Option<crate::crypto::Decryptor>,
     decoder: zstd::stream::write::Decoder<'static, Vec<u8>>,
+    /// Turns column blocks back into COPY text, for such objects.
+    columns: Option<ColumnDecoder>,
     hasher: Sha256,
     size: u64,
     /// Decompressed bytes so far, checked against the manifest's raw_size.
@@ -55,6 +59,10 @@ impl ObjectStream {
             reader,
             cipher,
             decoder,
+            columns: match entry.encoding {
+                Encoding::Plain => None,
+                Encoding::CopyColumns => Some(ColumnDecoder::new()),
+            },
             hasher: Sha256::new(),
             size: 0,
             raw: 0,
@@ -96,6 +104,7 @@ impl ObjectStream {
                     if self.raw > self.entry.raw_size {
                         return Err(self.corrupt());
                     }
+                    let out = self.decode(out)?;
                     if !out.is_empty() {
                         if let Some(p) = &self.progress {
                             p.inc(out.len() as u64);
@@ -121,12 +130,30 @@ impl ObjectStream {
                         return Err(self.corrupt());
                     }
                     self.raw += out.len() as u64;
+                    let out = self.decode(out)?;
+                    if let Some(columns) = self.columns.take() {
+                        columns.finish().map_err(|_| self.corrupt())?;
+                    }
+                    if let Some(p) = &self.progress {
+                        p.inc(out.len() as u64);
+                    }
                     if !out.is_empty() {
                         return Ok(Some(out));
                     }
                     return Ok(None);
                 }
             }
+        }
+    }
+
+    /// Decompressed bytes as the engine wrote them.
+    fn decode(&mut self, out: Vec<u8>) -> Result<Vec<u8>> {
+        match self.columns.as_mut() {
+            None => Ok(out),
+            Some(columns) => match columns.push(&out) {
+                Ok(rows) => Ok(rows),
+                Err(_) => Err(self.corrupt()),
+            },
         }
     }
 

@@ -10,10 +10,11 @@ pub use seam::{validate_key, ObjectInfo, ObjectReader, ObjectWriter, Storage};
 
 use async_trait::async_trait;
 
-use crate::config::{Environment, StorageLocation};
+use crate::config::{Compression, Environment, StorageLocation};
 use crate::error::{Error, Result};
 
-/// Opens the storage of an environment (with its encryption key, if any).
+/// Opens the storage of an environment, with how it stores snapshot
+/// objects: its compression level and encryption key, if any.
 pub async fn open(env: &Environment) -> Result<Box<dyn Storage>> {
     let inner: Box<dyn Storage> = match &env.storage {
         StorageLocation::File(path) => Box::new(local::LocalStorage::new(path.clone())),
@@ -23,28 +24,31 @@ pub async fn open(env: &Environment) -> Result<Box<dyn Storage>> {
                 .scoped(&env.name),
         ),
     };
-    match &env.encryption {
-        None => Ok(inner),
-        Some(source) => Ok(Box::new(Keyed {
-            inner,
-            key: crate::crypto::load_key(source).ok(),
-            source: source.clone(),
-        })),
-    }
+    Ok(Box::new(Settled {
+        inner,
+        key: env
+            .encryption
+            .as_ref()
+            .and_then(|source| crate::crypto::load_key(source).ok()),
+        source: env.encryption.clone(),
+        compression: env.compression,
+    }))
 }
 
-/// A storage whose environment encrypts snapshot objects: the same objects,
-/// plus the key for the snapshot code to seal and open them with.
-/// The key is loaded when the storage opens, but only commands that seal or
-/// open objects need it: `snapshots list|verify|prune` work without it.
-struct Keyed {
+/// An environment's storage: the same objects, plus how the snapshot code
+/// writes them — the compression level and, if the environment encrypts
+/// snapshot objects, the key to seal and open them with. The key is loaded
+/// when the storage opens, but only commands that seal or open objects need
+/// it: `snapshots list|verify|prune` work without it.
+struct Settled {
     inner: Box<dyn Storage>,
     key: Option<crate::crypto::SnapshotKey>,
-    source: crate::config::KeySource,
+    source: Option<crate::config::KeySource>,
+    compression: Compression,
 }
 
 #[async_trait]
-impl Storage for Keyed {
+impl Storage for Settled {
     fn describe(&self) -> String {
         self.inner.describe()
     }
@@ -65,11 +69,15 @@ impl Storage for Keyed {
         self.inner.check().await
     }
     fn key(&self) -> Result<Option<&crate::crypto::SnapshotKey>> {
-        match &self.key {
-            Some(k) => Ok(Some(k)),
-            None => Err(crate::crypto::load_key(&self.source)
+        match (&self.key, &self.source) {
+            (_, None) => Ok(None),
+            (Some(k), Some(_)) => Ok(Some(k)),
+            (None, Some(source)) => Err(crate::crypto::load_key(source)
                 .err()
                 .unwrap_or_else(|| Error::internal("the encryption key became readable late"))),
         }
+    }
+    fn compression(&self) -> Compression {
+        self.compression
     }
 }

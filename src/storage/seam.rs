@@ -50,6 +50,11 @@ pub trait Storage: Send + Sync {
         Ok(None)
     }
 
+    /// How the environment compresses snapshot objects.
+    fn compression(&self) -> crate::config::Compression {
+        crate::config::Compression::default()
+    }
+
     /// Convenience: a whole small object.
     async fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<()> {
         let mut w = self.put(key).await?;

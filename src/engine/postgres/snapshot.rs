@@ -17,7 +17,7 @@ use crate::config::EngineKind;
 use crate::error::{Error, Result};
 use crate::redact;
 use crate::snapshot::manifest::EngineInfo;
-use crate::snapshot::{key_component, ObjectKind, SnapshotWriter};
+use crate::snapshot::{key_component, Encoding, ObjectKind, SnapshotWriter};
 
 /// `pg_dump` to use: `$VALERO_DB_PG_DUMP`, else the newest under
 /// /usr/lib/postgresql/*/bin, else the one on PATH. It must be at least
@@ -358,8 +358,8 @@ async fn schema_version(
     Ok(v.map(|v| v as u64))
 }
 
-/// One COPY text object per table. Leaf tables hold the rows; partitioned
-/// parents have none of their own.
+/// One COPY text object per table, stored as column blocks. Leaf tables
+/// hold the rows; partitioned parents have none of their own.
 async fn copy_tables(
     conn: &mut PgConnection,
     what: &str,
@@ -371,9 +371,14 @@ async fn copy_tables(
          WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY c.relname";
     let tables = names_in_schema(conn, what, sql, schema).await?;
     for (i, table) in tables.iter().enumerate() {
-        let key = format!("postgres/data/{i:05}-{}.copy.zst", key_component(table));
+        let key = format!("postgres/data/{i:05}-{}.columns.zst", key_component(table));
         let mut sink = out
-            .object(&key, ObjectKind::PostgresTable, Some(table))
+            .encoded_object(
+                &key,
+                ObjectKind::PostgresTable,
+                Some(table),
+                Encoding::CopyColumns,
+            )
             .await?;
         let copy = format!(
             "COPY {}.{} TO STDOUT",
