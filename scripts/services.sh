@@ -132,10 +132,13 @@ install_secantus() {
 # and GitHub workflow schema checkers (both ship their schemas, nothing is
 # downloaded when they run).
 install_asset_tools() {
-  if ! command -v promtool >/dev/null 2>&1; then
-    log "installing prometheus (promtool) from Debian"
+  # Prometheus (and promtool), the Pushgateway and Alertmanager: the
+  # monitoring stack tests/monitoring.rs runs the alert rules in.
+  if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus-pushgateway >/dev/null 2>&1 \
+     || ! command -v prometheus-alertmanager >/dev/null 2>&1; then
+    log "installing prometheus, prometheus-pushgateway and prometheus-alertmanager from Debian"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
+    apt-get update -qq && apt-get install -y -qq prometheus prometheus-pushgateway prometheus-alertmanager >/dev/null
   fi
   install_secantus # the venv
   if [[ ! -x "$TOOLS/venv/bin/kubernetes-validate" || ! -x "$TOOLS/venv/bin/check-jsonschema" ]]; then

@@ -1,0 +1,300 @@
+//! The monitoring path as operators run it: valero-db pushes to a real
+//! Pushgateway, a real Prometheus scrapes it and evaluates
+//! `deploy/monitoring/prometheus-rules.yaml` unchanged, and fired alerts
+//! reach a real Alertmanager. Read back through their HTTP APIs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::release::v1;
+use common::Project;
+use serde_json::Value;
+
+/// Pushgateway, Prometheus and Alertmanager on free loopback ports; killed
+/// when dropped.
+struct Stack {
+    children: Vec<Child>,
+    pushgateway: u16,
+    prometheus: u16,
+    alertmanager: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn rules_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/monitoring/prometheus-rules.yaml")
+}
+
+fn start(dir: &Path, log: &str, program: &str, args: &[String]) -> Child {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(log)).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} (installed by scripts/services.sh): {e}"))
+}
+
+impl Stack {
+    fn start() -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let (pushgateway, prometheus, alertmanager) = (free_port(), free_port(), free_port());
+        let d = dir.path();
+        std::fs::write(
+            d.join("alertmanager.yml"),
+            "route:\n  receiver: operators\n  group_wait: 1s\nreceivers:\n  - name: operators\n",
+        )
+        .unwrap();
+        // As the admin guide tells operators to scrape a Pushgateway:
+        // honor_labels keeps the env/service labels valero-db pushed.
+        std::fs::write(
+            d.join("prometheus.yml"),
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 rule_files:\n  - {rules}\n\
+                 alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{alertmanager}']\n\
+                 scrape_configs:\n  - job_name: pushgateway\n    honor_labels: true\n    static_configs:\n      - targets: ['127.0.0.1:{pushgateway}']\n",
+                rules = rules_file().display()
+            ),
+        )
+        .unwrap();
+        let arg = |k: &str, v: String| format!("--{k}={v}");
+        let path = |name: &str| d.join(name).display().to_string();
+        let children = vec![
+            start(
+                d,
+                "pushgateway.log",
+                "prometheus-pushgateway",
+                &[arg(
+                    "web.listen-address",
+                    format!("127.0.0.1:{pushgateway}"),
+                )],
+            ),
+            start(
+                d,
+                "alertmanager.log",
+                "prometheus-alertmanager",
+                &[
+                    arg("config.file", path("alertmanager.yml")),
+                    arg("storage.path", path("am-data")),
+                    arg("web.listen-address", format!("127.0.0.1:{alertmanager}")),
+                    arg("cluster.listen-address", String::new()),
+                ],
+            ),
+            start(
+                d,
+                "prometheus.log",
+                "prometheus",
+                &[
+                    arg("config.file", path("prometheus.yml")),
+                    arg("storage.tsdb.path", path("prom-data")),
+                    arg("web.listen-address", format!("127.0.0.1:{prometheus}")),
+                ],
+            ),
+        ];
+        let stack = Stack {
+            children,
+            pushgateway,
+            prometheus,
+            alertmanager,
+            _dir: dir,
+        };
+        for (port, ready) in [
+            (pushgateway, "/-/ready"),
+            (alertmanager, "/-/ready"),
+            (prometheus, "/-/ready"),
+        ] {
+            stack.wait_for(&format!("127.0.0.1:{port}{ready} answers"), || {
+                get(port, ready).is_some()
+            });
+        }
+        stack
+    }
+
+    fn pushgateway_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.pushgateway)
+    }
+
+    /// Prometheus' state of alert `name` for environment `env`: pending,
+    /// firing, or None when inactive.
+    fn alert_state(&self, name: &str, env: &str) -> Option<String> {
+        let doc = get_json(self.prometheus, "/api/v1/alerts")?;
+        doc["data"]["alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["labels"]["alertname"] == name && a["labels"]["env"] == env)
+            .map(|a| a["state"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Whether Alertmanager holds an active alert `name` for `env`.
+    fn alertmanager_has(&self, name: &str, env: &str) -> bool {
+        get_json(self.alertmanager, "/api/v2/alerts")
+            .and_then(|doc| {
+                doc.as_array().map(|alerts| {
+                    alerts
+                        .iter()
+                        .any(|a| a["labels"]["alertname"] == name && a["labels"]["env"] == env)
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    /// One series' value as Prometheus scraped it.
+    fn value(&self, query: &str) -> Option<f64> {
+        let path = format!("/api/v1/query?query={}", urlencode(query));
+        let doc = get_json(self.prometheus, &path)?;
+        doc["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+    }
+
+    fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            if done() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let logs: String = ["pushgateway.log", "alertmanager.log", "prometheus.log"]
+            .iter()
+            .map(|l| {
+                let text = std::fs::read_to_string(self._dir.path().join(l)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                format!("{l}: {}\n", tail.join("\n  "))
+            })
+            .collect();
+        panic!("waited 60 s for: {what}\n{logs}");
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// GET over loopback with curl; None unless it answers 2xx.
+fn get(port: u16, path: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-fsS", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn get_json(port: u16, path: &str) -> Option<Value> {
+    serde_json::from_str(&get(port, path)?).ok()
+}
+
+#[test]
+fn a_failed_deploy_fires_through_pushgateway_prometheus_and_alertmanager_and_a_good_one_resolves_it(
+) {
+    let stack = Stack::start();
+    let p = Project::new("mon_deploy");
+    v1(&p);
+    let push = stack.pushgateway_url();
+    p.run(&[
+        "deploy",
+        "--release",
+        "v1.0.0",
+        "--pushgateway",
+        &push,
+        "--",
+        "false",
+    ])
+    .expect_code(7);
+    stack.wait_for("ValeroDbDeployFailed firing in Prometheus", || {
+        stack.alert_state("ValeroDbDeployFailed", "dev").as_deref() == Some("firing")
+    });
+    stack.wait_for("ValeroDbDeployFailed in Alertmanager", || {
+        stack.alertmanager_has("ValeroDbDeployFailed", "dev")
+    });
+    // Nothing else about a healthy service alerts.
+    assert_eq!(stack.alert_state("ValeroDbDirty", "dev"), None);
+    assert_eq!(stack.alert_state("ValeroDbDatabaseDown", "dev"), None);
+
+    p.run(&[
+        "deploy",
+        "--release",
+        "v1.0.0",
+        "--pushgateway",
+        &push,
+        "--",
+        "true",
+    ])
+    .ok();
+    stack.wait_for("ValeroDbDeployFailed resolved", || {
+        stack.alert_state("ValeroDbDeployFailed", "dev").is_none()
+    });
+    assert_eq!(
+        stack.value("valero_db_deploy_last_success{env=\"dev\",release=\"v1.0.0\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn a_stale_snapshot_and_an_unreachable_database_go_pending_and_a_fresh_snapshot_resolves_it() {
+    let stack = Stack::start();
+    let p = Project::new("mon_stale");
+    p.migration("postgres", "0001_t.up.sql", "CREATE TABLE t (v int);\n");
+    p.migrate_now();
+    let id = p.snapshot_in("dev");
+    // The newest snapshot's consistent point, 30 hours ago.
+    let manifest = p
+        .path()
+        .join("backups/dev/svc")
+        .join(&id)
+        .join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let old = (chrono::Utc::now() - chrono::Duration::hours(30)).to_rfc3339();
+    m["consistent_at"] = old.clone().into();
+    m["engines"][0]["consistent_at"] = old.into();
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let push = stack.pushgateway_url();
+    p.run(&["status", "--pushgateway", &push]).ok();
+    stack.wait_for("ValeroDbSnapshotStale pending (for: 15m)", || {
+        stack.alert_state("ValeroDbSnapshotStale", "dev").as_deref() == Some("pending")
+    });
+
+    // The database goes away: status says so and the alert goes pending.
+    p.write_config(&format!(
+        "[services.down]\npostgres = {{ url = \"postgres://valero@127.0.0.1:{}/valero\", schema = \"down\" }}\n",
+        common::closed_port()
+    ));
+    let down = p.run(&["-s", "down", "status", "--pushgateway", &push]);
+    assert_ne!(down.code, 0, "status of an unreachable database fails");
+    stack.wait_for("ValeroDbDatabaseDown pending (for: 5m)", || {
+        stack.alert_state("ValeroDbDatabaseDown", "dev").as_deref() == Some("pending")
+    });
+
+    p.write_config("");
+    p.run(&["snapshot", "--pushgateway", &push]).ok();
+    stack.wait_for("ValeroDbSnapshotStale resolved by a fresh snapshot", || {
+        stack.alert_state("ValeroDbSnapshotStale", "dev").is_none()
+    });
+}
