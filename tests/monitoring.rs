@@ -298,3 +298,43 @@ fn a_stale_snapshot_and_an_unreachable_database_go_pending_and_a_fresh_snapshot_
         stack.alert_state("ValeroDbSnapshotStale", "dev").is_none()
     });
 }
+
+#[test]
+fn a_capture_that_stopped_shipping_goes_pending_and_its_next_pass_resolves_it() {
+    let stack = Stack::start();
+    let p = Project::new("mon_lag");
+    p.write_raw_config(&format!(
+        "[environments.dev]\nstorage = \"file://backups\"\n\n[services.svc]\nmongodb = {{ url = \"${{VALERO_MONGO_URL}}\", database = \"{}\" }}\n",
+        p.mongo_db
+    ));
+    p.migration(
+        "mongodb",
+        "0001_people.up.json",
+        r#"[{"create": "people"}, {"insert": "people", "documents": [{"_id": 1}]}]"#,
+    );
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.run(&["snapshot"]).ok();
+    p.run(&["capture", "--once"]).ok();
+    // The capture last covered changes 20 minutes ago (as if its Deployment
+    // had been down since).
+    let progress = p
+        .path()
+        .join("backups/dev/.capture/svc/mongodb/progress.json");
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&progress).unwrap()).unwrap();
+    doc["covered_until"] = (chrono::Utc::now() - chrono::Duration::minutes(20))
+        .to_rfc3339()
+        .into();
+    std::fs::write(&progress, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let push = stack.pushgateway_url();
+    p.run(&["status", "--pushgateway", &push]).ok();
+    stack.wait_for("ValeroDbCaptureLagging pending (for: 10m)", || {
+        stack
+            .alert_state("ValeroDbCaptureLagging", "dev")
+            .as_deref()
+            == Some("pending")
+    });
+    p.run(&["capture", "--once", "--pushgateway", &push]).ok();
+    stack.wait_for("ValeroDbCaptureLagging resolved by the next pass", || {
+        stack.alert_state("ValeroDbCaptureLagging", "dev").is_none()
+    });
+}
