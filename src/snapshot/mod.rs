@@ -166,30 +166,32 @@ const FLUSH_AT: usize = 1 << 20;
 impl ObjectSink {
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
         self.progress.inc(data.len() as u64);
-        match self.columns.as_mut() {
-            Some(columns) => {
-                let blocks = columns.push(data);
-                self.compress(&blocks).await
+        match self.columns.take() {
+            Some(mut columns) => {
+                let result = self.compress(columns.push(data)).await;
+                self.columns = Some(columns);
+                result
             }
             None => self.compress(data).await,
         }
     }
 
     /// Uncompressed bytes (after any re-layout) into zstd.
+    /// Fed in pieces of at most FLUSH_AT, so the compressed buffer stays
+    /// small whatever size of block arrives.
     async fn compress(&mut self, data: &[u8]) -> Result<()> {
-        if data.is_empty() {
-            return Ok(());
-        }
         self.raw += data.len() as u64;
-        let enc = self
-            .encoder
-            .as_mut()
-            .ok_or_else(|| Error::internal("write after finish"))?;
-        enc.write_all(data)
-            .map_err(|e| Error::internal(format!("zstd: {e}")))?;
-        if enc.get_ref().len() >= FLUSH_AT {
-            let out = std::mem::take(enc.get_mut());
-            self.emit(&out).await?;
+        for piece in data.chunks(FLUSH_AT) {
+            let enc = self
+                .encoder
+                .as_mut()
+                .ok_or_else(|| Error::internal("write after finish"))?;
+            enc.write_all(piece)
+                .map_err(|e| Error::internal(format!("zstd: {e}")))?;
+            if enc.get_ref().len() >= FLUSH_AT {
+                let out = std::mem::take(enc.get_mut());
+                self.emit(&out).await?;
+            }
         }
         Ok(())
     }
@@ -244,9 +246,8 @@ impl ObjectSink {
     /// Everything still buffered, stored: the last column blocks, the end
     /// of the zstd frame and the last sealed chunk.
     async fn flush_tail(&mut self) -> Result<()> {
-        if let Some(columns) = self.columns.take() {
-            let last = columns.finish()?;
-            self.compress(&last).await?;
+        if let Some(mut columns) = self.columns.take() {
+            self.compress(columns.finish()?).await?;
         }
         let encoder = self
             .encoder

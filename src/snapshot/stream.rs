@@ -9,6 +9,9 @@ use super::manifest::{Encoding, ObjectEntry};
 use crate::error::{Error, Result};
 use crate::storage::{ObjectReader, Storage};
 
+/// The most decoded bytes one `next` hands out.
+pub const PIECE: usize = 256 << 10;
+
 /// Streams one object decompressed, re-checking size and sha256 of the
 /// stored bytes; the mismatch surfaces at the end, before commit.
 pub struct ObjectStream {
@@ -19,6 +22,11 @@ pub struct ObjectStream {
     decoder: zstd::stream::write::Decoder<'static, Vec<u8>>,
     /// Turns column blocks back into COPY text, for such objects.
     columns: Option<ColumnDecoder>,
+    /// Decoded bytes not handed out yet: a column block decodes to
+    /// megabytes at once, handed on in pieces so the buffers between
+    /// reader, converter and server stay small.
+    ready: Vec<u8>,
+    ready_at: usize,
     hasher: Sha256,
     size: u64,
     /// Decompressed bytes so far, checked against the manifest's raw_size.
@@ -63,6 +71,8 @@ impl ObjectStream {
                 Encoding::Plain => None,
                 Encoding::CopyColumns => Some(ColumnDecoder::new()),
             },
+            ready: Vec::new(),
+            ready_at: 0,
             hasher: Sha256::new(),
             size: 0,
             raw: 0,
@@ -79,13 +89,45 @@ impl ObjectStream {
         self
     }
 
-    /// The next piece of decompressed data, or None at the end (after the
-    /// checksum was confirmed).
+    /// The next piece of decompressed data (at most [`PIECE`] bytes), or
+    /// None at the end (after the checksum was confirmed).
     pub async fn next(&mut self) -> Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(piece) = self.take_ready() {
+                return Ok(Some(piece));
+            }
+            if !self.fill().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The next [`PIECE`] of decoded bytes waiting in `ready`.
+    fn take_ready(&mut self) -> Option<Vec<u8>> {
+        if self.ready_at >= self.ready.len() {
+            return None;
+        }
+        let end = self.ready.len().min(self.ready_at + PIECE);
+        let piece = if self.ready_at == 0 && end == self.ready.len() {
+            std::mem::take(&mut self.ready)
+        } else {
+            self.ready[self.ready_at..end].to_vec()
+        };
+        self.ready_at = end;
+        if self.ready_at >= self.ready.len() {
+            self.ready.clear();
+            self.ready_at = 0;
+        }
+        Some(piece)
+    }
+
+    /// Reads, checks and decodes stored bytes into `ready`; false at the
+    /// end, once the checksum and the decoded length were confirmed.
+    async fn fill(&mut self) -> Result<bool> {
         use std::io::Write;
         loop {
             if self.done {
-                return Ok(None);
+                return Ok(false);
             }
             match self.reader.next_chunk().await? {
                 Some(chunk) => {
@@ -109,7 +151,8 @@ impl ObjectStream {
                         if let Some(p) = &self.progress {
                             p.inc(out.len() as u64);
                         }
-                        return Ok(Some(out));
+                        self.ready = out;
+                        return Ok(true);
                     }
                 }
                 None => {
@@ -137,10 +180,8 @@ impl ObjectStream {
                     if let Some(p) = &self.progress {
                         p.inc(out.len() as u64);
                     }
-                    if !out.is_empty() {
-                        return Ok(Some(out));
-                    }
-                    return Ok(None);
+                    self.ready = out;
+                    return Ok(!self.ready.is_empty());
                 }
             }
         }
