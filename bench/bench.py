@@ -95,6 +95,41 @@ ANALYZE;
 """
 
 
+# A second data set of a different compressibility: receipts of a point of
+# sale, many short and high-entropy columns (codes, md5-like identifiers,
+# random amounts and dates, moderate text drawn from a vocabulary). The
+# main schema repeats long prefixes and compresses far better.
+GENERATE_MIXED = """
+CREATE SCHEMA {s};
+SET search_path TO {s};
+SELECT setseed(0.42);
+CREATE TABLE receipts (id bigint PRIMARY KEY, receipt_no text, store char(4), till smallint, cashier text, ref text,
+  customer_ref uuid, amount numeric(12,2), vat_rate numeric(4,2), currency char(3), booked_on date, booked_at timestamptz,
+  items int, payment text, memo text, checksum text);
+INSERT INTO receipts SELECT g, 'R' || to_char(g, 'FM0000000000'),
+    chr(65 + (random() * 25)::int) || chr(65 + (random() * 25)::int) || lpad((random() * 99)::int::text, 2, '0'),
+    (random() * 40)::smallint, 'K' || (random() * 999)::int, substr(md5(random()::text), 1, 12),
+    md5(random()::text)::uuid, round((random() * 2000)::numeric, 2), (ARRAY[0, 7, 19])[1 + (random() * 2)::int],
+    (ARRAY['EUR', 'EUR', 'EUR', 'CHF', 'USD'])[1 + (random() * 4)::int],
+    date '2020-01-01' + (random() * 2000)::int, timestamptz '2020-01-01' + random() * interval '2000 days',
+    1 + (random() * 30)::int, (ARRAY['bar', 'karte', 'ec', 'rechnung', 'gutschein'])[1 + (random() * 4)::int],
+    (SELECT string_agg((ARRAY['Brot', 'Milch', 'Kaffee', 'Rabatt', 'Pfand', 'Storno', 'Tüte', 'Obst', 'Gemüse',
+       'Käse', 'Wurst', 'Getränke', 'Zeitung', 'Tabak', 'Blumen', 'Service'])[1 + (random() * 15)::int], ' ')
+       FROM generate_series(1, 2 + (g % 9))),
+    md5(g::text || random()::text)
+  FROM generate_series(1::bigint, {rows}) g;
+ANALYZE;
+"""
+
+
+def build_mixed(schema, scale):
+    if psql(PG_URL, f"SELECT count(*) FROM pg_namespace WHERE nspname = '{schema}'") == "1":
+        return
+    print(f"building PostgreSQL schema {schema} (mixed data) ...", file=sys.stderr)
+    sql = GENERATE_MIXED.format(s=schema, rows=int(1_500_000 * scale))
+    sh(["psql", PG_URL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+
+
 def build_pg(schema, scale):
     if psql(PG_URL, f"SELECT count(*) FROM pg_namespace WHERE nspname = '{schema}'") == "1":
         return
@@ -142,10 +177,13 @@ print(n)
 """
 
 
-def config(path, storage):
+def config(path, storage, level=None):
+    compression = f"compression = {{ level = {level} }}\n" if level else ""
     with open(path, "w") as f:
         f.write(f"""[environments.bench]
 storage = "file://{storage}"
+{compression}[services.pg_mixed]
+postgres = {{ url = "{PG_URL}", schema = "bench_mixed" }}
 [services.pg_full]
 postgres = {{ url = "{PG_URL}", schema = "bench" }}
 [services.pg_small]
@@ -170,12 +208,16 @@ def main():
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--mongo-docs", type=int, default=200_000)
     ap.add_argument("--postgres-only", action="store_true", help="skip the MongoDB measurements")
+    ap.add_argument("--levels", help="instead: compare zstd levels (e.g. 1,3,6,9) on both PostgreSQL data sets")
     args = ap.parse_args()
+    if args.levels:
+        return levels(args)
 
     print("building valero-db (release) ...", file=sys.stderr)
     sh(["cargo", "build", "--release", "--quiet"], quiet=False)
     build_pg("bench", args.scale)
     build_pg("bench_small", args.scale / 4)
+    build_mixed("bench_mixed", args.scale)
     if not args.postgres_only:
         build_mongo(args.mongo_docs)
     size_full = int(psql(PG_URL, "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'bench' AND c.relkind = 'r'"))
@@ -215,6 +257,12 @@ def main():
         shutil.rmtree(outd, ignore_errors=True)
         w, m = timed([f"{PG_BIN}/pg_dump", "-Fd", "-j2", "-n", "bench", "-f", outd, PG_URL])
         record("pg_dump -Fd -j2", w, m, du(outd))
+        before = du(storage)
+        w, m = timed(vdb + ["-s", "pg_mixed", "snapshot"])
+        record("valero-db snapshot (mixed data)", w, m, du(storage) - before)
+        outm = os.path.join(work, "mixed.fc")
+        w, m = timed([f"{PG_BIN}/pg_dump", "-Fc", "-n", "bench_mixed", "-f", outm, PG_URL])
+        record("pg_dump -Fc (mixed data)", w, m, du(outm))
         copy = " ".join(f"-c '\\copy bench.{t} TO /dev/null'" for t in tables)
         w, m = timed(["sh", "-c", f"psql '{PG_URL}' -X -q {copy}"])
         record("raw floor: COPY TO /dev/null", w, m)
@@ -258,6 +306,7 @@ def main():
     med = {k: statistics.median(v["wall"]) for k, v in results.items()}
     ref = {
         "valero-db snapshot": ("pg_dump -Fc", "pg_dump -Fd -j2"),
+        "valero-db snapshot (mixed data)": ("pg_dump -Fc (mixed data)",),
         "valero-db restore": ("pg_restore -j2",),
         "valero-db snapshot (MongoDB)": ("raw cursor drain (MongoDB)",),
     }
@@ -279,9 +328,83 @@ def main():
           f"<= 0.7x pg_dump -Fd -j2: {med['valero-db snapshot'] / med['pg_dump -Fd -j2']:.2f}x; "
           f"restore <= 1.0x pg_restore -j2: {med['valero-db restore'] / med['pg_restore -j2']:.2f}x; "
           f"peak RSS <= 128 MiB: {max(max(v['rss']) for k, v in results.items() if k.startswith('valero-db')):.0f} MiB; "
-          f"stored <= 0.9x pg_dump -Fc: {results['valero-db snapshot']['size'] / fc:.2f}x"
+          f"stored <= 0.85x pg_dump -Fc: {results['valero-db snapshot']['size'] / fc:.2f}x, mixed data "
+          f"{results['valero-db snapshot (mixed data)']['size'] / results['pg_dump -Fc (mixed data)']['size']:.2f}x "
+          f"(time {med['valero-db snapshot (mixed data)'] / med['pg_dump -Fc (mixed data)']:.2f}x)"
           + ("" if args.postgres_only else
              f"; MongoDB snapshot <= 1.3x drain: {med['valero-db snapshot (MongoDB)'] / med['raw cursor drain (MongoDB)']:.2f}x"))
+
+
+def copy_rows_zstd(schema, level):
+    """Stored bytes of the schema's COPY text compressed row by row (zstd
+    CLI at `level`): what column blocks are measured against."""
+    tables = psql(PG_URL, f"SELECT string_agg(relname, ' ') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                          f"WHERE n.nspname = '{schema}' AND relkind = 'r'").split()
+    total = 0
+    for t in tables:
+        r = subprocess.run(["sh", "-c", f"psql '{PG_URL}' -X -q -c '\\copy {schema}.{t} TO STDOUT' | zstd -q -T2 -{level} | wc -c"],
+                           capture_output=True, text=True, check=True)
+        total += int(r.stdout.strip())
+    return total
+
+
+def levels(args):
+    """zstd levels side by side on both data sets: snapshot time, stored
+    size, restore time; pg_dump -Fc and zstd of the row layout as references."""
+    print("building valero-db (release) ...", file=sys.stderr)
+    sh(["cargo", "build", "--release", "--quiet"], quiet=False)
+    build_pg("bench", args.scale)
+    build_mixed("bench_mixed", args.scale)
+    work = tempfile.mkdtemp(prefix="valero-bench-")
+    storage = os.path.join(work, "store")
+    cfg = os.path.join(work, "valero-db.toml")
+    vdb = [BIN, "--config", cfg, "-e", "bench", "--no-progress", "-q"]
+    rows = []
+    for service, schema in [("pg_full", "bench"), ("pg_mixed", "bench_mixed")]:
+        out = os.path.join(work, "dump.fc")
+        w, _ = timed([f"{PG_BIN}/pg_dump", "-Fc", "-n", schema, "-f", out, PG_URL])
+        fc_size, fc_wall = du(out), w
+        rows.append((schema, "pg_dump -Fc", w, fc_size, None, None))
+        rows.append((schema, "zstd -3 of COPY rows", None, copy_rows_zstd(schema, 3), None, None))
+        for level in [int(x) for x in args.levels.split(",")]:
+            config(cfg, storage, level)
+            shutil.rmtree(storage, ignore_errors=True)
+            walls, rss = [], 0
+            for _ in range(args.rounds):
+                shutil.rmtree(storage, ignore_errors=True)
+                w, m = timed(vdb + ["-s", service, "snapshot"])
+                walls.append(w)
+                rss = max(rss, m)
+            size = du(storage)
+            restore = None
+            if service == "pg_full":
+                psql(PG_URL, "DROP DATABASE IF EXISTS bench_restore")
+                psql(PG_URL, "CREATE DATABASE bench_restore")
+                snap = newest_snapshot(cfg, "pg_full")
+                src = os.path.join(storage, "bench", "pg_full", snap)
+                dst = os.path.join(storage, "bench", "pg_full_restore", snap)
+                shutil.copytree(src, dst)
+                mpath = os.path.join(dst, "manifest.json")
+                manifest = json.load(open(mpath))
+                manifest["service"] = "pg_full_restore"
+                json.dump(manifest, open(mpath, "w"))
+                restore, _ = timed(vdb + ["-s", "pg_full_restore", "restore", "--snapshot", snap, "--yes"])
+            wall = statistics.median(walls)
+            rows.append((schema, f"valero-db level {level}", wall, size, restore, rss))
+            print(f"  {schema} level {level}: {wall:.2f}s ({wall / fc_wall:.2f}x pg_dump -Fc), "
+                  f"{size / fc_size:.2f}x pg_dump -Fc stored", file=sys.stderr, flush=True)
+    psql(PG_URL, "DROP DATABASE IF EXISTS bench_restore")
+    shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(f"zstd levels, {args.rounds} round(s) each, median; {os.cpu_count()} cores")
+    print(f"{'data':<12} {'what':<22} {'wall s':>7} {'x pg_dump':>9} {'stored MiB':>11} {'x pg_dump':>9} {'restore s':>10} {'RSS MiB':>8}")
+    ref = {}
+    for schema, what, wall, size, restore, rss in rows:
+        if what == "pg_dump -Fc":
+            ref[schema] = (wall, size)
+        fw, fs = ref[schema]
+        print(f"{schema:<12} {what:<22} {wall if wall else float('nan'):>7.2f} {(wall / fw) if wall else float('nan'):>9.2f} "
+              f"{size / 2**20:>11.1f} {size / fs:>9.2f} {restore if restore else float('nan'):>10.2f} {rss if rss else float('nan'):>8.0f}")
 
 
 if __name__ == "__main__":
