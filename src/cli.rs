@@ -375,6 +375,9 @@ pub enum Command {
         /// Confirm --drop without a prompt
         #[arg(long)]
         yes: bool,
+        /// Serve metrics for Prometheus at http://ADDR/metrics while capturing (e.g. 0.0.0.0:9187)
+        #[arg(long, value_name = "ADDR", conflicts_with_all = ["once", "drop_slot"])]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Take a snapshot of the selected services now
     Snapshot {

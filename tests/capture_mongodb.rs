@@ -14,10 +14,7 @@ use common::{mongo, tmp_files, Project};
 
 fn project(tag: &str) -> Project {
     let p = Project::new(tag);
-    p.write_raw_config(&format!(
-        "[environments.dev]\nstorage = \"file://backups\"\n\n[services.svc]\nmongodb = {{ url = \"${{VALERO_MONGO_URL}}\", database = \"{}\" }}\n",
-        p.mongo_db
-    ));
+    p.write_mongodb_only_config();
     p.migration(
         "mongodb",
         "0001_people.up.json",

@@ -419,9 +419,9 @@ fn every_alert_rule_has_promtool_unit_tests_that_pass() {
     }
 }
 
-/// Every metric name the code publishes (src/metrics.rs declares them).
+/// Every metric name the code publishes (src/metrics/mod.rs declares them).
 fn emitted_metric_names() -> BTreeSet<String> {
-    let code = std::fs::read_to_string(root().join("src/metrics.rs")).unwrap();
+    let code = std::fs::read_to_string(root().join("src/metrics/mod.rs")).unwrap();
     metric_names(&code)
 }
 
@@ -475,4 +475,32 @@ fn the_dashboard_and_the_alerts_read_only_metrics_the_code_emits() {
     used.extend(metric_names(&rule_lines));
     let unknown: Vec<&String> = used.difference(&emitted).collect();
     assert!(unknown.is_empty(), "read but never emitted: {unknown:?}");
+}
+
+#[test]
+fn the_capture_deployment_serves_metrics_on_the_port_it_declares_for_scraping() {
+    let rendered = rendered_jobs(&[]);
+    let doc = documents(&rendered)
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("the capture Deployment");
+    let container = &pod_spec(&doc)["containers"][0];
+    let args = strings(&container["args"]);
+    let at = args
+        .iter()
+        .position(|a| a == "--metrics-listen")
+        .expect("capture serves its metrics while it runs");
+    let port = args[at + 1].rsplit(':').next().unwrap().to_string();
+    assert_eq!(
+        container["ports"][0]["containerPort"]
+            .as_u64()
+            .map(|p| p.to_string()),
+        Some(port.clone())
+    );
+    let annotations = &doc["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(
+        annotations["prometheus.io/port"].as_str(),
+        Some(port.as_str())
+    );
+    assert_eq!(annotations["prometheus.io/scrape"].as_str(), Some("true"));
 }

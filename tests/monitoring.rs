@@ -55,6 +55,11 @@ fn start(dir: &Path, log: &str, program: &str, args: &[String]) -> Child {
 
 impl Stack {
     fn start() -> Stack {
+        Self::scraping(&[])
+    }
+
+    /// Also scrapes `capture --metrics-listen` on these loopback ports.
+    fn scraping(capture_ports: &[u16]) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let (pushgateway, prometheus, alertmanager) = (free_port(), free_port(), free_port());
         let d = dir.path();
@@ -71,8 +76,14 @@ impl Stack {
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
                  rule_files:\n  - {rules}\n\
                  alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{alertmanager}']\n\
-                 scrape_configs:\n  - job_name: pushgateway\n    honor_labels: true\n    static_configs:\n      - targets: ['127.0.0.1:{pushgateway}']\n",
-                rules = rules_file().display()
+                 scrape_configs:\n  - job_name: pushgateway\n    honor_labels: true\n    static_configs:\n      - targets: ['127.0.0.1:{pushgateway}']\n\
+                 \x20 - job_name: valero-db-capture\n    static_configs:\n      - targets: [{captures}]\n",
+                rules = rules_file().display(),
+                captures = capture_ports
+                    .iter()
+                    .map(|p| format!("'127.0.0.1:{p}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
         .unwrap();
@@ -303,10 +314,7 @@ fn a_stale_snapshot_and_an_unreachable_database_go_pending_and_a_fresh_snapshot_
 fn a_capture_that_stopped_shipping_goes_pending_and_its_next_pass_resolves_it() {
     let stack = Stack::start();
     let p = Project::new("mon_lag");
-    p.write_raw_config(&format!(
-        "[environments.dev]\nstorage = \"file://backups\"\n\n[services.svc]\nmongodb = {{ url = \"${{VALERO_MONGO_URL}}\", database = \"{}\" }}\n",
-        p.mongo_db
-    ));
+    p.write_mongodb_only_config();
     p.migration(
         "mongodb",
         "0001_people.up.json",
@@ -337,4 +345,50 @@ fn a_capture_that_stopped_shipping_goes_pending_and_its_next_pass_resolves_it() 
     stack.wait_for("ValeroDbCaptureLagging resolved by the next pass", || {
         stack.alert_state("ValeroDbCaptureLagging", "dev").is_none()
     });
+}
+
+#[test]
+fn a_running_capture_serves_metrics_that_prometheus_scrapes() {
+    let port = free_port();
+    let stack = Stack::scraping(&[port]);
+    let p = Project::new("mon_listen");
+    p.write_mongodb_only_config();
+    p.migration(
+        "mongodb",
+        "0001_people.up.json",
+        r#"[{"create": "people"}]"#,
+    );
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.run(&["snapshot"]).ok();
+    let listen = format!("127.0.0.1:{port}");
+    let mut capture = p.spawn(&["capture", "--interval", "1s", "--metrics-listen", &listen]);
+    let series = "valero_db_capture_lag_seconds{job=\"valero-db-capture\",env=\"dev\",service=\"svc\",engine=\"mongodb\"}";
+    stack.wait_for("the capture's lag scraped by Prometheus", || {
+        stack
+            .value(series)
+            .is_some_and(|lag| (0.0..60.0).contains(&lag))
+    });
+    let served = get(port, "/metrics").expect("GET /metrics");
+    assert!(
+        served.contains(
+            "valero_db_snapshot_last_success_timestamp_seconds{env=\"dev\",service=\"svc\"}"
+        ),
+        "{served}"
+    );
+    assert!(get(port, "/").is_none(), "only /metrics is served");
+    // SIGTERM ends the capture cleanly, and the endpoint with it.
+    let pid = capture.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(capture.wait().unwrap().code(), Some(0));
+    assert!(get(port, "/metrics").is_none());
+    // An address that cannot be bound is refused before anything runs.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    p.run(&["capture", "--metrics-listen", &addr])
+        .expect_code(2)
+        .stderr_has("--metrics-listen");
 }

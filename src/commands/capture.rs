@@ -1,4 +1,5 @@
-//! `capture [--once | --interval D]` and `capture --drop`: ships every
+//! `capture [--once | --interval D [--metrics-listen ADDR]]` and
+//! `capture --drop`: ships every
 //! committed change of the selected services to the snapshot storage, so
 //! `restore --timestamp` can replay up to any second (docs/capture.md).
 //! PostgreSQL through logical decoding, MongoDB through a change stream.
@@ -15,6 +16,7 @@ use crate::engine::mongodb::MongoEngine;
 use crate::engine::postgres::capture::{slot_name, Capture};
 use crate::engine::postgres::PostgresEngine;
 use crate::error::{Error, Result};
+use crate::metrics::listen::Exposition;
 use crate::output::Outcome;
 use crate::service::session::LockWait;
 use crate::storage::Storage;
@@ -328,7 +330,61 @@ fn run_report(env: &str, rows: &[(&str, EngineKind, &Total)]) -> (serde_json::Va
     )
 }
 
-pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes: bool) -> Outcome {
+/// What `capture` was asked to do.
+pub enum Mode {
+    /// `--once`: one pass, then exit.
+    Once,
+    /// `--interval D` until stopped, serving metrics if asked to.
+    Every {
+        interval: Duration,
+        metrics_listen: Option<std::net::SocketAddr>,
+    },
+    /// `--drop [--yes]`: remove the PostgreSQL slots and publications.
+    Drop { yes: bool },
+}
+
+impl Mode {
+    fn once(&self) -> bool {
+        !matches!(self, Mode::Every { .. })
+    }
+
+    fn interval(&self) -> Duration {
+        match self {
+            Mode::Every { interval, .. } => *interval,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// `--metrics-listen`: starts serving (an address that cannot be bound
+/// ends the command before anything is captured).
+async fn serve_metrics(mode: &Mode) -> Result<Option<Exposition>> {
+    let Mode::Every {
+        metrics_listen: Some(addr),
+        ..
+    } = mode
+    else {
+        return Ok(None);
+    };
+    let exposition = Exposition::default();
+    crate::metrics::listen::serve(*addr, exposition.clone()).await?;
+    Ok(Some(exposition))
+}
+
+/// Renews what `--metrics-listen` serves: the full picture, as after any
+/// command, read after each pass.
+async fn refresh_metrics(ctx: &Context, exposition: &Option<Exposition>) {
+    let Some(exposition) = exposition else {
+        return;
+    };
+    match crate::metrics::redacted(ctx).await {
+        Ok(text) => exposition.set(text),
+        Err(e) => tracing::warn!("metrics not refreshed: {e}"),
+    }
+}
+
+pub async fn run(ctx: &Context, mode: Mode) -> Outcome {
+    let (once, interval) = (mode.once(), mode.interval());
     let mut leases = Leases {
         token: uuid::Uuid::new_v4().simple().to_string(),
         // Passes renew it; it must outlive the wait between two of them.
@@ -336,9 +392,10 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
         taken: Vec::new(),
     };
     let result = async {
+        let exposition = serve_metrics(&mode).await?;
         let storage = ctx.storage().await?;
         let (mut pg_sources, mut mongo_sources) = open(ctx, &mut leases).await?;
-        if drop {
+        if let Mode::Drop { yes } = mode {
             return drop_slots(ctx, storage.as_ref(), &mut pg_sources, yes).await;
         }
         ensure(ctx, storage.as_ref(), &mut pg_sources, &mut mongo_sources).await?;
@@ -362,6 +419,7 @@ pub async fn run(ctx: &Context, once: bool, interval: Duration, drop: bool, yes:
                 pass_all(storage.as_ref(), env, &mut pg_sources, &mut pg_totals, &mongo_sources, &mut mongo_totals).await
             }
             .await;
+            refresh_metrics(ctx, &exposition).await;
             match passed {
                 Ok(()) => failures = 0,
                 // A database or the storage away for a while: the loop

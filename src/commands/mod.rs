@@ -93,7 +93,20 @@ async fn run_command(ctx: &Context, command: Command) -> Outcome {
             interval,
             drop_slot,
             yes,
-        } => capture::run(ctx, once, interval, drop_slot, yes).await,
+            metrics_listen,
+        } => {
+            let mode = if drop_slot {
+                capture::Mode::Drop { yes }
+            } else if once {
+                capture::Mode::Once
+            } else {
+                capture::Mode::Every {
+                    interval,
+                    metrics_listen,
+                }
+            };
+            capture::run(ctx, mode).await
+        }
         Command::Snapshot { label } => snapshot::take(ctx, label).await,
         Command::Snapshots { command } => snapshots(ctx, command).await,
         Command::Completions { .. } | Command::New { .. } => {

@@ -123,6 +123,15 @@ mongodb = {{ url = "${{VALERO_MONGO_URL}}", database = "{db}" }}
         ));
     }
 
+    /// A config with only `dev` and service `svc` on the test MongoDB, in
+    /// the project's database.
+    pub fn write_mongodb_only_config(&self) {
+        self.write_raw_config(&format!(
+            "[environments.dev]\nstorage = \"file://backups\"\n\n[services.svc]\nmongodb = {{ url = \"${{VALERO_MONGO_URL}}\", database = \"{}\" }}\n",
+            self.mongo_db
+        ));
+    }
+
     pub fn write_raw_config(&self, text: &str) {
         std::fs::write(self.config_path(), text).expect("write config");
     }

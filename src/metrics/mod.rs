@@ -3,6 +3,8 @@
 //! storage (snapshots, deployment records) and the databases (versions), so
 //! every run writes the full picture, whatever the command was.
 
+pub mod listen;
+
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -258,6 +260,12 @@ pub async fn write(ctx: &Context, path: &Path) -> Result<()> {
     })
 }
 
+/// The exposition with every registered secret replaced, as it leaves
+/// the process (pushed or served).
+pub async fn redacted(ctx: &Context) -> Result<String> {
+    Ok(crate::redact::redact(&render(ctx).await?))
+}
+
 /// Pushes the same metrics to a Prometheus Pushgateway (`PUT
 /// /metrics/job/valero-db/env/<env>`). Plain HTTP, as a Pushgateway next to
 /// the cluster is usually reached; for HTTPS use the textfile collector.
@@ -281,7 +289,7 @@ pub async fn push(ctx: &Context, gateway: &str) -> Result<()> {
         url.path().trim_end_matches('/'),
         ctx.env.name
     );
-    let body = crate::redact::redact(&render(ctx).await?);
+    let body = redacted(ctx).await?;
     let what = format!("Pushgateway {host}:{port}");
     let mut stream = tokio::time::timeout(
         std::time::Duration::from_secs(10),
