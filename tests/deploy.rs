@@ -344,7 +344,11 @@ fn metrics_are_pushed_to_a_pushgateway() {
             if let Some((head, body)) = text.split_once("\r\n\r\n") {
                 let len: usize = head
                     .lines()
-                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(str::to_string)
+                    })
                     .and_then(|v| v.trim().parse().ok())
                     .unwrap_or(0);
                 if body.len() >= len {

@@ -392,3 +392,112 @@ fn a_running_capture_serves_metrics_that_prometheus_scrapes() {
         .expect_code(2)
         .stderr_has("--metrics-listen");
 }
+
+/// A bcrypt hash of PUSH_PASSWORD, as the Pushgateway's web config wants.
+const PUSH_PASSWORD: &str = "Push-Secret-9";
+const PUSH_PASSWORD_BCRYPT: &str = "$2b$10$abcdefghijklmnopqrstuuC5jU1CGlodvkY9ZiMZd9bwsitMu0xii";
+
+#[test]
+fn metrics_are_pushed_over_https_with_basic_auth_and_a_refusal_is_reported_without_the_secret() {
+    let ca = common::env_or_fail("VALERO_TLS_CA");
+    let tls = Path::new(&ca).parent().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let web = dir.path().join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\nbasic_auth_users:\n  valero: '{PUSH_PASSWORD_BCRYPT}'\n",
+            tls.join("server.crt").display(),
+            tls.join("server.key").display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut gateway = start(
+        dir.path(),
+        "pushgateway.log",
+        "prometheus-pushgateway",
+        &[
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            format!("--web.config.file={}", web.display()),
+        ],
+    );
+    let curl = |auth: bool, path: &str| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-fsS", "--max-time", "5", "--cacert", &ca]);
+        if auth {
+            cmd.args(["-u", &format!("valero:{PUSH_PASSWORD}")]);
+        }
+        let out = cmd
+            .arg(format!("https://127.0.0.1:{port}{path}"))
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while curl(true, "/-/ready").is_none() {
+        assert!(Instant::now() < until, "the TLS Pushgateway did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        curl(false, "/metrics").is_none(),
+        "the gateway asks for credentials"
+    );
+
+    let p = Project::new("mon_https");
+    v1(&p);
+    p.migrate_now();
+    let url = format!("https://127.0.0.1:{port}");
+    let pushed = p.run_with_env(
+        &[
+            ("SSL_CERT_FILE", ca.as_str()),
+            ("VALERO_DB_PUSHGATEWAY_USER", "valero"),
+            ("VALERO_DB_PUSHGATEWAY_PASSWORD", PUSH_PASSWORD),
+        ],
+        &["status", "--pushgateway", &url],
+    );
+    pushed.ok();
+    assert!(
+        !pushed.stderr.contains("pushing metrics failed"),
+        "{}",
+        pushed.stderr
+    );
+    let metrics = curl(true, "/metrics").unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("valero_db_schema_version{")
+                && l.contains("env=\"dev\"")
+                && l.contains("job=\"valero-db\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+
+    // A wrong password: the command's own work stands, the push failure is
+    // reported, the password is not.
+    let refused = p.run_with_env(
+        &[
+            ("SSL_CERT_FILE", ca.as_str()),
+            ("VALERO_DB_PUSHGATEWAY_USER", "valero"),
+            ("VALERO_DB_PUSHGATEWAY_PASSWORD", "Wrong-Push-Secret"),
+        ],
+        &["status", "--pushgateway", &url],
+    );
+    refused.ok().stderr_has("refused the push");
+    assert!(!refused.all().contains("Wrong-Push-Secret"));
+    // A certificate the system does not trust is not pushed to.
+    let untrusted = p.run_with_env(
+        &[
+            ("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"),
+            ("VALERO_DB_PUSHGATEWAY_USER", "valero"),
+            ("VALERO_DB_PUSHGATEWAY_PASSWORD", PUSH_PASSWORD),
+        ],
+        &["status", "--pushgateway", &url],
+    );
+    untrusted.ok().stderr_has("pushing metrics failed");
+    assert!(!untrusted.all().contains(PUSH_PASSWORD));
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+}

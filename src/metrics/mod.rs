@@ -4,6 +4,9 @@
 //! every run writes the full picture, whatever the command was.
 
 pub mod listen;
+pub mod push;
+
+pub use push::push;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -264,67 +267,4 @@ pub async fn write(ctx: &Context, path: &Path) -> Result<()> {
 /// the process (pushed or served).
 pub async fn redacted(ctx: &Context) -> Result<String> {
     Ok(crate::redact::redact(&render(ctx).await?))
-}
-
-/// Pushes the same metrics to a Prometheus Pushgateway (`PUT
-/// /metrics/job/valero-db/env/<env>`). Plain HTTP, as a Pushgateway next to
-/// the cluster is usually reached; for HTTPS use the textfile collector.
-pub async fn push(ctx: &Context, gateway: &str) -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let url = url::Url::parse(gateway)
-        .map_err(|e| Error::usage(format!("--pushgateway {gateway}: {e}")))?;
-    if url.scheme() != "http" {
-        return Err(Error::usage(format!(
-            "--pushgateway supports http:// URLs, not {}",
-            url.scheme()
-        )));
-    }
-    let host = url
-        .host_str()
-        .ok_or_else(|| Error::usage("--pushgateway needs a host"))?
-        .to_string();
-    let port = url.port_or_known_default().unwrap_or(9091);
-    let path = format!(
-        "{}/metrics/job/valero-db/env/{}",
-        url.path().trim_end_matches('/'),
-        ctx.env.name
-    );
-    let body = redacted(ctx).await?;
-    let what = format!("Pushgateway {host}:{port}");
-    let mut stream = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        tokio::net::TcpStream::connect((host.as_str(), port)),
-    )
-    .await
-    .map_err(|_| Error::unreachable(&what, "connection timed out"))?
-    .map_err(|e| Error::unreachable(&what, e))?;
-    let request = format!(
-        "PUT {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| Error::unreachable(&what, e))?;
-    let mut response = Vec::new();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        stream.read_to_end(&mut response),
-    )
-    .await;
-    let status = String::from_utf8_lossy(&response)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let code: u16 = status
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    if (200..300).contains(&code) {
-        Ok(())
-    } else {
-        Err(Error::internal(format!("{what} answered '{status}'")))
-    }
 }
