@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod engine;
 pub mod error;
 pub mod lint;
+pub mod mask;
 pub mod metrics;
 pub mod migrate;
 pub mod output;
