@@ -1,5 +1,7 @@
 //! The CLI reference stays complete: every command's help is in docs/cli.md.
 
+mod common;
+
 #[test]
 fn cli_reference_lists_every_command() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md")).unwrap();
@@ -69,4 +71,52 @@ fn readme_lists_every_environment_variable_the_code_reads() {
             "README's table lacks {name}"
         );
     }
+}
+
+/// The README's "operator's first hour" block, run as written by bash with
+/// valero-db on PATH, against a database of its own.
+#[test]
+fn the_readme_first_hour_runs_as_written() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("<!-- first-hour:begin -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- first-hour:end -->").next())
+        .expect("README has the first-hour block");
+    let script = block
+        .trim()
+        .strip_prefix("```sh")
+        .and_then(|b| b.strip_suffix("```"))
+        .expect("one sh code block");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_valero-db"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("FIBU_DATABASE_URL", common::own_database("first_hour"))
+        .env_remove("VALERO_DB_CONFIG")
+        .env_remove("VALERO_DB_ENV")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("v1.0.1"),
+        "releases lists the deployment:\n{stdout}"
+    );
+    assert!(
+        dir.path()
+            .join("migrations/fibu/postgres/0001_journal.up.sql")
+            .exists(),
+        "new created the migration"
+    );
 }
