@@ -133,12 +133,13 @@ install_secantus() {
 # downloaded when they run).
 install_asset_tools() {
   # Prometheus (and promtool), the Pushgateway and Alertmanager: the
-  # monitoring stack tests/monitoring.rs runs the alert rules in.
+  # monitoring stack tests/monitoring.rs runs the alert rules in; jq: the
+  # pipeline example uses it (tests/pipeline.rs walks it).
   if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus-pushgateway >/dev/null 2>&1 \
-     || ! command -v prometheus-alertmanager >/dev/null 2>&1; then
-    log "installing prometheus, prometheus-pushgateway and prometheus-alertmanager from Debian"
+     || ! command -v prometheus-alertmanager >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1; then
+    log "installing prometheus, prometheus-pushgateway, prometheus-alertmanager and jq from Debian"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq prometheus prometheus-pushgateway prometheus-alertmanager >/dev/null
+    apt-get update -qq && apt-get install -y -qq prometheus prometheus-pushgateway prometheus-alertmanager jq >/dev/null
   fi
   install_secantus # the venv
   if [[ ! -x "$TOOLS/venv/bin/kubernetes-validate" || ! -x "$TOOLS/venv/bin/check-jsonschema" ]]; then
