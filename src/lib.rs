@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod context;
+pub mod copy_text;
 pub mod crypto;
 pub mod deploy;
 pub mod engine;

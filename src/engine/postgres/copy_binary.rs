@@ -201,7 +201,7 @@ impl Converter {
                 continue;
             }
             let text: &[u8] = if memchr::memchr(b'\\', raw).is_some() {
-                unescape(raw, &mut self.scratch);
+                crate::copy_text::unescape(raw, &mut self.scratch);
                 &self.scratch
             } else {
                 raw
@@ -220,61 +220,6 @@ impl Converter {
         }
         self.rows += 1;
         Ok(())
-    }
-}
-
-/// COPY text escapes, as `COPY FROM` reads them.
-fn unescape(raw: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    let mut i = 0;
-    while i < raw.len() {
-        let b = raw[i];
-        i += 1;
-        if b != b'\\' || i == raw.len() {
-            out.push(b);
-            continue;
-        }
-        let c = raw[i];
-        i += 1;
-        match c {
-            b'b' => out.push(8),
-            b'f' => out.push(12),
-            b'n' => out.push(b'\n'),
-            b'r' => out.push(b'\r'),
-            b't' => out.push(b'\t'),
-            b'v' => out.push(11),
-            b'0'..=b'7' => {
-                let mut v = (c - b'0') as u32;
-                for _ in 0..2 {
-                    match raw.get(i) {
-                        Some(d @ b'0'..=b'7') => {
-                            v = v * 8 + (d - b'0') as u32;
-                            i += 1;
-                        }
-                        _ => break,
-                    }
-                }
-                out.push((v & 0xff) as u8);
-            }
-            b'x' if raw.get(i).is_some_and(|d| d.is_ascii_hexdigit()) => {
-                let mut v = hex_digit(raw[i]) as u32;
-                i += 1;
-                if let Some(d) = raw.get(i).filter(|d| d.is_ascii_hexdigit()) {
-                    v = v * 16 + hex_digit(*d) as u32;
-                    i += 1;
-                }
-                out.push(v as u8);
-            }
-            other => out.push(other),
-        }
-    }
-}
-
-fn hex_digit(b: u8) -> u8 {
-    match b {
-        b'0'..=b'9' => b - b'0',
-        b'a'..=b'f' => b - b'a' + 10,
-        _ => b - b'A' + 10,
     }
 }
 
@@ -304,10 +249,9 @@ fn value(kind: Kind, text: &[u8], out: &mut Vec<u8>) -> Conv<()> {
             if hex.len() % 2 != 0 || !hex.iter().all(|b| b.is_ascii_hexdigit()) {
                 return bad("malformed bytea hex");
             }
-            out.extend(
-                hex.chunks(2)
-                    .map(|p| hex_digit(p[0]) * 16 + hex_digit(p[1])),
-            );
+            out.extend(hex.chunks(2).map(|p| {
+                crate::copy_text::hex_digit(p[0]) * 16 + crate::copy_text::hex_digit(p[1])
+            }));
         }
         Kind::Uuid => {
             if text.len() != 36 {
@@ -320,7 +264,7 @@ fn value(kind: Kind, text: &[u8], out: &mut Vec<u8>) -> Conv<()> {
                         return bad("malformed uuid");
                     }
                 } else if b.is_ascii_hexdigit() {
-                    digits.push(hex_digit(*b));
+                    digits.push(crate::copy_text::hex_digit(*b));
                 } else {
                     return bad("malformed uuid");
                 }
