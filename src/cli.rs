@@ -73,6 +73,34 @@ pub struct GlobalArgs {
     pub lock_timeout: Duration,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum MaskCommand {
+    /// Check this environment's masking rules against a snapshot, without restoring
+    ///
+    /// Reads the snapshot a refresh would load (the newest of --from-env,
+    /// or --snapshot) and reports every rule that does not fit: an unknown
+    /// table, column, collection or field, an output that does not fit
+    /// the column's type, null on a NOT NULL column, a non-injective
+    /// transformer on a unique column or index, and in strict mode every
+    /// text column and string field no rule covers. Exit 2 when anything
+    /// does not fit.
+    Check(MaskCheckArgs),
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct MaskCheckArgs {
+    /// The environment the data comes from (default: this one)
+    #[arg(long, value_name = "ENV")]
+    pub from_env: Option<String>,
+    /// The snapshot to check against (default: the newest one)
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<String>,
+    /// Print a few values and their stand-ins (on a terminal only, never
+    /// into logs or JSON; needs the masking key)
+    #[arg(long)]
+    pub show_samples: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EngineArg {
     Postgres,
@@ -256,6 +284,10 @@ pub struct RestoreArgs {
     /// owned by the restoring role and carries no grants
     #[arg(long)]
     pub skip_privileges: bool,
+    /// With --from-env: load the other environment's data unmasked, even
+    /// from a protected environment or with masking rules configured
+    #[arg(long, requires = "from_env")]
+    pub no_mask: bool,
     /// Confirm (required when not interactive or in a protected environment)
     #[arg(long)]
     pub yes: bool,
@@ -280,6 +312,10 @@ pub struct RehearseArgs {
     /// Restore the copy without the snapshot's ownership and privileges
     #[arg(long)]
     pub skip_privileges: bool,
+    /// With --from-env: restore the copy unmasked, even from a protected
+    /// environment or with masking rules configured
+    #[arg(long, requires = "from_env")]
+    pub no_mask: bool,
 }
 
 /// `lock=5s` → 5 s.
@@ -387,6 +423,11 @@ pub enum Command {
     },
     /// Restore each selected service to its state as of a time, or to a snapshot
     Restore(RestoreArgs),
+    /// Masking rules of refreshes from another environment
+    Mask {
+        #[command(subcommand)]
+        command: MaskCommand,
+    },
     /// Inspect, verify and prune snapshots
     Snapshots {
         #[command(subcommand)]

@@ -39,6 +39,30 @@ struct RawEnvironment {
     role_map: BTreeMap<String, String>,
     /// `compression = { level = N }` for the environment's snapshot objects.
     compression: Option<RawCompression>,
+    /// What a refresh from another environment masks on its way in.
+    masking: Option<RawMasking>,
+}
+
+/// `[environments.E.masking]`: the key's variable, strict mode and, per
+/// service, `postgres = { "table.column" = "email" }` and
+/// `mongodb = { "collection.field.path" = "phone" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMasking {
+    key_env: String,
+    #[serde(default)]
+    strict: bool,
+    #[serde(default)]
+    services: BTreeMap<String, RawServiceMasking>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServiceMasking {
+    #[serde(default)]
+    postgres: BTreeMap<String, String>,
+    #[serde(default)]
+    mongodb: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,6 +154,18 @@ pub struct Environment {
     pub role_map: BTreeMap<String, String>,
     /// How snapshot objects and capture segments are compressed.
     pub compression: Compression,
+    /// What a refresh from another environment masks (`masking`).
+    pub masking: Option<MaskingSettings>,
+}
+
+/// An environment's masking: where the key comes from, strict mode, and
+/// the rules of every service that has some.
+#[derive(Debug, Clone)]
+pub struct MaskingSettings {
+    /// The variable that holds the masking key (never stored).
+    pub key_env: String,
+    pub strict: bool,
+    pub services: BTreeMap<String, crate::mask::ServiceRules>,
 }
 
 /// zstd settings of an environment's snapshots (`compression = { level = N }`).
@@ -399,9 +435,11 @@ impl Config {
         let statement_locks = self.statement_locks(name, raw)?;
         let role_map = self.role_map(name, raw)?;
         let compression = self.compression(name, raw)?;
+        let masking = self.masking(name, raw)?;
         Ok(Environment {
             role_map,
             compression,
+            masking,
             name: name.to_string(),
             storage,
             protected: raw.protected,
@@ -432,6 +470,37 @@ impl Config {
                 Compression::LEVELS.end()
             ))),
         }
+    }
+
+    /// `masking` of an environment: every rule parsed, every service known.
+    fn masking(&self, name: &str, raw: &RawEnvironment) -> Result<Option<MaskingSettings>> {
+        let Some(m) = &raw.masking else {
+            return Ok(None);
+        };
+        let key = format!("environments.{name}.masking");
+        let key_env = self.expand(&format!("{key}.key_env"), &m.key_env)?;
+        if key_env.is_empty() {
+            return Err(self.err(format!(
+                "{key}.key_env: name the variable that holds the masking key"
+            )));
+        }
+        let mut services = BTreeMap::new();
+        for (service, rules) in &m.services {
+            if !self.raw.services.contains_key(service) {
+                return Err(self.err(format!(
+                    "{key}.services.{service}: no such service (services: {})",
+                    join_or_none(&self.service_names())
+                )));
+            }
+            let parsed = crate::mask::ServiceRules::parse(&rules.postgres, &rules.mongodb)
+                .map_err(|m| self.err(format!("{key}.services.{service}.{m}")))?;
+            services.insert(service.clone(), parsed);
+        }
+        Ok(Some(MaskingSettings {
+            key_env,
+            strict: m.strict,
+            services,
+        }))
     }
 
     /// `role_map` of an environment: role names as the server spells them,

@@ -1,12 +1,16 @@
 //! Restore, the engine-independent part: choosing the snapshot for a point
-//! in time (pure) and what a restore reports. The atomic loads themselves
+//! in time (pure), what a refresh from another environment masks, and
+//! what a restore reports. The atomic loads themselves
 //! live with each engine (`engine::postgres::restore`: one transaction;
 //! `engine::mongodb::restore`: temporary collections, a journal, renames).
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
-use crate::config::EngineKind;
+use crate::config::{EngineKind, Environment, Service};
 use crate::error::{Error, Result};
+use crate::mask::Masking;
 use crate::snapshot::Found;
 
 /// Parses `--timestamp`: RFC 3339 with an explicit offset.
@@ -60,6 +64,75 @@ pub fn describe_age(d: chrono::Duration) -> String {
     )
 }
 
+/// What a restore (or rehearsal) from `source` into `target` masks, per
+/// service. Within one environment nothing is masked. From another one,
+/// the target's `masking` rules apply; without rules, data from a
+/// protected environment is refused unless the operator says `--no-mask`.
+pub fn masking_for(
+    target: &Environment,
+    source: &Environment,
+    services: &[Service],
+    no_mask: bool,
+) -> Result<BTreeMap<String, Masking>> {
+    if source.name == target.name {
+        return Ok(BTreeMap::new());
+    }
+    if no_mask {
+        tracing::warn!(
+            "--no-mask: the data of {} is loaded into {} as it was stored, personal data included",
+            source.name,
+            target.name
+        );
+        return Ok(BTreeMap::new());
+    }
+    let Some(settings) = &target.masking else {
+        if source.protected {
+            return Err(Error::usage_hint(
+                format!(
+                    "environment {} is protected and {} has no masking rules: the refresh would copy its personal data unmasked; nothing was changed",
+                    source.name, target.name
+                ),
+                format!(
+                    "write rules under [environments.{}.masking] (see docs/masking.md), or pass --no-mask to copy the data as it is",
+                    target.name
+                ),
+            ));
+        }
+        return Ok(BTreeMap::new());
+    };
+    let without: Vec<&str> = services
+        .iter()
+        .filter(|s| !settings.services.contains_key(&s.name))
+        .map(|s| s.name.as_str())
+        .collect();
+    if source.protected && !without.is_empty() {
+        return Err(Error::usage_hint(
+            format!(
+                "environment {} is protected and {} has no masking rules for {}; nothing was changed",
+                source.name,
+                target.name,
+                without.join(", ")
+            ),
+            format!(
+                "add [environments.{}.masking.services.<service>] rules (`keep` what is not personal), or pass --no-mask",
+                target.name
+            ),
+        ));
+    }
+    let key = crate::mask::key_from(&settings.key_env)?;
+    Ok(services
+        .iter()
+        .map(|s| {
+            let masking = Masking {
+                key: key.clone(),
+                rules: settings.services.get(&s.name).cloned().unwrap_or_default(),
+                strict: settings.strict,
+            };
+            (s.name.clone(), masking)
+        })
+        .collect())
+}
+
 /// What a restore does about the application's sessions that hold locks
 /// on the service's data.
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +168,9 @@ pub struct Privileges {
 pub struct Conduct {
     pub live: LiveSessions,
     pub privileges: Privileges,
+    /// The masking a refresh from another environment applies while the
+    /// data streams (None: the data is loaded as it was stored).
+    pub masking: Option<crate::mask::Masking>,
 }
 
 /// What a restore of one engine did.

@@ -259,8 +259,24 @@ fn restore_from_another_environment_refreshes_this_one() {
     p.migrate_now();
     let id = p.snapshot_in("prod");
     psql(&format!("DELETE FROM \"{}\".t", p.schema));
+    // prod is protected and dev has no masking rules: refused, unchanged.
     p.run(&["restore", "--from-env", "prod", "--snapshot", &id, "--yes"])
-        .ok();
+        .expect_code(2)
+        .stderr_has("--no-mask");
+    assert_eq!(
+        psql(&format!("SELECT count(*) FROM \"{}\".t", p.schema)),
+        "0"
+    );
+    p.run(&[
+        "restore",
+        "--from-env",
+        "prod",
+        "--snapshot",
+        &id,
+        "--no-mask",
+        "--yes",
+    ])
+    .ok();
     assert_eq!(
         psql(&format!(
             "SELECT string_agg(v::text, ',') FROM \"{}\".t",

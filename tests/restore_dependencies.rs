@@ -270,6 +270,7 @@ fn privileges_survive_a_restore_and_missing_roles_are_refused_mapped_or_skipped(
             "prod",
             "--snapshot",
             &from_prod,
+            "--no-mask",
             "--yes",
         ];
         args.extend_from_slice(extra);

@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod deploy;
 pub mod lint;
+pub mod mask;
 pub mod migrate;
 pub mod new;
 pub mod rehearse;
@@ -109,6 +110,9 @@ async fn run_command(ctx: &Context, command: Command) -> Outcome {
         }
         Command::Snapshot { label } => snapshot::take(ctx, label).await,
         Command::Snapshots { command } => snapshots(ctx, command).await,
+        Command::Mask {
+            command: crate::cli::MaskCommand::Check(args),
+        } => mask::check(ctx, args).await,
         Command::Completions { .. } | Command::New { .. } => {
             unreachable!("handled before loading the configuration")
         }

@@ -54,7 +54,9 @@ async fn rehearse_all(
     let source = storage::open(&source_env).await?;
     source.check().await?;
     let root = ctx.config.migrations_dir()?;
-    let conduct = Conduct {
+    let mut maskings =
+        crate::restore::masking_for(&ctx.env, &source_env, &ctx.services()?, args.no_mask)?;
+    let base = Conduct {
         live: LiveSessions {
             wait: ctx.global.lock_timeout,
             terminate: false,
@@ -63,6 +65,7 @@ async fn rehearse_all(
             skip: args.skip_privileges,
             role_map: ctx.env.role_map.clone(),
         },
+        masking: None,
     };
     let meta = RunMeta {
         applied_by: format!("{} (rehearsal)", identity()),
@@ -70,6 +73,10 @@ async fn rehearse_all(
     };
     for service in ctx.services()? {
         let found = choose(source.as_ref(), &source_env.name, &service, args).await?;
+        let conduct = Conduct {
+            masking: maskings.remove(&service.name),
+            ..base.clone()
+        };
         for engine in service.engines() {
             if !found.manifest.engines.iter().any(|e| e.engine == engine) {
                 notes.push(format!(

@@ -13,9 +13,11 @@ use crate::cli::RestoreArgs;
 use crate::config::{EngineKind, Service};
 use crate::context::{confirm, Context};
 use crate::error::{Error, PartialCommit, Result};
+use crate::mask::Masking;
 use crate::output::Outcome;
 use crate::restore::{
-    describe_age, parse_timestamp, select_at, Conduct, LiveSessions, Privileges, RestoreStats,
+    describe_age, masking_for, parse_timestamp, select_at, Conduct, LiveSessions, Privileges,
+    RestoreStats,
 };
 use crate::service::session::LockedService;
 use crate::service::take::{take_service, Request};
@@ -29,6 +31,8 @@ struct Choice {
     note: String,
     /// Captured changes to replay up to the requested time, per engine.
     replays: BTreeMap<EngineKind, ReplayPlan>,
+    /// What a refresh from another environment masks on the way in.
+    masking: Option<Masking>,
 }
 
 pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
@@ -66,7 +70,11 @@ async fn restore(
     source.check().await?;
 
     // Choose, plan the replays and verify everything, changing nothing.
+    let mut maskings = masking_for(&ctx.env, &source_env, &services, args.no_mask)?;
     let mut choices = choose(source.as_ref(), &source_env.name, services, args, at).await?;
+    for c in &mut choices {
+        c.masking = maskings.remove(&c.service.name);
+    }
     if let (Some(t), false) = (at, args.snapshot_only) {
         for c in &mut choices {
             c.replays = plan_replays(source.as_ref(), &source_env.name, c, t).await?;
@@ -130,6 +138,7 @@ async fn choose(
                 found,
                 note,
                 replays: BTreeMap::new(),
+                masking: None,
             }),
             None => missing.push(service.name.clone()),
         }
@@ -220,6 +229,16 @@ fn describe_choice(c: &Choice, source_env: &str, report: &mut Value, human: &mut
         human_bytes(m.total_size()),
         targets(&c.service),
     ));
+    if let Some(m) = &c.masking {
+        let rules = m.rules.postgres.values().map(|t| t.len()).sum::<usize>()
+            + m.rules.mongodb.values().map(|f| f.len()).sum::<usize>();
+        human.push_str(&format!(
+            "{}: masked on the way in by {rules} rule{}{}\n",
+            c.service.name,
+            if rules == 1 { "" } else { "s" },
+            if m.strict { " (strict)" } else { "" }
+        ));
+    }
     for (engine, plan) in &c.replays {
         human.push_str(&format!(
             "{} ({engine}): then replays captured changes up to {} ({} segment{})\n",
@@ -235,6 +254,7 @@ fn describe_choice(c: &Choice, source_env: &str, report: &mut Value, human: &mut
             "service": c.service.name,
             "snapshot": crate::commands::snapshot::summary(&c.found),
             "selection": c.note,
+            "masked": c.masking.is_some(),
             "replaces": targets(&c.service),
         }),
     );
@@ -377,6 +397,7 @@ async fn restore_service(
             skip: args.skip_privileges,
             role_map: ctx.env.role_map.clone(),
         },
+        masking: c.masking.clone(),
     };
     let mut stats = Vec::new();
     for i in 0..locked.engines.len() {

@@ -430,8 +430,10 @@ pub async fn replay(
     from: u64,
     skip: &(dyn Fn(&str) -> bool + Sync),
     what: &str,
+    masking: Option<&crate::mask::Masking>,
 ) -> Result<ReplayStats> {
     let mut stats = ReplayStats::default();
+    let mut uncovered = std::collections::BTreeSet::new();
     let db_name = targets.db.name().to_string();
     let mut inserts = Inserts::default();
     'segments: for (base, seg) in &plan.segments {
@@ -478,6 +480,12 @@ pub async fn replay(
                 if ts < from {
                     continue;
                 }
+                let event = match masking {
+                    Some(m) if !skip(collection_of(&event)) => {
+                        super::masking::mask_event(m, event, &mut uncovered)?
+                    }
+                    _ => event,
+                };
                 apply(targets, &mut inserts, &event, &db_name, skip, what).await?;
                 stats.changes += 1;
                 stats.transactions += 1;
@@ -493,7 +501,25 @@ pub async fn replay(
         }
     }
     inserts.flush(targets, what).await?;
+    if !uncovered.is_empty() {
+        return Err(Error::usage_hint(
+            format!(
+                "{what}: strict: captured changes hold string fields neither masked nor kept; nothing was changed:\n  {}",
+                uncovered.into_iter().collect::<Vec<_>>().join("\n  ")
+            ),
+            "add a rule (or `keep`) for each under [environments.<target>.masking.services]",
+        ));
+    }
     Ok(stats)
+}
+
+/// The collection a change event is about ("" for database events).
+fn collection_of(event: &Document) -> &str {
+    event
+        .get_document("ns")
+        .ok()
+        .and_then(|n| n.get_str("coll").ok())
+        .unwrap_or_default()
 }
 
 /// Consecutive inserts into one collection, sent as one batch. A document

@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod driver;
 pub mod lease;
+pub mod masking;
 pub mod rehearse;
 pub mod restore;
 pub mod snapshot;
@@ -385,7 +386,7 @@ impl Engine for MongoEngine {
         storage: &dyn crate::storage::Storage,
         found: &crate::snapshot::Found,
         replay: Option<&crate::capture::ReplayPlan>,
-        _conduct: &crate::restore::Conduct,
+        conduct: &crate::restore::Conduct,
     ) -> Result<crate::restore::RestoreStats> {
         if !found
             .manifest
@@ -398,7 +399,15 @@ impl Engine for MongoEngine {
                 found.manifest.id, self.service
             )));
         }
-        let (_, stats) = restore::prepare(&self.db, storage, found, &self.service, replay).await?;
+        let (_, stats) = restore::prepare(
+            &self.db,
+            storage,
+            found,
+            &self.service,
+            replay,
+            conduct.masking.as_ref(),
+        )
+        .await?;
         Ok(stats)
     }
 

@@ -14,6 +14,7 @@ use super::driver::{classify, LOCKS};
 use super::snapshot::command_cursor;
 use crate::config::EngineKind;
 use crate::error::{Error, Result};
+use crate::mask::Masking;
 use crate::restore::RestoreStats;
 use crate::snapshot::stream::ObjectStream;
 use crate::snapshot::{Found, ObjectKind};
@@ -24,12 +25,81 @@ const TMP_PREFIX: &str = "valero_tmp_";
 const BATCH_DOCS: usize = 1000;
 const BATCH_BYTES: usize = 8 << 20;
 
-struct Planned {
-    name: String,
-    kind: String,
+pub(super) struct Planned {
+    pub name: String,
+    pub kind: String,
     options: Document,
-    indexes: Vec<Document>,
-    data: Option<crate::snapshot::ObjectEntry>,
+    pub indexes: Vec<Document>,
+    pub data: Option<crate::snapshot::ObjectEntry>,
+}
+
+/// A collection object's documents one by one, however the stream splits
+/// them; anything that is not a whole BSON document is an integrity error.
+pub(super) struct DocumentReader {
+    stream: ObjectStream,
+    pending: Vec<u8>,
+    offset: usize,
+    ended: bool,
+    /// Bytes read so far.
+    pub bytes: u64,
+    what: String,
+}
+
+impl DocumentReader {
+    pub fn new(stream: ObjectStream, base: &str, key: &str) -> DocumentReader {
+        DocumentReader {
+            stream,
+            pending: Vec::new(),
+            offset: 0,
+            ended: false,
+            bytes: 0,
+            what: format!("snapshot {base}: {key}"),
+        }
+    }
+
+    pub async fn next(&mut self) -> Result<Option<RawDocumentBuf>> {
+        loop {
+            let available = self.pending.len() - self.offset;
+            if available >= 4 {
+                let at = self.offset;
+                let len = i32::from_le_bytes([
+                    self.pending[at],
+                    self.pending[at + 1],
+                    self.pending[at + 2],
+                    self.pending[at + 3],
+                ]);
+                if len < 5 {
+                    return Err(self.corrupt());
+                }
+                let len = len as usize;
+                if available >= len {
+                    let raw = RawDocumentBuf::from_bytes(self.pending[at..at + len].to_vec())
+                        .map_err(|_| self.corrupt())?;
+                    self.offset += len;
+                    return Ok(Some(raw));
+                }
+            }
+            if self.ended {
+                if available > 0 {
+                    return Err(self.corrupt());
+                }
+                return Ok(None);
+            }
+            self.pending.drain(..self.offset);
+            self.offset = 0;
+            match self.stream.next().await? {
+                Some(buf) => {
+                    self.bytes += buf.len() as u64;
+                    self.pending.extend_from_slice(&buf);
+                }
+                None => self.ended = true,
+            }
+        }
+    }
+
+    fn corrupt(&self) -> Error {
+        Error::integrity(format!("{} holds invalid BSON", self.what), None)
+    }
 }
 
 fn parse_metadata(bytes: &[u8], base: &str, key: &str) -> Result<Document> {
@@ -41,7 +111,7 @@ fn parse_metadata(bytes: &[u8], base: &str, key: &str) -> Result<Document> {
     }
 }
 
-async fn plan(storage: &dyn Storage, found: &Found) -> Result<Vec<Planned>> {
+pub(super) async fn plan(storage: &dyn Storage, found: &Found) -> Result<Vec<Planned>> {
     let mut out = Vec::new();
     for meta in found
         .manifest
@@ -91,15 +161,28 @@ async fn plan(storage: &dyn Storage, found: &Found) -> Result<Vec<Planned>> {
     Ok(out)
 }
 
+/// Where a restore's collections come from and go to.
+struct Loading<'a> {
+    db: &'a Database,
+    storage: &'a dyn Storage,
+    found: &'a Found,
+    what: &'a str,
+    masking: Option<&'a Masking>,
+}
+
 async fn load_collection(
-    db: &Database,
-    storage: &dyn Storage,
-    found: &Found,
+    loading: &Loading<'_>,
     p: &Planned,
     tmp: &str,
     stats: &mut RestoreStats,
-    what: &str,
 ) -> Result<()> {
+    let Loading {
+        db,
+        storage,
+        found,
+        what,
+        masking,
+    } = *loading;
     let mut create = doc! {"create": tmp};
     for (k, v) in &p.options {
         create.insert(k.clone(), v.clone());
@@ -114,60 +197,31 @@ async fn load_collection(
             "{} mongodb: restore",
             found.manifest.service
         )));
-        let mut stream = ObjectStream::open(storage, &found.base, entry)
+        let stream = ObjectStream::open(storage, &found.base, entry)
             .await?
             .with_progress(&progress);
-        let mut pending: Vec<u8> = Vec::new();
+        let mut masker = masking.map(|m| super::masking::DocumentMasker::new(m, &p.name));
+        let mut reader = DocumentReader::new(stream, &found.base, &entry.key);
         let mut batch: Vec<RawDocumentBuf> = Vec::new();
         let mut batch_bytes = 0usize;
-        let corrupt = || {
-            Error::integrity(
-                format!("snapshot {}: {} holds invalid BSON", found.base, entry.key),
-                None,
-            )
-        };
-        loop {
-            let more = stream.next().await?;
-            if let Some(buf) = &more {
-                pending.extend_from_slice(buf);
-                stats.bytes += buf.len() as u64;
+        while let Some(mut raw) = reader.next().await? {
+            if let Some(masked) = masker.as_mut().map(|m| m.mask(&raw)).transpose()?.flatten() {
+                raw = masked;
             }
-            let mut offset = 0;
-            while pending.len() - offset >= 4 {
-                let len = i32::from_le_bytes([
-                    pending[offset],
-                    pending[offset + 1],
-                    pending[offset + 2],
-                    pending[offset + 3],
-                ]);
-                if len < 5 {
-                    return Err(corrupt());
-                }
-                let len = len as usize;
-                if pending.len() - offset < len {
-                    break;
-                }
-                let raw = RawDocumentBuf::from_bytes(pending[offset..offset + len].to_vec())
-                    .map_err(|_| corrupt())?;
-                offset += len;
-                batch_bytes += len;
-                batch.push(raw);
-                if batch.len() >= BATCH_DOCS || batch_bytes >= BATCH_BYTES {
-                    stats.rows += batch.len() as u64;
-                    coll.insert_many(std::mem::take(&mut batch))
-                        .bypass_document_validation(true)
-                        .await
-                        .map_err(|e| classify(what, e))?;
-                    batch_bytes = 0;
-                }
-            }
-            pending.drain(..offset);
-            if more.is_none() {
-                break;
+            batch_bytes += raw.as_bytes().len();
+            batch.push(raw);
+            if batch.len() >= BATCH_DOCS || batch_bytes >= BATCH_BYTES {
+                stats.rows += batch.len() as u64;
+                coll.insert_many(std::mem::take(&mut batch))
+                    .bypass_document_validation(true)
+                    .await
+                    .map_err(|e| classify(what, e))?;
+                batch_bytes = 0;
             }
         }
-        if !pending.is_empty() {
-            return Err(corrupt());
+        stats.bytes += reader.bytes;
+        if let Some(m) = masker {
+            m.finish(service_of(found))?;
         }
         if !batch.is_empty() {
             stats.rows += batch.len() as u64;
@@ -202,6 +256,10 @@ async fn load_collection(
         );
     }
     Ok(())
+}
+
+fn service_of(found: &Found) -> &str {
+    &found.manifest.service
 }
 
 /// The options `collMod` can set again after a rename.
@@ -250,10 +308,14 @@ pub async fn prepare(
     found: &Found,
     service: &str,
     replay: Option<&crate::capture::ReplayPlan>,
+    masking: Option<&Masking>,
 ) -> Result<(String, RestoreStats)> {
     let what = format!("MongoDB of service {service}");
     recover(db, service).await?;
     let planned = plan(storage, found).await?;
+    if let Some(m) = masking {
+        super::masking::check_collections(m, &planned, service)?;
+    }
     let token = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let journal = db.collection::<Document>(JOURNAL);
     let renames: Vec<Bson> = planned
@@ -281,16 +343,14 @@ pub async fn prepare(
             if p.kind == "view" {
                 continue;
             }
-            load_collection(
+            let loading = Loading {
                 db,
                 storage,
                 found,
-                p,
-                &format!("{TMP_PREFIX}{token}_{i}"),
-                &mut stats,
-                &what,
-            )
-            .await?;
+                what: &what,
+                masking,
+            };
+            load_collection(&loading, p, &format!("{TMP_PREFIX}{token}_{i}"), &mut stats).await?;
         }
         if let Some(plan) = replay {
             let from = found
@@ -320,7 +380,8 @@ pub async fn prepare(
             let skip =
                 |c: &str| c == LOCKS || c.starts_with(TMP_PREFIX) || c.starts_with("system.");
             stats.replayed = Some(
-                super::capture::replay(&mut targets, storage, plan, from, &skip, &what).await?,
+                super::capture::replay(&mut targets, storage, plan, from, &skip, &what, masking)
+                    .await?,
             );
         }
         Ok(())

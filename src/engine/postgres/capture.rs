@@ -639,6 +639,7 @@ pub async fn replay(
     schema: &str,
     transaction_snapshot: &str,
     what: &str,
+    masking: Option<&crate::mask::Masking>,
 ) -> Result<ReplayStats> {
     // Triggers and foreign-key checks already ran when the changes were made.
     exec(conn, "SET LOCAL session_replication_role = replica")
@@ -657,6 +658,7 @@ pub async fn replay(
         replayer: pgoutput::Replayer::default(),
         checked: std::collections::HashSet::new(),
         applying: false,
+        masking,
     };
     for (base, seg) in &plan.segments {
         if replay.segment(storage, base, seg).await? == Flow::Stop {
@@ -755,6 +757,8 @@ struct Replay<'a> {
     replayer: pgoutput::Replayer,
     checked: std::collections::HashSet<u32>,
     applying: bool,
+    /// A masked refresh masks replayed values as it masked the snapshot's.
+    masking: Option<&'a crate::mask::Masking>,
 }
 
 impl Replay<'_> {
@@ -848,6 +852,10 @@ impl Replay<'_> {
                 check_relation(self.conn, self.schema, relation, self.what).await?;
             }
         }
+        let msg = match self.masking {
+            Some(m) => super::masking::mask_change(m, &self.replayer, msg)?,
+            None => msg,
+        };
         let Some(sql) = self.replayer.sql(self.schema, &msg)? else {
             return Ok(());
         };

@@ -5,6 +5,8 @@
 
 pub mod capture;
 pub mod copy_binary;
+mod dump_tables;
+pub mod masking;
 pub mod pgoutput;
 pub mod rehearse;
 pub mod restore;
@@ -723,6 +725,7 @@ impl Engine for PostgresEngine {
                 replay,
                 live: conduct.live,
                 ddl,
+                masking: conduct.masking.as_ref(),
             },
         )
         .await

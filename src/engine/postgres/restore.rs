@@ -16,6 +16,7 @@ use super::sql::{classify, exec, names_in_schema, quote_ident, Server};
 use super::waits;
 use crate::config::EngineKind;
 use crate::error::{BlockedWork, Error, Result};
+use crate::mask::copy_text::RowMasker;
 use crate::restore::{LiveSessions, Privileges, RestoreStats};
 use crate::snapshot::manifest::EngineInfo;
 use crate::snapshot::stream::ObjectStream;
@@ -342,7 +343,11 @@ async fn read_script(
 
 /// Reads a SQL object of the snapshot (verified while it streams), without
 /// psql meta-commands.
-async fn read_sql(storage: &dyn Storage, found: &Found, entry: &ObjectEntry) -> Result<String> {
+pub(super) async fn read_sql(
+    storage: &dyn Storage,
+    found: &Found,
+    entry: &ObjectEntry,
+) -> Result<String> {
     let bytes = ObjectStream::open(storage, &found.base, entry)
         .await?
         .read_all()
@@ -405,7 +410,12 @@ pub async fn prepare(
     schema: &str,
     around: Around<'_>,
 ) -> Result<RestoreStats> {
-    let Around { replay, live, ddl } = around;
+    let Around {
+        replay,
+        live,
+        ddl,
+        masking,
+    } = around;
     let what = format!("PostgreSQL of service {service}");
     exec(conn, "BEGIN").await.map_err(|e| classify(&what, e))?;
     let loaded = async {
@@ -414,6 +424,7 @@ pub async fn prepare(
             storage,
             found,
             what: &what,
+            masking,
         };
         let mut stats = load(conn, &source, info, schema, replay, &ddl).await?;
         stats.terminated_sessions = terminated;
@@ -432,6 +443,8 @@ pub struct Around<'a> {
     pub replay: Option<&'a crate::capture::ReplayPlan>,
     pub live: LiveSessions,
     pub ddl: Ddl,
+    /// Rules applied to the rows while they stream in (a masked refresh).
+    pub masking: Option<&'a crate::mask::Masking>,
 }
 
 /// Every relation of the schema `LOCK TABLE` accepts: tables, partitioned
@@ -628,7 +641,15 @@ async fn load(
     stats.objects += 1;
     lap("pre-data DDL");
 
-    load_tables(conn, source, schema, &mut stats, &mut lap).await?;
+    load_tables(
+        conn,
+        source,
+        schema,
+        ddl.post.as_deref(),
+        &mut stats,
+        &mut lap,
+    )
+    .await?;
 
     if let Some(seq) = source.object(ObjectKind::PostgresSequences) {
         source.run_sql(conn, seq, "sequences").await?;
@@ -710,6 +731,7 @@ struct Source<'a> {
     storage: &'a dyn Storage,
     found: &'a Found,
     what: &'a str,
+    masking: Option<&'a crate::mask::Masking>,
 }
 
 impl Source<'_> {
@@ -783,6 +805,7 @@ async fn load_tables(
     conn: &mut PgConnection,
     source: &Source<'_>,
     schema: &str,
+    post: Option<&str>,
     stats: &mut RestoreStats,
     lap: &mut impl FnMut(&str),
 ) -> Result<()> {
@@ -794,6 +817,10 @@ async fn load_tables(
     let mut kinds = column_kinds(conn, schema)
         .await
         .map_err(|e| classify(what, e))?;
+    let mut masks = match source.masking {
+        Some(m) => super::masking::plan(conn, schema, m, &found.manifest.service, post).await?,
+        None => Default::default(),
+    };
     let tables = found.manifest.objects.iter();
     for entry in tables.filter(|o| o.kind == ObjectKind::PostgresTable) {
         let table = entry.name.as_deref().ok_or_else(|| {
@@ -805,7 +832,7 @@ async fn load_tables(
                 None,
             )
         })?;
-        let target = Table {
+        let mut target = Table {
             storage: source.storage,
             base: &found.base,
             entry,
@@ -813,6 +840,13 @@ async fn load_tables(
             qualified: format!("{}.{}", quote_ident(schema), quote_ident(table)),
             what,
             progress: &progress,
+            mask: source.masking.and_then(|m| {
+                let columns = masks.remove(table)?;
+                columns
+                    .iter()
+                    .any(Option::is_some)
+                    .then(|| RowMasker::new(columns, m.key.clone()))
+            }),
         };
         let loaded = match kinds.remove(table) {
             Some(kinds) => target.load_binary(conn, kinds).await?,
@@ -852,7 +886,16 @@ async fn replay_changes(
                 None,
             )
         })?;
-    super::capture::replay(conn, source.storage, plan, schema, position, source.what).await
+    super::capture::replay(
+        conn,
+        source.storage,
+        plan,
+        schema,
+        position,
+        source.what,
+        source.masking,
+    )
+    .await
 }
 
 /// Materialized views were created WITH NO DATA; those the snapshot had
@@ -916,17 +959,58 @@ struct Table<'a> {
     qualified: String,
     what: &'a str,
     progress: &'a std::sync::Arc<crate::progress::Progress>,
+    /// The masker of a masked refresh, when a column of the table is masked.
+    mask: Option<RowMasker>,
+}
+
+/// A table's stored COPY text, masked on the way when the refresh masks.
+struct Rows {
+    stream: ObjectStream,
+    masker: Option<RowMasker>,
+    table: String,
+}
+
+impl Rows {
+    async fn next(&mut self) -> Result<Option<Vec<u8>>> {
+        let Some(masker) = &mut self.masker else {
+            return self.stream.next().await;
+        };
+        loop {
+            let Some(buf) = self.stream.next().await? else {
+                masker.finish().map_err(|e| unreadable(&self.table, e))?;
+                return Ok(None);
+            };
+            let mut out = Vec::with_capacity(buf.len() + buf.len() / 4);
+            masker
+                .push(&buf, &mut out)
+                .map_err(|e| unreadable(&self.table, e))?;
+            if !out.is_empty() {
+                return Ok(Some(out));
+            }
+        }
+    }
+}
+
+fn unreadable(table: &str, e: crate::mask::copy_text::BadRow) -> Error {
+    Error::integrity(format!("masking table {table}: {e}"), None)
 }
 
 impl Table<'_> {
-    async fn open(&self) -> Result<ObjectStream> {
-        Ok(ObjectStream::open(self.storage, self.base, self.entry)
+    async fn open(&mut self) -> Result<Rows> {
+        let stream = ObjectStream::open(self.storage, self.base, self.entry)
             .await?
-            .with_progress(self.progress))
+            .with_progress(self.progress);
+        Ok(Rows {
+            stream,
+            // A second opening (text after a failed binary load) starts
+            // the masker afresh.
+            masker: self.mask.as_ref().map(RowMasker::fresh),
+            table: self.name.to_string(),
+        })
     }
 
     /// The stored text as it is: answers (rows, bytes).
-    async fn load_text(&self, conn: &mut PgConnection) -> Result<(u64, u64)> {
+    async fn load_text(&mut self, conn: &mut PgConnection) -> Result<(u64, u64)> {
         let mut stream = self.open().await?;
         let mut copy = conn
             .copy_in_raw(&format!("COPY {} FROM STDIN", self.qualified))
@@ -962,7 +1046,7 @@ impl Table<'_> {
     /// loads. Answers None, with the table back as it was (a savepoint),
     /// when a value does not convert: the caller then loads the text.
     async fn load_binary(
-        &self,
+        &mut self,
         conn: &mut PgConnection,
         kinds: Vec<Kind>,
     ) -> Result<Option<(u64, u64)>> {
