@@ -1,4 +1,5 @@
-//! `--metrics-file PATH`: Prometheus text format, written atomically after
+//! `--metrics-file PATH`: the exposition (the Prometheus project's
+//! `prometheus-client` registry and text encoder), written atomically after
 //! any command, for node_exporter's textfile collector. Values come from
 //! storage (snapshots, deployment records) and the databases (versions), so
 //! every run writes the full picture, whatever the command was.
@@ -8,8 +9,12 @@ pub mod push;
 
 pub use push::push;
 
-use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::family::Family as LabeledFamily;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use crate::config::Service;
 use crate::context::Context;
@@ -18,16 +23,21 @@ use crate::error::{Error, Result};
 use crate::service::status::service_status;
 use crate::storage::Storage;
 
-fn esc(v: &str) -> String {
+/// A label value as the text format spells it: the client's encoder
+/// writes values as they are given.
+fn escaped(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
 
+/// A gauge per label set, as the Prometheus project's client keeps it.
+type Gauges = LabeledFamily<Vec<(String, String)>, Gauge<f64, AtomicU64>>;
+
 struct Family {
     name: &'static str,
     help: &'static str,
-    samples: Vec<(String, f64)>,
+    gauges: Gauges,
 }
 
 impl Family {
@@ -35,16 +45,16 @@ impl Family {
         Family {
             name,
             help,
-            samples: Vec::new(),
+            gauges: Gauges::default(),
         }
     }
 
     fn add(&mut self, labels: &[(&str, &str)], value: f64) {
-        let l: Vec<String> = labels
+        let labels: Vec<(String, String)> = labels
             .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", esc(v)))
+            .map(|(k, v)| (k.to_string(), escaped(v)))
             .collect();
-        self.samples.push((l.join(","), value));
+        self.gauges.get_or_create(&labels).set(value);
     }
 }
 
@@ -196,8 +206,11 @@ impl Families {
         }
     }
 
+    /// The exposition of every family (OpenMetrics text, which
+    /// Prometheus, the Pushgateway and node_exporter's textfile collector
+    /// read).
     fn render(self) -> String {
-        let mut out = String::new();
+        let mut registry = Registry::default();
         for f in [
             self.snap_time,
             self.snap_size,
@@ -213,12 +226,12 @@ impl Families {
             self.capture_lag,
             self.capture_wal,
         ] {
-            let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
-            let _ = writeln!(out, "# TYPE {} gauge", f.name);
-            for (labels, value) in f.samples {
-                let _ = writeln!(out, "{}{{{labels}}} {value}", f.name);
-            }
+            // The encoder ends every help text with a full stop.
+            registry.register(f.name, f.help.trim_end_matches('.'), f.gauges);
         }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 }
@@ -267,4 +280,36 @@ pub async fn write(ctx: &Context, path: &Path) -> Result<()> {
 /// the process (pushed or served).
 pub async fn redacted(ctx: &Context) -> Result<String> {
     Ok(crate::redact::redact(&render(ctx).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauges_render_with_help_type_labels_and_escaped_values() {
+        let mut f = Families::new();
+        f.up.add(&[("env", "prod"), ("service", "fibu")], 1.0);
+        f.deploy_result
+            .add(&[("env", "prod"), ("release", "v1 \"quoted\" \\ x")], 0.0);
+        let text = f.render();
+        assert!(
+            text.contains(
+                "# HELP valero_db_database_up 1 if the service's databases were reachable.\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE valero_db_database_up gauge\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("valero_db_database_up{env=\"prod\",service=\"fibu\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("release=\"v1 \\\"quoted\\\" \\\\ x\"}"),
+            "{text}"
+        );
+    }
 }
