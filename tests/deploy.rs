@@ -273,7 +273,9 @@ fn the_metrics_file_is_prometheus_text_format() {
     let text = std::fs::read_to_string(&path).unwrap();
     let mut samples = 0;
     for line in text.lines() {
-        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+        // HELP, TYPE and the encoder's closing `# EOF` (a comment to the
+        // text format's readers).
+        if line.starts_with("# ") {
             continue;
         }
         let (series, value) = line
