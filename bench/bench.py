@@ -192,7 +192,34 @@ postgres = {{ url = "{PG_URL}", schema = "bench_small" }}
 mongodb = {{ url = "{MONGO_URL}", database = "bench" }}
 [services.pg_full_restore]
 postgres = {{ url = "{db_url('bench_restore')}", schema = "bench" }}
+
+[environments.bench.masking]
+key_env = "VALERO_BENCH_MASK_KEY"
+[environments.bench.masking.services.pg_full_restore.postgres]
+"journal_lines.text" = "text"
+"customers.name" = "name"
+"customers.email" = "email"
+
+[environments.bench_prod]
+storage = "file://{storage}"
+protected = true
 """)
+
+
+def place_snapshot(storage, snap, env):
+    """Copies pg_full's snapshot to service pg_full_restore of `env` (a
+    manifest must name the environment and service whose folder it is in)."""
+    src = os.path.join(storage, "bench", "pg_full", snap)
+    dst = os.path.join(storage, env, "pg_full_restore", snap)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    mpath = os.path.join(dst, "manifest.json")
+    with open(mpath) as f:
+        manifest = json.load(f)
+    manifest["service"] = "pg_full_restore"
+    manifest["environment"] = env
+    with open(mpath, "w") as f:
+        json.dump(manifest, f, indent=2)
 
 
 def newest_snapshot(cfg, service):
@@ -268,25 +295,18 @@ def main():
         record("raw floor: COPY TO /dev/null", w, m)
         # Restores into an empty database.
         for name, cmd in [
-            ("valero-db restore", None),
+            ("valero-db restore", "bench"),
+            ("valero-db restore (masked)", "bench_prod"),
             ("pg_restore -j2", [f"{PG_BIN}/pg_restore", "-j2", "-d", db_url("bench_restore"), out]),
         ]:
             psql(PG_URL, "DROP DATABASE IF EXISTS bench_restore")
             psql(PG_URL, "CREATE DATABASE bench_restore")
-            if cmd is None:
+            if isinstance(cmd, str):
                 snap = newest_snapshot(cfg, "pg_full")
-                src = os.path.join(storage, "bench", "pg_full", snap)
-                dst = os.path.join(storage, "bench", "pg_full_restore", snap)
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                shutil.copytree(src, dst, dirs_exist_ok=True)
-                # A manifest must name the folder it is in.
-                mpath = os.path.join(dst, "manifest.json")
-                with open(mpath) as f:
-                    manifest = json.load(f)
-                manifest["service"] = "pg_full_restore"
-                with open(mpath, "w") as f:
-                    json.dump(manifest, f, indent=2)
-                w, m = timed(vdb + ["-s", "pg_full_restore", "restore", "--snapshot", snap, "--yes"])
+                place_snapshot(storage, snap, cmd)
+                extra = [] if cmd == "bench" else ["--from-env", cmd]
+                w, m = timed(vdb + ["-s", "pg_full_restore", "restore", "--snapshot", snap, "--yes"] + extra,
+                             env=dict(os.environ, VALERO_BENCH_MASK_KEY="bench-masking-key-0123456789"))
             else:
                 w, m = timed(cmd)
             record(name, w, m)
@@ -308,6 +328,7 @@ def main():
         "valero-db snapshot": ("pg_dump -Fc", "pg_dump -Fd -j2"),
         "valero-db snapshot (mixed data)": ("pg_dump -Fc (mixed data)",),
         "valero-db restore": ("pg_restore -j2",),
+        "valero-db restore (masked)": ("valero-db restore",),
         "valero-db snapshot (MongoDB)": ("raw cursor drain (MongoDB)",),
     }
     print()
@@ -327,6 +348,7 @@ def main():
     print(f"targets: snapshot <= 0.5x pg_dump -Fc: {med['valero-db snapshot'] / med['pg_dump -Fc']:.2f}x; "
           f"<= 0.7x pg_dump -Fd -j2: {med['valero-db snapshot'] / med['pg_dump -Fd -j2']:.2f}x; "
           f"restore <= 1.0x pg_restore -j2: {med['valero-db restore'] / med['pg_restore -j2']:.2f}x; "
+          f"masked restore <= 1.3x restore: {med['valero-db restore (masked)'] / med['valero-db restore']:.2f}x; "
           f"peak RSS <= 128 MiB: {max(max(v['rss']) for k, v in results.items() if k.startswith('valero-db')):.0f} MiB; "
           f"stored <= 0.85x pg_dump -Fc: {results['valero-db snapshot']['size'] / fc:.2f}x, mixed data "
           f"{results['valero-db snapshot (mixed data)']['size'] / results['pg_dump -Fc (mixed data)']['size']:.2f}x "
