@@ -168,6 +168,27 @@ pub struct MaskingSettings {
     pub services: BTreeMap<String, crate::mask::ServiceRules>,
 }
 
+impl MaskingSettings {
+    /// Whether the service has a rules table (even an empty one): a
+    /// refresh from a protected environment needs one.
+    pub fn has_rules(&self, service: &str) -> bool {
+        self.services.contains_key(service)
+    }
+
+    /// What a restore of `service` masks, under `key`.
+    pub fn for_service(
+        &self,
+        service: &str,
+        key: std::sync::Arc<crate::mask::MaskKey>,
+    ) -> crate::mask::Masking {
+        crate::mask::Masking {
+            key,
+            rules: self.services.get(service).cloned().unwrap_or_default(),
+            strict: self.strict,
+        }
+    }
+}
+
 /// zstd settings of an environment's snapshots (`compression = { level = N }`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Compression {

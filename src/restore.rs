@@ -102,7 +102,7 @@ pub fn masking_for(
     };
     let without: Vec<&str> = services
         .iter()
-        .filter(|s| !settings.services.contains_key(&s.name))
+        .filter(|s| !settings.has_rules(&s.name))
         .map(|s| s.name.as_str())
         .collect();
     if source.protected && !without.is_empty() {
@@ -122,14 +122,7 @@ pub fn masking_for(
     let key = crate::mask::key_from(&settings.key_env)?;
     Ok(services
         .iter()
-        .map(|s| {
-            let masking = Masking {
-                key: key.clone(),
-                rules: settings.services.get(&s.name).cloned().unwrap_or_default(),
-                strict: settings.strict,
-            };
-            (s.name.clone(), masking)
-        })
+        .map(|s| (s.name.clone(), settings.for_service(&s.name, key.clone())))
         .collect())
 }
 

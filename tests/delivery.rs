@@ -185,14 +185,29 @@ fn hooks_work_on_a_first_install_and_fit_podsecurity_restricted() {
     }
 }
 
-/// The packages the Dockerfile's runtime stage installs.
-fn image_packages() -> BTreeSet<String> {
+/// The Dockerfile's runtime stage: everything after its `FROM debian:bookworm-slim`.
+fn runtime_stage() -> String {
     let dockerfile = std::fs::read_to_string(root().join("docker/valero-db.Dockerfile")).unwrap();
-    let runtime = dockerfile
+    dockerfile
         .split("FROM debian:bookworm-slim")
         .nth(1)
-        .unwrap();
+        .expect("the Dockerfile has a bookworm-slim runtime stage")
+        .to_string()
+}
+
+/// The value of the runtime stage's `USER`, `WORKDIR`, … instruction.
+fn runtime_setting(runtime: &str, instruction: &str) -> String {
     runtime
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{instruction} ")))
+        .unwrap_or_else(|| panic!("the runtime stage sets {instruction}"))
+        .trim()
+        .to_string()
+}
+
+/// The packages the Dockerfile's runtime stage installs.
+fn image_packages() -> BTreeSet<String> {
+    runtime_stage()
         .split("apt-get install")
         .skip(1)
         .flat_map(|part| {
@@ -601,12 +616,8 @@ impl Drop for ProcMount {
     }
 }
 
-/// What the Dockerfile's runtime stage sets: `ENV` lines and `USER`.
-fn image_env(dockerfile: &str) -> Vec<(String, String)> {
-    let runtime = dockerfile
-        .split("FROM debian:bookworm-slim")
-        .nth(1)
-        .unwrap();
+/// The environment the Dockerfile's runtime stage sets (`ENV` lines).
+fn image_env(runtime: &str) -> Vec<(String, String)> {
     runtime
         .lines()
         .filter_map(|l| l.strip_prefix("ENV "))
@@ -619,29 +630,16 @@ fn image_env(dockerfile: &str) -> Vec<(String, String)> {
 /// image's user, in its WORKDIR, with the image's environment and the
 /// Secret's variables, nothing else from this process.
 fn in_image(rootfs: &Path, secret: &[(String, String)], argv: &[String]) -> std::process::Command {
-    let dockerfile = std::fs::read_to_string(root().join("docker/valero-db.Dockerfile")).unwrap();
-    let user = dockerfile
-        .lines()
-        .find_map(|l| l.strip_prefix("USER "))
-        .expect("the Dockerfile sets USER")
-        .trim()
-        .to_string();
-    let workdir = dockerfile
-        .split("FROM debian:bookworm-slim")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("WORKDIR "))
-        .expect("the runtime stage sets WORKDIR")
-        .trim()
-        .to_string();
+    let runtime = runtime_stage();
+    let user = runtime_setting(&runtime, "USER");
+    let workdir = runtime_setting(&runtime, "WORKDIR");
     let mut c = std::process::Command::new("chroot");
     c.arg(format!("--userspec={user}"))
         .arg(rootfs)
         .args(["/usr/bin/env", "-i"])
         .arg("HOME=/home/valero")
         .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    for (k, v) in image_env(&dockerfile).iter().chain(secret) {
+    for (k, v) in image_env(&runtime).iter().chain(secret) {
         c.arg(format!("{k}={v}"));
     }
     c.args(["sh", "-c", &format!("cd {workdir} && exec \"$@\""), "sh"])

@@ -59,18 +59,11 @@ async fn run(
     for service in ctx.services()? {
         let found = chosen(source.as_ref(), &source_env, &service, args).await?;
         found.check_key(source.key()?)?;
-        let masking = Masking {
-            key: key.clone(),
-            rules: settings
-                .services
-                .get(&service.name)
-                .cloned()
-                .unwrap_or_default(),
-            strict: settings.strict,
-        };
+        let masking = settings.for_service(&service.name, key.clone());
         let mut result =
             check_service(source.as_ref(), &found, &service, &masking, samples).await?;
-        if masking.rules.is_empty() && source_env.protected && source_env.name != ctx.env.name {
+        let refused = source_env.protected && source_env.name != ctx.env.name;
+        if refused && !settings.has_rules(&service.name) {
             result.problems.insert(
                 0,
                 format!(
@@ -191,18 +184,7 @@ fn describe(
     report: &mut Value,
     human: &mut String,
 ) {
-    let rules = masking
-        .rules
-        .postgres
-        .values()
-        .map(|c| c.len())
-        .sum::<usize>()
-        + masking
-            .rules
-            .mongodb
-            .values()
-            .map(|f| f.len())
-            .sum::<usize>();
+    let rules = masking.rules.len();
     let head = format!(
         "{}: {rules} rule{} against snapshot {} from {}",
         service.name,

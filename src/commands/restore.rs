@@ -230,8 +230,7 @@ fn describe_choice(c: &Choice, source_env: &str, report: &mut Value, human: &mut
         targets(&c.service),
     ));
     if let Some(m) = &c.masking {
-        let rules = m.rules.postgres.values().map(|t| t.len()).sum::<usize>()
-            + m.rules.mongodb.values().map(|f| f.len()).sum::<usize>();
+        let rules = m.rules.len();
         human.push_str(&format!(
             "{}: masked on the way in by {rules} rule{}{}\n",
             c.service.name,

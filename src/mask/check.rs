@@ -119,15 +119,25 @@ pub fn column_plans(
     tables
         .iter()
         .map(|(table, columns)| {
-            let named = rules.postgres.get(table);
             let plan = columns
                 .iter()
-                .map(|c| named.and_then(|r| r.get(&c.name)).cloned())
-                .map(|t| t.filter(|t| *t != Transformer::Keep))
+                .map(|c| rules.column(table, &c.name).cloned())
                 .collect();
             (table.clone(), plan)
         })
         .collect()
+}
+
+/// The rules do not fit what is restored: exit 2 with every problem
+/// listed, the same words for both engines, their replays and `mask check`.
+pub fn refusal(subject: &str, problems: &[String]) -> crate::error::Error {
+    crate::error::Error::usage_hint(
+        format!(
+            "masking {subject}: the rules do not fit the data; nothing was changed:\n  {}",
+            problems.join("\n  ")
+        ),
+        "fix or add the service's rules (`keep` what is not personal) under [environments.<target>.masking.services]",
+    )
 }
 
 /// The category PostgreSQL gives a built-in type, from its name as
@@ -167,21 +177,25 @@ pub fn is_text_like(type_name: &str) -> bool {
 }
 
 impl Transformer {
-    /// The name a rule spells it with.
-    pub fn name(&self) -> &'static str {
+    /// The kind of PostgreSQL column (its `typcategory`) the output fits:
+    /// strings take every transformer, numbers only `number_range`, dates
+    /// and times only `date_shift`; `keep` and `null` fit everything.
+    pub fn fits_category(&self, category: char) -> bool {
         match self {
-            Transformer::Keep => "keep",
-            Transformer::Null => "null",
-            Transformer::Hash => "hash",
-            Transformer::Email => "email",
-            Transformer::Name => "name",
-            Transformer::Phone => "phone",
-            Transformer::Iban => "iban",
-            Transformer::Text => "text",
-            Transformer::NumberRange { .. } => "number_range",
-            Transformer::DateShift { .. } => "date_shift",
-            Transformer::Constant(_) => "constant",
+            Transformer::Keep | Transformer::Null => true,
+            Transformer::NumberRange { .. } => matches!(category, 'N' | 'S'),
+            Transformer::DateShift { .. } => matches!(category, 'D' | 'S'),
+            _ => category == 'S',
         }
+    }
+
+    /// Whether two different inputs always give two different outputs (up
+    /// to hash collisions): only these may mask a unique column.
+    pub fn is_injective(&self) -> bool {
+        matches!(
+            self,
+            Transformer::Keep | Transformer::Hash | Transformer::Email | Transformer::Iban
+        )
     }
 }
 
@@ -271,5 +285,16 @@ mod tests {
         assert_eq!(category_of("text[]"), 'A');
         assert_eq!(category_of("mood"), 'U');
         assert!(is_text_like("text[]") && is_text_like("jsonb") && !is_text_like("integer"));
+    }
+
+    #[test]
+    fn outputs_fit_their_column_kinds() {
+        assert!(Transformer::Email.fits_category('S'));
+        assert!(!Transformer::Email.fits_category('N'));
+        assert!(Transformer::NumberRange { min: 0, max: 1 }.fits_category('N'));
+        assert!(Transformer::DateShift { days: 1 }.fits_category('D'));
+        assert!(!Transformer::DateShift { days: 1 }.fits_category('N'));
+        assert!(Transformer::Hash.is_injective());
+        assert!(!Transformer::Name.is_injective());
     }
 }

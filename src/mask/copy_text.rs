@@ -15,6 +15,8 @@ pub struct RowMasker {
     key: Arc<MaskKey>,
     /// The start of a row whose newline has not arrived yet.
     carry: Vec<u8>,
+    /// A masked field's unescaped bytes, reused from field to field.
+    scratch: Vec<u8>,
     rows: u64,
 }
 
@@ -34,6 +36,7 @@ impl RowMasker {
             columns,
             key,
             carry: Vec::new(),
+            scratch: Vec::new(),
             rows: 0,
         }
     }
@@ -74,7 +77,7 @@ impl RowMasker {
 
     fn mask_row(&mut self, row: &[u8], out: &mut Vec<u8>) -> Result<(), BadRow> {
         self.rows += 1;
-        let found = row.split(|b| *b == b'\t').count();
+        let found = memchr::memchr_iter(b'\t', row).count() + 1;
         if found != self.columns.len() {
             return Err(BadRow {
                 row: self.rows,
@@ -88,8 +91,8 @@ impl RowMasker {
             }
             match &self.columns[i] {
                 Some(t) if field != b"\\N" => {
-                    let value = unescape(field);
-                    match t.apply(&self.key, &String::from_utf8_lossy(&value)) {
+                    crate::copy_text::unescape(field, &mut self.scratch);
+                    match t.apply(&self.key, &String::from_utf8_lossy(&self.scratch)) {
                         Some(masked) => escape(masked.as_bytes(), out),
                         None => out.extend_from_slice(b"\\N"),
                     }

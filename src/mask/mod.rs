@@ -26,6 +26,14 @@ pub struct Masking {
     pub strict: bool,
 }
 
+impl Masking {
+    /// Whether strict mode covers `name`: valero-db's own tables and
+    /// collections hold migration history, never personal data.
+    pub fn strict_for(&self, name: &str) -> bool {
+        self.strict && !check::is_own(name)
+    }
+}
+
 impl std::fmt::Debug for Masking {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The key never appears, not even in debug output.

@@ -73,6 +73,28 @@ impl ServiceRules {
     pub fn is_empty(&self) -> bool {
         self.postgres.is_empty() && self.mongodb.is_empty()
     }
+
+    /// How many rules there are, over both engines.
+    pub fn len(&self) -> usize {
+        self.postgres.values().map(BTreeMap::len).sum::<usize>()
+            + self.mongodb.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// What masks `table.column`: None when nothing does or it is `keep`.
+    pub fn column(&self, table: &str, column: &str) -> Option<&Transformer> {
+        self.postgres
+            .get(table)?
+            .get(column)
+            .filter(|t| **t != Transformer::Keep)
+    }
+
+    /// The rules of one collection (none: an empty slice).
+    pub fn fields(&self, collection: &str) -> &[FieldRule] {
+        self.mongodb
+            .get(collection)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
 }
 
 impl Transformer {
@@ -128,25 +150,21 @@ impl Transformer {
         Ok(t)
     }
 
-    /// The kind of PostgreSQL column (its `typcategory`) the output fits:
-    /// strings take every transformer, numbers only `number_range`, dates
-    /// and times only `date_shift`; `keep` and `null` fit everything.
-    pub fn fits_category(&self, category: char) -> bool {
+    /// The name a rule spells it with.
+    pub fn name(&self) -> &'static str {
         match self {
-            Transformer::Keep | Transformer::Null => true,
-            Transformer::NumberRange { .. } => matches!(category, 'N' | 'S'),
-            Transformer::DateShift { .. } => matches!(category, 'D' | 'S'),
-            _ => category == 'S',
+            Transformer::Keep => "keep",
+            Transformer::Null => "null",
+            Transformer::Hash => "hash",
+            Transformer::Email => "email",
+            Transformer::Name => "name",
+            Transformer::Phone => "phone",
+            Transformer::Iban => "iban",
+            Transformer::Text => "text",
+            Transformer::NumberRange { .. } => "number_range",
+            Transformer::DateShift { .. } => "date_shift",
+            Transformer::Constant(_) => "constant",
         }
-    }
-
-    /// Whether two different inputs always give two different outputs (up
-    /// to hash collisions): only these may mask a unique column.
-    pub fn is_injective(&self) -> bool {
-        matches!(
-            self,
-            Transformer::Keep | Transformer::Hash | Transformer::Email | Transformer::Iban
-        )
     }
 }
 
@@ -209,16 +227,5 @@ mod tests {
                 "{pg:?} {mongo:?}"
             );
         }
-    }
-
-    #[test]
-    fn outputs_fit_their_column_kinds() {
-        assert!(Transformer::Email.fits_category('S'));
-        assert!(!Transformer::Email.fits_category('N'));
-        assert!(Transformer::NumberRange { min: 0, max: 1 }.fits_category('N'));
-        assert!(Transformer::DateShift { days: 1 }.fits_category('D'));
-        assert!(!Transformer::DateShift { days: 1 }.fits_category('N'));
-        assert!(Transformer::Hash.is_injective());
-        assert!(!Transformer::Name.is_injective());
     }
 }

@@ -502,19 +502,17 @@ pub async fn replay(
     }
     inserts.flush(targets, what).await?;
     if !uncovered.is_empty() {
-        return Err(Error::usage_hint(
-            format!(
-                "{what}: strict: captured changes hold string fields neither masked nor kept; nothing was changed:\n  {}",
-                uncovered.into_iter().collect::<Vec<_>>().join("\n  ")
-            ),
-            "add a rule (or `keep`) for each under [environments.<target>.masking.services]",
+        let problems = super::masking::strict_problems(uncovered);
+        return Err(crate::mask::check::refusal(
+            &format!("the captured changes of {what}"),
+            &problems,
         ));
     }
     Ok(stats)
 }
 
 /// The collection a change event is about ("" for database events).
-fn collection_of(event: &Document) -> &str {
+pub(super) fn collection_of(event: &Document) -> &str {
     event
         .get_document("ns")
         .ok()

@@ -10,7 +10,7 @@ use bson::{Document, RawDocumentBuf};
 
 use super::restore::{DocumentReader, Planned};
 use crate::error::{Error, Result};
-use crate::mask::check::{is_own, Sample, SnapshotCheck};
+use crate::mask::check::{refusal, Sample, SnapshotCheck};
 use crate::mask::Masking;
 use crate::snapshot::stream::ObjectStream;
 use crate::snapshot::Found;
@@ -28,13 +28,7 @@ pub(super) fn check_collections(
     if problems.is_empty() {
         return Ok(());
     }
-    Err(Error::usage_hint(
-        format!(
-            "masking {service}: the rules do not fit the snapshot; nothing was changed:\n  {}",
-            problems.join("\n  ")
-        ),
-        "fix the service's rules under [environments.<target>.masking.services]",
-    ))
+    Err(refusal(service, &problems))
 }
 
 fn collection_problems(masking: &Masking, planned: &[Planned]) -> Vec<String> {
@@ -79,14 +73,9 @@ impl<'a> DocumentMasker<'a> {
     pub fn new(masking: &'a Masking, collection: &str) -> DocumentMasker<'a> {
         DocumentMasker {
             masking,
-            rules: masking
-                .rules
-                .mongodb
-                .get(collection)
-                .map(Vec::as_slice)
-                .unwrap_or_default(),
+            rules: masking.rules.fields(collection),
             collection: collection.to_string(),
-            strict: masking.strict && !is_own(collection),
+            strict: masking.strict_for(collection),
             uncovered: Default::default(),
         }
     }
@@ -112,17 +101,12 @@ impl<'a> DocumentMasker<'a> {
         if self.uncovered.is_empty() {
             return Ok(());
         }
-        Err(Error::usage_hint(
-            format!(
-                "masking {service}: strict: string fields neither masked nor kept; nothing was changed:\n  {}",
-                self.uncovered
-                    .iter()
-                    .map(|f| format!("{}.{f}", self.collection))
-                    .collect::<Vec<_>>()
-                    .join("\n  ")
-            ),
-            "add a rule (or `keep`) for each under [environments.<target>.masking.services]",
-        ))
+        let fields: Vec<String> = self
+            .uncovered
+            .iter()
+            .map(|f| format!("{}.{f}", self.collection))
+            .collect();
+        Err(refusal(service, &strict_problems(fields)))
     }
 }
 
@@ -138,20 +122,10 @@ pub fn mask_event(
         .get_str("operationType")
         .unwrap_or_default()
         .to_string();
-    let coll = event
-        .get_document("ns")
-        .ok()
-        .and_then(|n| n.get_str("coll").ok())
-        .unwrap_or_default()
-        .to_string();
-    let rules = masking
-        .rules
-        .mongodb
-        .get(&coll)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let coll = super::capture::collection_of(&event).to_string();
+    let rules = masking.rules.fields(&coll);
     let mut found = BTreeSet::new();
-    let strict = (masking.strict && !is_own(&coll)).then_some(&mut found);
+    let strict = masking.strict_for(&coll).then_some(&mut found);
     let masked = match op.as_str() {
         "insert" | "replace" => match event.get_document_mut("fullDocument") {
             Ok(full) => crate::mask::document::mask_doc(full, rules, &masking.key, strict),
@@ -190,13 +164,8 @@ pub async fn check_snapshot(
     };
     let mut uncovered = BTreeSet::new();
     for p in planned.iter().filter(|p| p.kind != "view") {
-        let rules = masking
-            .rules
-            .mongodb
-            .get(&p.name)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let strict = masking.strict && !is_own(&p.name);
+        let rules = masking.rules.fields(&p.name);
+        let strict = masking.strict_for(&p.name);
         if rules.is_empty() && !strict {
             continue;
         }
@@ -211,13 +180,15 @@ pub async fn check_snapshot(
                 let doc = raw
                     .to_document()
                     .map_err(|e| Error::integrity(format!("snapshot {}: {e}", found.base), None))?;
+                // The rules one after another on one copy, as a restore
+                // applies them, so a failure names its rule.
+                let mut masked = doc.clone();
                 for (i, rule) in rules.iter().enumerate() {
                     let Some(before) = crate::mask::document::first_at(&doc, &rule.path) else {
                         continue;
                     };
                     seen[i] += 1;
                     let one = std::slice::from_ref(rule);
-                    let mut masked = doc.clone();
                     match crate::mask::document::mask_doc(&mut masked, one, &masking.key, None) {
                         Err(e) => {
                             if failed.insert(i) {
@@ -249,12 +220,17 @@ pub async fn check_snapshot(
             }
         }
     }
-    out.problems.extend(
-        uncovered
-            .into_iter()
-            .map(|f| format!("strict: {f} is a string field neither masked nor kept")),
-    );
+    out.problems.extend(strict_problems(uncovered));
     Ok(out)
+}
+
+/// Strict mode's problem lines for string fields no rule covers
+/// (`collection.field.path`).
+pub fn strict_problems(fields: impl IntoIterator<Item = String>) -> Vec<String> {
+    fields
+        .into_iter()
+        .map(|f| format!("strict: {f} is a string field neither masked nor kept"))
+        .collect()
 }
 
 /// A BSON value as a sample shows it.

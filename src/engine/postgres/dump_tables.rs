@@ -12,30 +12,38 @@ use crate::mask::check::{category_of, is_text_like, ColumnShape, TableShapes};
 /// Every table of the pre-data DDL with its COPY columns (generated
 /// columns left out), uniqueness taken from the post-data DDL.
 pub fn table_shapes(pre: &str, post: &str) -> TableShapes {
-    let unique = unique_columns(post);
     let mut tables = TableShapes::new();
     let mut current: Option<(String, Vec<ColumnShape>)> = None;
     for line in pre.lines() {
-        if let Some((name, columns)) = &mut current {
+        if let Some((_, columns)) = &mut current {
             if line.starts_with(')') {
                 if let Some(done) = current.take() {
                     tables.insert(done.0, done.1);
                 }
                 continue;
             }
-            if let Some(mut c) = column(line) {
-                c.unique = unique
-                    .get(name.as_str())
-                    .is_some_and(|u| u.contains(&c.name));
-                columns.push(c);
-            }
+            columns.extend(column(line));
             continue;
         }
         if let Some(name) = created_table(line) {
             current = Some((name, Vec::new()));
         }
     }
+    mark_unique(&mut tables, post);
     tables
+}
+
+/// Marks every column of a unique constraint or index in the post-data
+/// DDL (which, during a restore, has not run yet when the rules are
+/// checked).
+pub fn mark_unique(tables: &mut TableShapes, post: &str) {
+    let unique = unique_columns(post);
+    for (table, columns) in tables.iter_mut() {
+        let keys = unique.get(table);
+        for c in columns.iter_mut() {
+            c.unique = keys.is_some_and(|k| k.contains(&c.name));
+        }
+    }
 }
 
 /// `CREATE [UNLOGGED] TABLE schema.name (` → name; partitions and typed
@@ -114,7 +122,7 @@ fn unqualified(qualified: &str) -> String {
 
 /// Table → the columns that belong to a unique constraint or index
 /// (primary keys included).
-pub fn unique_columns(post: &str) -> BTreeMap<String, BTreeSet<String>> {
+fn unique_columns(post: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     // pg_dump's comments (`-- Name: t c; Type: CONSTRAINT; …`) hold
     // semicolons too.

@@ -38,29 +38,12 @@ pub async fn plan(
             "masking {service}: reading the columns of {schema} failed: {e}"
         ))
     })?;
-    let unique = super::dump_tables::unique_columns(post.unwrap_or_default());
-    for (table, columns) in tables.iter_mut() {
-        let keys = unique.get(table);
-        for c in columns.iter_mut() {
-            c.unique = keys.is_some_and(|k| k.contains(&c.name));
-        }
-    }
+    super::dump_tables::mark_unique(&mut tables, post.unwrap_or_default());
     let problems = check::postgres_problems(&tables, &masking.rules, masking.strict);
     if !problems.is_empty() {
-        return Err(refusal(service, &problems));
+        return Err(check::refusal(service, &problems));
     }
     Ok(check::column_plans(&tables, &masking.rules))
-}
-
-/// The rules do not fit: exit 2, every problem listed.
-pub fn refusal(service: &str, problems: &[String]) -> Error {
-    Error::usage_hint(
-        format!(
-            "masking {service}: the rules do not fit the snapshot; nothing was changed:\n  {}",
-            problems.join("\n  ")
-        ),
-        "fix the service's rules under [environments.<target>.masking.services]",
-    )
 }
 
 /// The COPY columns (live, not generated, in order) of every table.
@@ -107,13 +90,13 @@ pub fn mask_change(masking: &Masking, replayer: &Replayer, msg: Message) -> Resu
         _ => return Ok(msg),
     };
     let rel = replayer.relation(relation)?;
-    let Some(rules) = masking.rules.postgres.get(&rel.name) else {
+    if !masking.rules.postgres.contains_key(&rel.name) {
         return Ok(msg);
-    };
+    }
     let plan: Vec<Option<&Transformer>> = rel
         .columns
         .iter()
-        .map(|c| rules.get(&c.name).filter(|t| **t != Transformer::Keep))
+        .map(|c| masking.rules.column(&rel.name, &c.name))
         .collect();
     let mask = |values: Vec<Value>| -> Vec<Value> {
         values
@@ -192,32 +175,33 @@ pub async fn check_snapshot(
     Ok(out)
 }
 
-/// Up to `n` non-NULL values per column, from the first rows of a table's
-/// COPY text (at most 10 000 rows are read).
+/// How many rows of a table `mask check` reads for its samples.
+const FIRST_ROWS: usize = 10_000;
+
+/// The first rows of a table's COPY text, where the samples' values come
+/// from (at least `n`, at most `FIRST_ROWS` unless `n` is larger).
 async fn first_rows(
     storage: &dyn Storage,
     found: &Found,
     entry: &ObjectEntry,
     n: usize,
 ) -> Result<Vec<Vec<u8>>> {
+    let wanted = FIRST_ROWS.max(n);
     let mut stream = ObjectStream::open(storage, &found.base, entry).await?;
-    let mut text = Vec::new();
+    let (mut text, mut rows) = (Vec::new(), 0);
     while let Some(piece) = stream.next().await? {
+        rows += memchr::memchr_iter(b'\n', &piece).count();
         text.extend_from_slice(&piece);
-        if bytecount_newlines(&text) >= 10_000.max(n) {
+        if rows >= wanted {
             break;
         }
     }
     Ok(text
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
-        .take(10_000)
+        .take(wanted)
         .map(<[u8]>::to_vec)
         .collect())
-}
-
-fn bytecount_newlines(text: &[u8]) -> usize {
-    memchr::memchr_iter(b'\n', text).count()
 }
 
 fn samples_of(
