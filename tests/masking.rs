@@ -398,6 +398,23 @@ async fn refreshes_the_rules_do_not_cover_are_refused_and_change_nothing() {
     let before = (data_fingerprint(&p.schema), raw_documents(&p).await);
     let unchanged = |what: &'static str| assert_unchanged(&p, &before, what);
 
+    // A transformer that does not exist, or a rule for an unknown service:
+    // a configuration error naming the key.
+    p.write_config(&RULES.replace(
+        "\"customers.email\" = \"email\"",
+        "\"customers.email\" = \"mail\"",
+    ));
+    refresh(&p, &id, KEY, &[])
+        .expect_code(2)
+        .stderr_has("environments.dev.masking.services.svc.postgres.\"customers.email\": \"mail\" is not a transformer");
+    unchanged("unknown transformer").await;
+    p.write_config(&RULES.replace("services.svc.mongodb]", "services.crm.mongodb]"));
+    refresh(&p, &id, KEY, &[])
+        .expect_code(2)
+        .stderr_has("environments.dev.masking.services.crm: no such service");
+    unchanged("unknown service").await;
+    p.write_config(RULES);
+
     // No key.
     p.run(&["restore", "--from-env", "prod", "--snapshot", &id, "--yes"])
         .expect_code(2)
