@@ -189,16 +189,67 @@ pub struct Listing {
     /// Complete segments (their manifest exists), by start position.
     pub segments: Vec<(String, Segment)>,
     pub progress: Option<CoveredUntil>,
+    /// Segments ending at or before this position were removed by
+    /// `snapshots prune` (no kept snapshot needs them).
+    pub pruned_until: Option<u64>,
+}
+
+/// What `snapshots prune` removed: every segment ending at or before
+/// `until`. The chain goes on from the first segment left.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Pruned {
+    pub format: u32,
+    pub until: String,
+}
+
+pub const PRUNED: &str = "pruned.json";
+
+/// Records that segments up to `until` were removed (kept the highest).
+pub async fn write_pruned(
+    storage: &dyn Storage,
+    folder: &str,
+    until: u64,
+    before: Option<u64>,
+) -> Result<()> {
+    let pruned = Pruned {
+        format: FORMAT_VERSION,
+        until: format_lsn(until.max(before.unwrap_or(0))),
+    };
+    storage
+        .put_bytes(
+            &format!("{folder}/{PRUNED}"),
+            &serde_json::to_vec_pretty(&pruned).map_err(json_err)?,
+        )
+        .await
 }
 
 impl Listing {
+    /// Where the chain of stored segments that begins at `start` ends when
+    /// segments pruned before position `from` (a kept snapshot's) are not
+    /// missed: the chain may resume at any segment starting up to `from`.
+    pub fn chain_end_after(&self, start: u64, from: u64) -> Result<u64> {
+        let mut end = start;
+        for (_, seg) in &self.segments {
+            let seg_start = parse_lsn(&seg.start)?;
+            if seg_start == end || (seg_start > end && seg_start <= from) {
+                end = parse_lsn(&seg.end)?;
+            }
+        }
+        Ok(end)
+    }
+
     /// Where the chain of stored segments that begins at `start` ends, and
-    /// its last segment (None: no segment continues from `start`).
+    /// its last segment (None: no segment continues from `start`). Where
+    /// `snapshots prune` removed the first segments, the chain goes on from
+    /// the first one left.
     pub fn chain_end(&self, start: u64) -> Result<(u64, Option<&Segment>)> {
         let mut end = start;
         let mut last = None;
+        let pruned = self.pruned_until.unwrap_or(start);
         for (_, seg) in &self.segments {
-            if parse_lsn(&seg.start)? == end {
+            let seg_start = parse_lsn(&seg.start)?;
+            if seg_start == end || (seg_start > end && seg_start <= pruned) {
                 end = parse_lsn(&seg.end)?;
                 last = Some(seg);
             }
@@ -223,6 +274,11 @@ pub async fn list(
             listing
                 .streams
                 .push(serde_json::from_slice(&bytes).map_err(|e| bad_json("stream", name, e))?);
+        } else if rest == PRUNED {
+            let bytes = storage.get_bytes(&o.key, 1 << 20).await?;
+            let pruned: Pruned =
+                serde_json::from_slice(&bytes).map_err(|e| bad_json("prune record", rest, e))?;
+            listing.pruned_until = Some(parse_lsn(&pruned.until)?);
         } else if rest == "progress.json" {
             let bytes = storage.get_bytes(&o.key, 1 << 20).await?;
             listing.progress =
@@ -268,6 +324,10 @@ pub async fn is_captured(storage: &dyn Storage, env: &str, service: &str) -> boo
 #[derive(Debug, Clone)]
 pub struct ReplayPlan {
     pub at: chrono::DateTime<chrono::Utc>,
+    /// A restore point's position (None: up to `at` alone). PostgreSQL:
+    /// transactions whose commit record starts before it; MongoDB: events
+    /// at or before it.
+    pub until: Option<u64>,
     /// Segment folder and manifest, in order.
     pub segments: Vec<(String, Segment)>,
     /// The first sequence values read at or after `at` (PostgreSQL).
@@ -440,9 +500,73 @@ pub fn plan(
     }
     Ok(Some(ReplayPlan {
         at,
+        until: None,
         segments: chosen,
         sequences: listing.sequences_after(from, at),
     }))
+}
+
+/// Chooses the segments that carry a snapshot taken at position `from` up
+/// to a restore point's position `until`: every segment of the chain from
+/// the stream that was running at the snapshot that starts before `until`.
+/// The restore point was recorded only after a capture pass had shipped
+/// everything up to `until`, so a segment missing on the way is a gap (an
+/// integrity error naming it), as is a chain that stops short of
+/// `chain_end`, where the stored segments ended when the point was taken.
+pub fn plan_until(
+    listing: &Listing,
+    from: u64,
+    until: u64,
+    chain_end: u64,
+    restore_point: &str,
+) -> Result<ReplayPlan> {
+    let gap = |message: String| {
+        Error::integrity(
+            format!("restore point {restore_point}: {message}"),
+            Some("restore a snapshot instead (`valero-db snapshots list`)".into()),
+        )
+    };
+    let stream = listing
+        .streams
+        .iter()
+        .rev()
+        .find(|s| parse_lsn(&s.start).is_ok_and(|p| p <= from))
+        .ok_or_else(|| gap("no capture stream was running at its base snapshot".into()))?;
+    let mut position = parse_lsn(&stream.start)?;
+    let mut chosen = Vec::new();
+    for (base, seg) in &listing.segments {
+        let (start, end) = (parse_lsn(&seg.start)?, parse_lsn(&seg.end)?);
+        if end <= position || start < position || start >= until {
+            continue;
+        }
+        if start > position && start <= from {
+            position = start; // pruned before the snapshot: not needed
+        }
+        if start > position {
+            return Err(gap(format!(
+                "the captured changes have a gap from position {} to {}",
+                format_lsn(position),
+                seg.start
+            )));
+        }
+        if end > from {
+            chosen.push((base.clone(), seg.clone()));
+        }
+        position = end;
+    }
+    if chain_end > from && position < chain_end {
+        return Err(gap(format!(
+            "the captured changes end at position {}, before {} where they ended when it was taken",
+            format_lsn(position),
+            format_lsn(chain_end)
+        )));
+    }
+    Ok(ReplayPlan {
+        at: chrono::DateTime::<chrono::Utc>::MAX_UTC,
+        until: Some(until),
+        segments: chosen,
+        sequences: None,
+    })
 }
 
 impl Listing {
@@ -544,6 +668,7 @@ mod tests {
                 segment(40, 50, 20, 21, 22),
             ],
             progress: None,
+            pruned_until: None,
         };
         // Snapshot at position 25 (inside the second segment), time minute
         // 9: covered exactly by the third; the fourth starts later.
@@ -560,6 +685,7 @@ mod tests {
             streams: vec![stream(50, 5)],
             segments: vec![segment(50, 60, 6, 7, 8)],
             progress: None,
+            pruned_until: None,
         };
         let e = plan(&listing, 40, "snap", t(7)).unwrap_err();
         assert_eq!(e.exit_code(), 5);
@@ -572,6 +698,7 @@ mod tests {
             streams: vec![stream(10, 0)],
             segments: vec![segment(10, 20, 1, 2, 3), segment(30, 40, 7, 8, 9)],
             progress: None,
+            pruned_until: None,
         };
         let e = plan(&listing, 10, "snap", t(8)).unwrap_err();
         assert_eq!(e.exit_code(), 5);
@@ -584,6 +711,7 @@ mod tests {
             streams: vec![stream(10, 0)],
             segments: vec![segment(10, 20, 1, 2, 3)],
             progress: None,
+            pruned_until: None,
         };
         let e = plan(&listing, 10, "snap", t(30)).unwrap_err();
         assert!(e.to_string().contains("captured only up to"), "{e}");
@@ -605,6 +733,7 @@ mod tests {
         let listing = Listing {
             streams: vec![stream(10, 0)],
             segments: vec![segment(10, 20, 1, 2, 3)],
+            pruned_until: None,
             progress: Some(CoveredUntil {
                 format: FORMAT_VERSION,
                 slot: "slot".into(),
@@ -624,6 +753,7 @@ mod tests {
             // 10..20 was pruned; the snapshot is at 25.
             segments: vec![segment(20, 30, 4, 5, 6), segment(30, 40, 7, 8, 9)],
             progress: None,
+            pruned_until: None,
         };
         let p = plan(&listing, 25, "snap", t(9)).unwrap().unwrap();
         assert_eq!(chosen(&p), [format_lsn(20), format_lsn(30)]);
@@ -643,6 +773,7 @@ mod tests {
                 segment(300, 400, 7, 8, 9),
             ],
             progress: None,
+            pruned_until: None,
         };
         for (i, (minute, v)) in [(3, 10), (6, 20), (9, 30)].into_iter().enumerate() {
             listing.segments[i].1.sequences = Some(values(minute, v));

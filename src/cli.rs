@@ -258,7 +258,7 @@ pub struct DeployArgs {
 }
 
 #[derive(Debug, Clone, Default, Args)]
-#[command(group = clap::ArgGroup::new("source").required(true).args(["timestamp", "snapshot"]))]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["timestamp", "snapshot", "restore_point"]))]
 pub struct RestoreArgs {
     /// RFC 3339 time with a zone, e.g. 2025-06-19T08:00:00Z
     #[arg(long, value_name = "TIME")]
@@ -266,6 +266,10 @@ pub struct RestoreArgs {
     /// A snapshot id from `snapshots list`
     #[arg(long, value_name = "ID")]
     pub snapshot: Option<String>,
+    /// A restore point id from `snapshots list` (rp-...): the state right
+    /// before the schema change it was taken for
+    #[arg(long, value_name = "ID", conflicts_with = "from_env")]
+    pub restore_point: Option<String>,
     /// Take the snapshot from another environment (e.g. refresh staging from prod)
     #[arg(long, value_name = "ENV")]
     pub from_env: Option<String>,

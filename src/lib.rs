@@ -22,6 +22,7 @@ pub mod output;
 pub mod progress;
 pub mod redact;
 pub mod restore;
+pub mod restore_point;
 pub mod service;
 pub mod snapshot;
 pub mod storage;

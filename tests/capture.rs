@@ -345,6 +345,17 @@ fn prune_removes_only_segments_older_than_every_kept_snapshot() {
         2,
         "the segments after the kept snapshot stay"
     );
+    // Capture goes on after the prune, continuing the chain where it ended
+    // (not where the pruned segments began).
+    sql(
+        &p,
+        "UPDATE $S.accounts SET name = 'after the prune' WHERE id = 8",
+    );
+    let (t2, at_t2) = capture_and_mark_t(&p);
+    sql(&p, "DELETE FROM $S.accounts WHERE id = 8");
+    capture(&p);
+    p.run(&["restore", "--timestamp", &t2, "--yes"]).ok();
+    assert_eq!(state(&p), at_t2, "a time after the prune");
     p.run(&["restore", "--timestamp", &t, "--yes"]).ok();
     assert_eq!(state(&p), at_t);
     drop_capture(&p);

@@ -7,8 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use bson::{doc, Document, RawDocumentBuf};
-use futures::TryStreamExt;
+use bson::{doc, Document};
 
 use common::{mongo, tmp_files, Project};
 
@@ -30,29 +29,7 @@ fn project(tag: &str) -> Project {
 
 /// Every collection's documents as raw BSON, sorted by _id.
 async fn state(db: &mongodb::Database) -> Vec<(String, Vec<Vec<u8>>)> {
-    let mut names: Vec<String> = db
-        .list_collection_names()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|n| !n.starts_with("valero_schema_lock") && !n.starts_with("system."))
-        .collect();
-    names.sort();
-    let mut out = Vec::new();
-    for n in names {
-        let mut c = db
-            .collection::<RawDocumentBuf>(&n)
-            .find(doc! {})
-            .sort(doc! {"_id": 1})
-            .await
-            .unwrap();
-        let mut docs = Vec::new();
-        while let Some(d) = c.try_next().await.unwrap() {
-            docs.push(d.as_bytes().to_vec());
-        }
-        out.push((n, docs));
-    }
-    out
+    common::oracle::mongo_state(db).await
 }
 
 fn capture(p: &Project) {

@@ -342,71 +342,11 @@ fn flaky_s3(upstream: u16, fail: usize) -> (u16, std::sync::Arc<std::sync::atomi
 
 /// An S3 front that passes everything to the real server except reads of
 /// stored objects (GetObject), which it answers with `500 InternalError`:
-/// writes succeed and the read-back fails. One request per connection.
+/// writes succeed and the read-back fails.
 fn unreadable_s3(upstream: u16) -> u16 {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut client) = conn else { continue };
-            std::thread::spawn(move || {
-                let _ = client.set_read_timeout(Some(std::time::Duration::from_secs(10)));
-                let mut data = Vec::new();
-                let mut buf = [0u8; 64 << 10];
-                let head_end = loop {
-                    if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                    match client.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => data.extend_from_slice(&buf[..k]),
-                    }
-                };
-                let head = String::from_utf8_lossy(&data[..head_end]).to_string();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse().ok())?
-                    })
-                    .unwrap_or(0);
-                while data.len() < head_end + length {
-                    match client.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => data.extend_from_slice(&buf[..k]),
-                    }
-                }
-                let request_line = head.lines().next().unwrap_or_default().to_string();
-                if request_line.starts_with("GET ") && !request_line.contains("list-type") {
-                    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>";
-                    let _ = write!(
-                        client,
-                        "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    return;
-                }
-                // Forward with `Connection: close`, so the server ends the
-                // connection after its answer.
-                let mut forwarded: String = head
-                    .trim_end_matches("\r\n")
-                    .split("\r\n")
-                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-                    .map(|l| format!("{l}\r\n"))
-                    .collect();
-                forwarded.push_str("Connection: close\r\n\r\n");
-                let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
-                    return;
-                };
-                let _ = server.write_all(forwarded.as_bytes());
-                let _ = server.write_all(&data[head_end..]);
-                let _ = std::io::copy(&mut server, &mut client);
-            });
-        }
-    });
-    port
+    common::s3_front::refusing(upstream, |line| {
+        line.starts_with("GET ") && !line.contains("list-type")
+    })
 }
 
 #[test]
@@ -436,8 +376,7 @@ fn a_failed_read_back_of_the_pre_migrate_snapshot_blocks_the_migration() {
 }
 
 fn s3_port() -> u16 {
-    let endpoint = common::env_or_fail("VALERO_S3_ENDPOINT");
-    url::Url::parse(&endpoint).unwrap().port().unwrap()
+    common::s3_front::s3_port()
 }
 
 #[test]
@@ -606,21 +545,7 @@ fn postgres_restarting_mid_migration_leaves_nothing_half_applied_and_a_rerun_suc
     psql_restartable(&format!("DROP SCHEMA \"{s}\" CASCADE"));
 }
 
-/// Waits until the valero-db process `pid` has a PostgreSQL session
-/// matching `condition` (on pg_stat_activity).
-fn wait_for_session(pid: u32, condition: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while psql(&format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'valero-db host=% pid={pid}' AND {condition}"
-    )) == "0"
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "valero-db never reached: {condition}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
+use common::wait_for_session;
 
 fn signal(child: &std::process::Child, sig: i32) {
     // SAFETY: kill(2) on a child we spawned and have not reaped.

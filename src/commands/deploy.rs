@@ -19,6 +19,7 @@ use crate::migrate::plan::RollbackTargets;
 use crate::output::{table, Outcome};
 use crate::service::session::{ensure_consistent, inspect, LockedService};
 use crate::service::status::service_status;
+use crate::service::take::{take_service, Request};
 use crate::snapshot;
 use crate::storage::Storage;
 
@@ -78,9 +79,8 @@ fn render(rec: &DeploymentRecord) -> String {
             "  {}: {}{}\n",
             s.service,
             versions.join(", "),
-            s.snapshot
-                .as_deref()
-                .map(|id| format!(" (pre-deploy snapshot {id})"))
+            s.undo()
+                .map(|u| format!(" (pre-deploy {})", u.describe()))
                 .unwrap_or_default()
         ));
     }
@@ -248,7 +248,7 @@ async fn roll_back(
             let map: BTreeMap<String, String> = rec
                 .services
                 .iter()
-                .filter_map(|s| s.snapshot.clone().map(|id| (s.service.clone(), id)))
+                .filter_map(|s| s.undo().map(|u| (s.service.clone(), u.id().to_string())))
                 .collect();
             if map.is_empty() {
                 Ok("no service was migrated; nothing to restore".into())
@@ -317,10 +317,12 @@ fn rollback_hint(ctx: &Context, rec: &DeploymentRecord, blocked: bool) -> String
         .services
         .iter()
         .filter_map(|s| {
-            s.snapshot.as_ref().map(|id| {
+            s.undo().map(|u| {
                 format!(
-                    "`valero-db restore -e {} -s {} --snapshot {id} --yes`",
-                    ctx.env.name, s.service
+                    "`valero-db restore -e {} -s {} {} --yes`",
+                    ctx.env.name,
+                    s.service,
+                    u.restore_option()
                 )
             })
         })
@@ -399,6 +401,7 @@ async fn conclude(
 ) -> Outcome {
     let error = match cause {
         None => {
+            deferred_snapshots(ctx, storage, &mut rec).await;
             rec.state = DeployState::Succeeded;
             rec.finished_at = Some(chrono::Utc::now());
             rec.save(storage).await.err()
@@ -406,6 +409,50 @@ async fn conclude(
         Some(cause) => Some(roll_back(ctx, storage, &mut rec, rollback, cause).await),
     };
     Outcome::ok(report(&rec), render(&rec)).with_error(error)
+}
+
+/// After a successful rollout and verify: the post-migrate snapshots the
+/// services migrated from a restore point still need (restores to times
+/// after the change start from them). A failure does not fail the
+/// deployment; it is recorded, and `check` reports the service as not
+/// ready until a snapshot is taken.
+async fn deferred_snapshots(ctx: &Context, storage: &dyn Storage, rec: &mut DeploymentRecord) {
+    let pending: Vec<String> = rec
+        .services
+        .iter()
+        .filter(|s| s.snapshot_pending)
+        .map(|s| s.service.clone())
+        .collect();
+    for name in pending {
+        let started = Instant::now();
+        let taken = async {
+            let service = ctx.config.service(&name)?;
+            let mut locked = LockedService::open(&service, Vec::new(), ctx.waits()).await?;
+            let req = Request {
+                environment: &ctx.env.name,
+                reason: "post-migrate",
+                release: Some(rec.release.clone()),
+                label: None,
+            };
+            let r = take_service(storage, &name, &mut locked.engines, &req).await;
+            locked.release().await;
+            r
+        }
+        .await;
+        match &taken {
+            Ok(_) => {
+                if let Some(s) = rec.services.iter_mut().find(|s| s.service == name) {
+                    s.snapshot_pending = false;
+                }
+            }
+            Err(e) => tracing::warn!(
+                "{name}: the deployment succeeded, but the post-migrate snapshot failed: {e}; \
+                 restores to later times need one (`valero-db snapshot -s {name}`)"
+            ),
+        }
+        let step = format!("post-migrate snapshot of {name}");
+        rec.step(&step, started, taken.map(|_| ()).map_err(|e| e.to_string()));
+    }
 }
 
 /// A deploy into a protected environment changes its databases and, when
@@ -630,6 +677,29 @@ pub async fn releases(ctx: &Context) -> Outcome {
     }
 }
 
+/// A restore point newer than the newest snapshot: a schema change whose
+/// post-change snapshot does not exist yet, so restores to times after it
+/// are refused.
+async fn pending_post_change(
+    storage: &dyn Storage,
+    env: &str,
+    newest: &crate::snapshot::Found,
+) -> Option<String> {
+    let service = &newest.manifest.service;
+    let points = match crate::restore_point::list(storage, env, service).await {
+        Ok(p) => p,
+        Err(e) => return Some(format!("restore points: {e}")),
+    };
+    let p = points
+        .last()
+        .filter(|p| p.at > newest.manifest.consistent_at)?;
+    Some(format!(
+        "no snapshot since restore point {} ({}): restores to later times are refused until one is taken (`valero-db snapshot -s {service}`)",
+        p.id,
+        p.at.format("%Y-%m-%dT%H:%M:%SZ")
+    ))
+}
+
 /// The go-live check: reachable, fully migrated, no drift or dirty version,
 /// and a verified snapshot younger than `max_age` for every service.
 pub async fn check(ctx: &Context, max_age: Duration) -> Outcome {
@@ -684,6 +754,11 @@ pub async fn check(ctx: &Context, max_age: Duration) -> Outcome {
                                     )),
                                     crate::units::format_duration(max_age)
                                 ));
+                            }
+                            if let Some(p) =
+                                pending_post_change(storage.as_ref(), &ctx.env.name, newest).await
+                            {
+                                problems.push(p);
                             }
                             snap_info = json!({"id": newest.manifest.id, "age_seconds": age.as_secs(), "verified": verified.is_ok()});
                         }

@@ -8,12 +8,15 @@ use crate::cli::{MigrateArgs, RepairAs, RollbackArgs};
 use crate::config::EngineKind;
 use crate::config::Service;
 use crate::context::{confirm, confirm_plan, Context};
+use crate::deploy::Undo;
 use crate::deploy::{self, DeployState, DeploymentRecord, OnFailure};
 use crate::engine::{identity, RepairAction, RunMeta};
 use crate::error::{Error, Result};
 use crate::migrate::files::Migration;
 use crate::migrate::plan::{plan_down, plan_up, PlanError, RollbackTargets};
 use crate::output::Outcome;
+use crate::restore_point::PointSummary;
+use crate::service::restore_point::{self as point, Anchor};
 use crate::service::session::{
     self as session, discover_service, ensure_consistent, inspect, LockedService, Step,
 };
@@ -33,6 +36,66 @@ pub struct EngineRun {
     /// `lint`'s findings on the planned up files (migrate only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lint: Vec<crate::lint::Finding>,
+}
+
+/// Why a change started from a full snapshot instead of a restore point.
+#[derive(Debug, Serialize)]
+pub struct NoRestorePoint {
+    pub service: String,
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// What a run took before its changes: full snapshots, restore points,
+/// and why a service got a full snapshot instead of a restore point.
+#[derive(Default)]
+pub struct Taken {
+    pub snapshots: Vec<Summary>,
+    pub restore_points: Vec<PointSummary>,
+    pub no_restore_point: Vec<NoRestorePoint>,
+}
+
+impl Taken {
+    fn record(&mut self, service: &str, anchor: &Anchor) {
+        match anchor {
+            Anchor::RestorePoint(p) => self.restore_points.push(p.summary()),
+            Anchor::Snapshot { found, skipped } => {
+                self.snapshots.push(found.summary());
+                self.no_restore_point.push(NoRestorePoint {
+                    service: service.to_string(),
+                    reason: skipped.code(),
+                    detail: skipped.to_string(),
+                });
+            }
+        }
+    }
+
+    /// One line per anchor, for people.
+    fn text(&self, reason: &str) -> String {
+        let mut human = String::new();
+        for p in &self.restore_points {
+            human.push_str(&format!(
+                "{}: {reason} restore point {} on snapshot {} (verified, {} ms)\n",
+                p.service, p.id, p.base_snapshot, p.duration_ms
+            ));
+        }
+        for s in &self.snapshots {
+            human.push_str(&format!(
+                "{}: {reason} snapshot {} (verified)\n",
+                s.service, s.id
+            ));
+        }
+        human
+    }
+
+    /// Into a command's JSON report.
+    fn add_to(&self, o: &mut Outcome) {
+        if let serde_json::Value::Object(m) = &mut o.report {
+            m.insert("snapshots".into(), json!(self.snapshots));
+            m.insert("restore_points".into(), json!(self.restore_points));
+            m.insert("no_restore_point".into(), json!(self.no_restore_point));
+        }
+    }
 }
 
 type Discovered = Vec<(Service, Vec<(EngineKind, Vec<Migration>)>)>;
@@ -165,7 +228,7 @@ fn outcome(
 #[derive(Default)]
 pub struct MigrateResult {
     pub runs: Vec<EngineRun>,
-    pub snapshots: Vec<Summary>,
+    pub taken: Taken,
     pub notes: Vec<String>,
     pub error: Option<Error>,
 }
@@ -248,16 +311,10 @@ struct Run<'a> {
 
 fn migrate_outcome(ctx: &Context, r: MigrateResult, dry_run: bool) -> Outcome {
     let mut o = outcome(ctx, "migrate", r.runs, dry_run, r.error);
-    let mut human = String::new();
-    for s in &r.snapshots {
-        human.push_str(&format!(
-            "{}: pre-migrate snapshot {} (verified)\n",
-            s.service, s.id
-        ));
-    }
+    let human = r.taken.text("pre-migrate");
     o.human = human + &o.human + &notes_text(&r.notes);
+    r.taken.add_to(&mut o);
     if let serde_json::Value::Object(m) = &mut o.report {
-        m.insert("snapshots".into(), json!(r.snapshots));
         m.insert("notes".into(), json!(r.notes));
     }
     o
@@ -333,37 +390,43 @@ async fn migrate_locked(
     if args.dry_run || plans.iter().all(Vec::is_empty) {
         return Ok(());
     }
-    // A verified snapshot of the whole service before anything changes
-    // (a resumed deployment keeps the one its first attempt took), in the
-    // deployment record before the first migration starts.
-    let first_run = runs.len() - plans.len();
+    // A verified restore point or snapshot of the whole service before
+    // anything changes (a resumed deployment keeps the one its first
+    // attempt took), in the deployment record before the first migration
+    // starts.
+    let first_run = out.runs.len() - plans.len();
+    let mut deferred = false;
     if let Some(storage) = run.storage {
-        let kept = journal
-            .as_ref()
-            .and_then(|j| j.rec.snapshot_of(&name).map(str::to_string));
-        let id = match kept {
-            Some(id) => {
-                tracing::info!("{name}: keeping the pre-deploy snapshot {id} of the first attempt");
-                id
+        let kept = journal.as_ref().and_then(|j| j.rec.undo_of(&name));
+        let versions: Vec<_> = out.runs[first_run..]
+            .iter()
+            .map(|r| (r.engine, r.from_version))
+            .collect();
+        let undo = match kept {
+            Some(undo) => {
+                tracing::info!(
+                    "{name}: keeping the pre-deploy {} of the first attempt",
+                    undo.describe()
+                );
+                undo
             }
             None => {
-                let req = Request {
+                let req = point::Request {
                     environment: run.environment,
                     reason: "pre-migrate",
                     release: args.release.clone(),
-                    label: None,
+                    versions: &versions,
                 };
-                let found = take_service(storage, &name, &mut locked.engines, &req).await?;
-                out.snapshots.push(found.summary());
-                found.manifest.id
+                let anchor = point::anchor(storage, locked, &req).await?;
+                out.taken.record(&name, &anchor);
+                Undo::of(&anchor)
             }
         };
+        // In a deployment the post-change snapshot waits for the rollout
+        // and verify (`deploy` takes it when they succeeded).
+        deferred = journal.is_some() && matches!(undo, Undo::RestorePoint(_));
         if let Some(j) = journal.as_deref_mut() {
-            let now: Vec<_> = runs[first_run..]
-                .iter()
-                .map(|r| (r.engine, r.from_version))
-                .collect();
-            j.before_change(&name, &now, &id).await?;
+            j.before_change(&name, &versions, &undo, deferred).await?;
         }
     }
     for (i, (slot, plan)) in locked.engines.iter_mut().zip(plans.iter()).enumerate() {
@@ -371,7 +434,7 @@ async fn migrate_locked(
             continue;
         }
         let (steps, error) = session::apply_up(slot, plan, meta).await;
-        let run = &mut runs[first_run + i];
+        let run = &mut out.runs[first_run + i];
         run.to_version = steps.last().map(|s| s.version).or(run.from_version);
         run.steps = steps;
         if let Some(j) = journal.as_deref_mut() {
@@ -381,14 +444,20 @@ async fn migrate_locked(
             return Err(e);
         }
     }
-    if let Some(storage) = run.storage {
-        let after = After {
-            storage,
-            environment: run.environment,
-            reason: "post-migrate",
-            release: args.release.clone(),
-        };
-        after.snapshot(&name, locked).await;
+    match run.storage {
+        Some(_) if deferred => tracing::info!(
+            "{name}: the post-migrate snapshot is taken once the deployment succeeded; until then restores to later times are refused"
+        ),
+        Some(storage) => {
+            let after = After {
+                storage,
+                environment: run.environment,
+                reason: "post-migrate",
+                release: args.release.clone(),
+            };
+            after.snapshot(&name, locked).await;
+        }
+        None => {}
     }
     Ok(())
 }
@@ -464,14 +533,10 @@ pub async fn rollback(ctx: &Context, args: RollbackArgs) -> Outcome {
 /// snapshots and notes.
 fn rollback_outcome(ctx: &Context, r: RollbackResult, plan_only: bool) -> Outcome {
     let mut o = outcome(ctx, "rollback", r.runs, plan_only, r.error);
-    let taken: String = r
-        .snapshots
-        .iter()
-        .map(|s| format!("{}: pre-rollback snapshot {} (verified)\n", s.service, s.id))
-        .collect();
+    let taken = r.taken.text("pre-rollback");
     o.human = taken + &o.human + &notes_text(&r.notes);
+    r.taken.add_to(&mut o);
     if let serde_json::Value::Object(m) = &mut o.report {
-        m.insert("snapshots".into(), json!(r.snapshots));
         m.insert("notes".into(), json!(r.notes));
     }
     o
@@ -489,7 +554,7 @@ async fn release_targets(ctx: &Context, release: &str) -> Result<RollbackTargets
 #[derive(Default)]
 pub struct RollbackResult {
     pub runs: Vec<EngineRun>,
-    pub snapshots: Vec<Summary>,
+    pub taken: Taken,
     /// A plan's notes (locks held by others, recovery pending).
     pub notes: Vec<String>,
     pub error: Option<Error>,
@@ -631,24 +696,29 @@ async fn rollback_locked(
     if plans.iter().all(Vec::is_empty) {
         return Ok(());
     }
-    // A down migration drops what it undoes: a verified snapshot first.
+    // A down migration drops what it undoes: a verified restore point or
+    // snapshot first.
+    let first_run = out.runs.len() - plans.len();
     if let Some(to) = after {
-        let req = Request {
+        let versions: Vec<_> = out.runs[first_run..]
+            .iter()
+            .map(|r| (r.engine, r.from_version))
+            .collect();
+        let req = point::Request {
             environment: to.environment,
             reason: "pre-rollback",
             release: None,
-            label: None,
+            versions: &versions,
         };
-        let found = take_service(to.storage, &name, &mut locked.engines, &req).await?;
-        out.snapshots.push(found.summary());
+        let anchor = point::anchor(to.storage, locked, &req).await?;
+        out.taken.record(&name, &anchor);
     }
-    let first_run = runs.len() - plans.len();
     for (i, (slot, plan)) in locked.engines.iter_mut().zip(plans.iter()).enumerate() {
         if plan.is_empty() {
             continue;
         }
         let (steps, error) = session::apply_down(slot, plan).await;
-        let run = &mut runs[first_run + i];
+        let run = &mut out.runs[first_run + i];
         if error.is_some() {
             // Where the engine really stands: the newest version not reverted.
             run.to_version = applied_versions[i]

@@ -19,6 +19,7 @@ use crate::restore::{
     describe_age, masking_for, parse_timestamp, select_at, Conduct, LiveSessions, Privileges,
     RestoreStats,
 };
+use crate::restore_point::{self, is_restore_point_id, RestorePoint};
 use crate::service::session::LockedService;
 use crate::service::take::{take_service, Request};
 use crate::snapshot::{self, Found};
@@ -28,6 +29,8 @@ use crate::units::human_bytes;
 struct Choice {
     service: Service,
     found: Found,
+    /// The restore point this restore returns to (its base is `found`).
+    point: Option<RestorePoint>,
     note: String,
     /// Captured changes to replay up to the requested time, per engine.
     replays: BTreeMap<EngineKind, ReplayPlan>,
@@ -55,7 +58,7 @@ async fn restore(
     human: &mut String,
 ) -> Result<()> {
     let at = args.timestamp.as_deref().map(parse_timestamp).transpose()?;
-    if let Some(id) = &args.snapshot {
+    for id in args.snapshot.iter().chain(&args.restore_point) {
         snapshot::validate_id(id)?;
     }
     let source_env = match &args.from_env {
@@ -75,10 +78,15 @@ async fn restore(
     for c in &mut choices {
         c.masking = maskings.remove(&c.service.name);
     }
-    if let (Some(t), false) = (at, args.snapshot_only) {
-        for c in &mut choices {
-            c.replays = plan_replays(source.as_ref(), &source_env.name, c, t).await?;
-        }
+    for c in &mut choices {
+        c.replays = match (&c.point, at) {
+            (Some(point), _) => plan_point(source.as_ref(), &source_env.name, c, point).await?,
+            (None, Some(t)) if !args.snapshot_only => {
+                no_change_between(source.as_ref(), &source_env.name, c, t).await?;
+                plan_replays(source.as_ref(), &source_env.name, c, t).await?
+            }
+            (None, _) => BTreeMap::new(),
+        };
     }
     verify_choices(source.as_ref(), &choices).await?;
     for c in &choices {
@@ -121,21 +129,35 @@ async fn choose(
     for service in services {
         let (found, _) = snapshot::list_service(source, source_env, &service.name).await?;
         let by_service = args.per_service.as_ref().and_then(|m| m.get(&service.name));
-        let chosen = match (by_service.or(args.snapshot.as_ref()), at) {
+        let by_id = by_service
+            .or(args.snapshot.as_ref())
+            .or(args.restore_point.as_ref());
+        let chosen = match (by_id, at) {
+            (Some(id), _) if is_restore_point_id(id) => {
+                at_point(source, source_env, &service.name, id, &found).await?
+            }
             (Some(id), _) => found
                 .into_iter()
                 .find(|f| &f.manifest.id == id)
-                .map(|f| (f, "chosen by id".to_string())),
-            (None, Some(t)) => select_at(&found, t).cloned().map(|f| {
-                let age = describe_age(t - f.manifest.consistent_at);
-                (f, age)
-            }),
-            (None, None) => return Err(Error::usage("restore needs --timestamp or --snapshot")),
+                .map(|f| (f, "chosen by id".to_string(), None)),
+            (None, Some(t)) => match point_at(source, source_env, &service.name, t).await? {
+                Some(id) => at_point(source, source_env, &service.name, &id, &found).await?,
+                None => select_at(&found, t).cloned().map(|f| {
+                    let age = describe_age(t - f.manifest.consistent_at);
+                    (f, age, None)
+                }),
+            },
+            (None, None) => {
+                return Err(Error::usage(
+                    "restore needs --timestamp, --snapshot or --restore-point",
+                ))
+            }
         };
         match chosen {
-            Some((found, note)) => choices.push(Choice {
+            Some((found, note, point)) => choices.push(Choice {
                 service,
                 found,
+                point,
                 note,
                 replays: BTreeMap::new(),
                 masking: None,
@@ -153,6 +175,15 @@ async fn choose(
                 missing.join(", ")
             ),
             Some("see `valero-db snapshots list`".into()),
+        ));
+    }
+    if let Some(id) = &args.restore_point {
+        if !choices.is_empty() {
+            return Ok(choices);
+        }
+        return Err(Error::usage_hint(
+            format!("no restore point {id} of the selected services in environment {source_env}"),
+            "see `valero-db snapshots list`",
         ));
     }
     match &args.snapshot {
@@ -176,6 +207,108 @@ async fn choose(
             ),
         }),
     }
+}
+
+/// A restore point of a service by id and its base snapshot (None: no
+/// such point). A point whose base snapshot is gone is an integrity error.
+async fn at_point(
+    source: &dyn Storage,
+    env: &str,
+    service: &str,
+    id: &str,
+    found: &[Found],
+) -> Result<Option<(Found, String, Option<RestorePoint>)>> {
+    let points = restore_point::list(source, env, service).await?;
+    let Some(point) = points.into_iter().find(|p| p.id == id) else {
+        return Ok(None);
+    };
+    let Some(base) = found.iter().find(|f| f.manifest.id == point.base_snapshot) else {
+        return Err(Error::integrity(
+            format!(
+                "restore point {id} of service {service} needs snapshot {}, which is gone",
+                point.base_snapshot
+            ),
+            Some("pick another restore point or snapshot with `valero-db snapshots list`".into()),
+        ));
+    };
+    let note = format!(
+        "restore point {id} taken {} ({})",
+        point.at.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+        point.reason
+    );
+    Ok(Some((base.clone(), note, Some(point))))
+}
+
+/// The restore point taken exactly at `at`, if any: `--timestamp` at a
+/// restore point's time means that point.
+async fn point_at(
+    source: &dyn Storage,
+    env: &str,
+    service: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<String>> {
+    let points = restore_point::list(source, env, service).await?;
+    Ok(points.into_iter().find(|p| p.at == at).map(|p| p.id))
+}
+
+/// Captured changes are not replayed across a schema change: a restore
+/// point between the chosen snapshot and `at` marks one whose
+/// post-change snapshot does not exist (yet), so the restore is refused.
+async fn no_change_between(
+    source: &dyn Storage,
+    env: &str,
+    c: &Choice,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<()> {
+    let points = restore_point::list(source, env, &c.service.name).await?;
+    let Some(p) = points
+        .iter()
+        .find(|p| p.at > c.found.manifest.consistent_at && p.at < at)
+    else {
+        return Ok(());
+    };
+    Err(Error::integrity(
+        format!(
+            "service {}: a schema change began at {} (restore point {}) and no snapshot was taken after it yet; captured changes are not replayed across a schema change",
+            c.service.name,
+            p.at.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+            p.id
+        ),
+        Some(format!(
+            "restore the state before the change with `--restore-point {}`, or a time before it; for later times take a snapshot (`valero-db snapshot -s {}`) and use times after it",
+            p.id, c.service.name
+        )),
+    ))
+}
+
+/// The captured changes each engine replays up to a restore point's
+/// positions, with the sequence values read after its flush.
+async fn plan_point(
+    source: &dyn Storage,
+    env: &str,
+    c: &Choice,
+    point: &RestorePoint,
+) -> Result<BTreeMap<EngineKind, ReplayPlan>> {
+    let mut replays = BTreeMap::new();
+    for kind in c.service.engines() {
+        let (Some(info), Some(pe)) = (c.found.manifest.engine(kind), point.engine(kind)) else {
+            return Err(Error::integrity(
+                format!(
+                    "restore point {} of service {} has no {kind} part",
+                    point.id, c.service.name
+                ),
+                None,
+            ));
+        };
+        let from = crate::capture::snapshot_position(info)?.unwrap_or(0);
+        let listing = crate::capture::list(source, env, &c.service.name, kind).await?;
+        let mut plan =
+            crate::capture::plan_until(&listing, from, pe.until()?, pe.chain_end()?, &point.id)
+                .map_err(|e| in_service(e, &c.service.name, kind))?;
+        plan.sequences = pe.sequences.clone();
+        replays.insert(kind, plan);
+    }
+    Ok(replays)
 }
 
 /// The right key for every encrypted snapshot, then every object of every
@@ -239,10 +372,13 @@ fn describe_choice(c: &Choice, source_env: &str, report: &mut Value, human: &mut
         ));
     }
     for (engine, plan) in &c.replays {
+        let to = match &c.point {
+            Some(p) => format!("restore point {}", p.id),
+            None => plan.at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        };
         human.push_str(&format!(
-            "{} ({engine}): then replays captured changes up to {} ({} segment{})\n",
+            "{} ({engine}): then replays captured changes up to {to} ({} segment{})\n",
             c.service.name,
-            plan.at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
             plan.segments.len(),
             if plan.segments.len() == 1 { "" } else { "s" }
         ));
@@ -253,6 +389,7 @@ fn describe_choice(c: &Choice, source_env: &str, report: &mut Value, human: &mut
             "service": c.service.name,
             "snapshot": crate::commands::snapshot::summary(&c.found),
             "selection": c.note,
+            "restore_point": c.point.as_ref().map(|p| p.summary()),
             "masked": c.masking.is_some(),
             "replaces": targets(&c.service),
         }),

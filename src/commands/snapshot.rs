@@ -11,6 +11,7 @@ use crate::config::EngineKind;
 use crate::context::{confirm_plan, Context};
 use crate::error::{Error, Result};
 use crate::output::{table, Outcome};
+use crate::restore_point::{self, RestorePoint};
 use crate::service::session::LockedService;
 use crate::service::take::{take_service, Request};
 use crate::snapshot::{self, retention, Found, MANIFEST};
@@ -98,21 +99,60 @@ pub async fn list_all(ctx: &Context, storage: &dyn Storage) -> Result<Vec<Found>
     Ok(all)
 }
 
+/// A restore point as a row beside the snapshots: its time, and the
+/// snapshot it replays onto in place of a size.
+fn point_row(p: &RestorePoint) -> Vec<String> {
+    let versions: Vec<String> = p
+        .engines
+        .iter()
+        .map(|e| {
+            let v = e.schema_version.map(|v| v.to_string());
+            format!("{}={}", e.engine, v.unwrap_or_else(|| "-".into()))
+        })
+        .collect();
+    vec![
+        p.id.clone(),
+        p.service.clone(),
+        p.at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        format!("{} (restore point)", p.reason),
+        p.release.clone().unwrap_or_else(|| "-".into()),
+        versions.join(" "),
+        format!("on {}", p.base_snapshot),
+    ]
+}
+
 pub async fn list(ctx: &Context) -> Outcome {
     let result = async {
         let storage = storage::open(&ctx.env).await?;
-        list_all(ctx, storage.as_ref()).await
+        let all = list_all(ctx, storage.as_ref()).await?;
+        let mut points = Vec::new();
+        for service in ctx.services()? {
+            points
+                .extend(restore_point::list(storage.as_ref(), &ctx.env.name, &service.name).await?);
+        }
+        Ok::<_, Error>((all, points))
     }
     .await;
     match result {
-        Ok(all) => Outcome::ok(
-            json!({"command": "snapshots list", "environment": ctx.env.name, "snapshots": all.iter().map(summary).collect::<Vec<_>>()}),
-            if all.is_empty() {
-                "no snapshots\n".into()
-            } else {
-                table(&HEADERS, &all.iter().map(row).collect::<Vec<_>>())
-            },
-        ),
+        Ok((all, points)) => {
+            // One table, in time order: snapshots by their consistent
+            // point, restore points by theirs.
+            let mut rows: Vec<(chrono::DateTime<chrono::Utc>, Vec<String>)> = all
+                .iter()
+                .map(|f| (f.manifest.consistent_at, row(f)))
+                .chain(points.iter().map(|p| (p.at, point_row(p))))
+                .collect();
+            rows.sort_by_key(|(at, _)| *at);
+            let rows: Vec<Vec<String>> = rows.into_iter().map(|(_, r)| r).collect();
+            Outcome::ok(
+                json!({"command": "snapshots list", "environment": ctx.env.name, "snapshots": all.iter().map(summary).collect::<Vec<_>>(), "restore_points": points.iter().map(RestorePoint::summary).collect::<Vec<_>>()}),
+                if rows.is_empty() {
+                    "no snapshots\n".into()
+                } else {
+                    table(&HEADERS, &rows)
+                },
+            )
+        }
         Err(e) => Outcome::failed(e),
     }
 }
@@ -173,6 +213,8 @@ pub async fn verify(ctx: &Context, id: Option<String>, all: bool) -> Outcome {
 struct Pruned {
     removed: Vec<String>,
     kept: Vec<String>,
+    points_removed: Vec<String>,
+    points_kept: Vec<String>,
     leftovers: Vec<String>,
     segments: Vec<String>,
 }
@@ -193,9 +235,19 @@ impl Pruned {
                 self.segments.len()
             ));
         }
-        human.push_str(&format!("kept {} snapshot(s)\n", self.kept.len()));
+        for id in &self.points_removed {
+            human.push_str(&format!("{verb} restore point {id}\n"));
+        }
+        human.push_str(&format!("kept {} snapshot(s)", self.kept.len()));
+        if !self.points_kept.is_empty() {
+            human.push_str(&format!(
+                " and {} restore point(s) with the snapshots and captured changes they replay",
+                self.points_kept.len()
+            ));
+        }
+        human.push('\n');
         Outcome::ok(
-            json!({"command": "snapshots prune", "dry_run": dry_run, "removed": self.removed, "kept": self.kept, "leftovers_removed": self.leftovers, "capture_segments_removed": self.segments}),
+            json!({"command": "snapshots prune", "dry_run": dry_run, "removed": self.removed, "kept": self.kept, "restore_points_removed": self.points_removed, "restore_points_kept": self.points_kept, "leftovers_removed": self.leftovers, "capture_segments_removed": self.segments}),
             human,
         )
     }
@@ -237,6 +289,8 @@ async fn prune_pass(
     let mut pruned = Pruned {
         removed: Vec::new(),
         kept: Vec::new(),
+        points_removed: Vec::new(),
+        points_kept: Vec::new(),
         leftovers: Vec::new(),
         segments: Vec::new(),
     };
@@ -269,7 +323,26 @@ async fn prune_service(
 ) -> Result<()> {
     let env = &ctx.env.name;
     let (found, incomplete) = snapshot::list_service(storage, env, service).await?;
-    let keep = retention::keep(&found, keep_last, keep_within, chrono::Utc::now());
+    let now = chrono::Utc::now();
+    let mut keep = retention::keep(&found, keep_last, keep_within, now);
+    // Restore points are kept by the same rules; a kept one keeps its base
+    // snapshot (and so the captured changes after it).
+    let points = restore_point::list(storage, env, service).await?;
+    let times: Vec<_> = points.iter().map(|p| p.at).collect();
+    let keep_points = retention::keep_times(&times, keep_last, keep_within, now);
+    for (p, k) in points.iter().zip(&keep_points) {
+        if !k {
+            pruned.points_removed.push(p.id.clone());
+            if !dry_run {
+                restore_point::delete(storage, p).await?;
+            }
+            continue;
+        }
+        pruned.points_kept.push(p.id.clone());
+        for (f, kf) in found.iter().zip(keep.iter_mut()) {
+            *kf |= f.manifest.id == p.base_snapshot;
+        }
+    }
     let segments = prune_segments(storage, env, service, &found, &keep, dry_run).await?;
     pruned.segments.extend(segments);
     for (f, k) in found.iter().zip(keep) {
@@ -327,18 +400,31 @@ async fn prune_segments(
             continue;
         };
         let listing = crate::capture::list(storage, env, service, engine).await?;
+        let mut going = Vec::new();
         for (base, seg) in &listing.segments {
-            if crate::capture::parse_lsn(&seg.end)? > oldest {
-                continue;
+            let end = crate::capture::parse_lsn(&seg.end)?;
+            if end <= oldest {
+                going.push((base.clone(), end));
             }
-            removed.push(base.clone());
-            if !dry_run {
-                storage
-                    .delete(&format!("{base}/{}", crate::capture::SEGMENT_MANIFEST))
-                    .await?;
-                for o in storage.list(&format!("{base}/")).await? {
-                    storage.delete(&o.key).await?;
-                }
+        }
+        let Some(until) = going.iter().map(|(_, end)| *end).max() else {
+            continue;
+        };
+        removed.extend(going.iter().map(|(base, _)| base.clone()));
+        if dry_run {
+            continue;
+        }
+        // Recorded first, so the next capture pass and restores go on from
+        // the first segment left instead of taking the removed ones for a
+        // gap (also when the prune is interrupted half-way).
+        let folder = crate::capture::folder(env, service, engine);
+        crate::capture::write_pruned(storage, &folder, until, listing.pruned_until).await?;
+        for (base, _) in &going {
+            storage
+                .delete(&format!("{base}/{}", crate::capture::SEGMENT_MANIFEST))
+                .await?;
+            for o in storage.list(&format!("{base}/")).await? {
+                storage.delete(&o.key).await?;
             }
         }
     }

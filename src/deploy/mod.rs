@@ -99,8 +99,54 @@ pub struct EngineVersions {
 pub struct ServiceVersions {
     pub service: String,
     pub engines: Vec<EngineVersions>,
-    /// The pre-migrate snapshot, when the deployment migrated the service.
+    /// The pre-migrate snapshot, when the deployment migrated the service
+    /// from one.
     pub snapshot: Option<String>,
+    /// The pre-migrate restore point, when it migrated from one instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_point: Option<String>,
+    /// The post-migrate snapshot waits for the deployment to succeed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot_pending: bool,
+}
+
+/// What a service's change in a deployment is undone from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Undo {
+    Snapshot(String),
+    RestorePoint(String),
+}
+
+impl Undo {
+    pub fn of(anchor: &crate::service::restore_point::Anchor) -> Undo {
+        use crate::service::restore_point::Anchor;
+        match anchor {
+            Anchor::RestorePoint(p) => Undo::RestorePoint(p.id.clone()),
+            Anchor::Snapshot { found, .. } => Undo::Snapshot(found.manifest.id.clone()),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            Undo::Snapshot(id) | Undo::RestorePoint(id) => id,
+        }
+    }
+
+    /// `snapshot ID` / `restore point ID`.
+    pub fn describe(&self) -> String {
+        match self {
+            Undo::Snapshot(id) => format!("snapshot {id}"),
+            Undo::RestorePoint(id) => format!("restore point {id}"),
+        }
+    }
+
+    /// The restore option that returns to it.
+    pub fn restore_option(&self) -> String {
+        match self {
+            Undo::Snapshot(id) => format!("--snapshot {id}"),
+            Undo::RestorePoint(id) => format!("--restore-point {id}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,6 +155,17 @@ pub struct StepRecord {
     pub result: StepResult,
     pub duration_ms: u64,
     pub detail: Option<String>,
+}
+
+impl ServiceVersions {
+    /// What this service's change is undone from.
+    pub fn undo(&self) -> Option<Undo> {
+        match (&self.snapshot, &self.restore_point) {
+            (Some(id), _) => Some(Undo::Snapshot(id.clone())),
+            (None, Some(id)) => Some(Undo::RestorePoint(id.clone())),
+            (None, None) => None,
+        }
+    }
 }
 
 /// One deployment: what it changed, each step's result, and how it ended.
@@ -229,20 +286,24 @@ impl DeploymentRecord {
         }
     }
 
-    /// Records a service's pre-deploy snapshot; the first one stays.
-    pub fn add_snapshot(&mut self, service: &str, id: &str) {
+    /// Records what a service's change is undone from; the first stays.
+    pub fn add_undo(&mut self, service: &str, undo: &Undo) {
         let entry = self.service_entry(service);
-        if entry.snapshot.is_none() {
-            entry.snapshot = Some(id.to_string());
+        if entry.snapshot.is_some() || entry.restore_point.is_some() {
+            return;
+        }
+        match undo {
+            Undo::Snapshot(id) => entry.snapshot = Some(id.clone()),
+            Undo::RestorePoint(id) => entry.restore_point = Some(id.clone()),
         }
     }
 
-    /// The pre-deploy snapshot already taken of a service, if any.
-    pub fn snapshot_of(&self, service: &str) -> Option<&str> {
+    /// What a service's change is undone from, if it was taken already.
+    pub fn undo_of(&self, service: &str) -> Option<Undo> {
         self.services
             .iter()
             .find(|s| s.service == service)
-            .and_then(|s| s.snapshot.as_deref())
+            .and_then(ServiceVersions::undo)
     }
 
     fn service_entry(&mut self, service: &str) -> &mut ServiceVersions {
@@ -253,6 +314,8 @@ impl DeploymentRecord {
                     service: service.to_string(),
                     engines: Vec::new(),
                     snapshot: None,
+                    restore_point: None,
+                    snapshot_pending: false,
                 });
                 self.services.len() - 1
             }
@@ -295,16 +358,22 @@ pub struct Journal<'a> {
 impl Journal<'_> {
     /// Saved before a service changes: its versions now, and the snapshot
     /// to restore it from. Without this record saved nothing may change.
+    /// `deferred`: the post-change snapshot waits for the deployment to
+    /// succeed.
     pub async fn before_change(
         &mut self,
         service: &str,
         versions: &[(EngineKind, Option<u64>)],
-        snapshot: &str,
+        undo: &Undo,
+        deferred: bool,
     ) -> Result<()> {
         for (engine, now) in versions {
             self.rec.add_versions(service, *engine, *now, *now);
         }
-        self.rec.add_snapshot(service, snapshot);
+        self.rec.add_undo(service, undo);
+        if deferred {
+            self.rec.service_entry(service).snapshot_pending = true;
+        }
         self.rec.save(self.storage).await
     }
 

@@ -3,6 +3,7 @@
 //! snapshots, and reading its status.
 
 pub mod rehearse;
+pub mod restore_point;
 pub mod session;
 pub mod status;
 pub mod take;

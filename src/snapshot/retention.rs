@@ -13,14 +13,26 @@ pub fn keep(
     keep_within: Option<Duration>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Vec<bool> {
-    let n = found.len();
-    found
+    let created: Vec<_> = found.iter().map(|f| f.manifest.created_at).collect();
+    keep_times(&created, keep_last, keep_within, now)
+}
+
+/// The same rules for anything taken at the given times, oldest first
+/// (restore points are kept by them too).
+pub fn keep_times(
+    created: &[chrono::DateTime<chrono::Utc>],
+    keep_last: usize,
+    keep_within: Option<Duration>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<bool> {
+    let n = created.len();
+    created
         .iter()
         .enumerate()
-        .map(|(i, f)| {
+        .map(|(i, at)| {
             let rank_from_newest = n - 1 - i;
             let young = keep_within.is_some_and(|w| {
-                now.signed_duration_since(f.manifest.created_at)
+                now.signed_duration_since(*at)
                     .to_std()
                     .map(|age| age <= w)
                     .unwrap_or(true)

@@ -7,6 +7,7 @@
 
 pub mod oracle;
 pub mod release;
+pub mod s3_front;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -489,4 +490,36 @@ pub fn engine_entry(doc: &serde_json::Value, engine: &str) -> serde_json::Value 
         .find(|s| s["engine"] == engine)
         .unwrap_or_else(|| panic!("no {engine} entry in {doc}"))
         .clone()
+}
+
+/// Waits until the valero-db process `pid` has a PostgreSQL session
+/// matching `condition` (on pg_stat_activity).
+pub fn wait_for_session(pid: u32, condition: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while sessions_of(pid, condition) == "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "valero-db never reached: {condition}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Waits until no PostgreSQL session of the (ended) valero-db process
+/// `pid` is left: a killed client's backend ends with its statement.
+pub fn wait_for_no_session(pid: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while sessions_of(pid, "true") != "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sessions of valero-db pid {pid} did not end"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn sessions_of(pid: u32, condition: &str) -> String {
+    psql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'valero-db host=% pid={pid}' AND {condition}"
+    ))
 }

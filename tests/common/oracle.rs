@@ -98,3 +98,33 @@ pub fn snapshot_ids(p: &Project, env: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// The oracle for a MongoDB database: every collection's documents as raw
+/// BSON bytes, sorted by `_id` (valero-db's lock collection and system
+/// collections left out).
+pub async fn mongo_state(db: &mongodb::Database) -> Vec<(String, Vec<Vec<u8>>)> {
+    use futures::TryStreamExt;
+    let mut names: Vec<String> = db
+        .list_collection_names()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| !n.starts_with("valero_schema_lock") && !n.starts_with("system."))
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for n in names {
+        let mut c = db
+            .collection::<bson::RawDocumentBuf>(&n)
+            .find(bson::doc! {})
+            .sort(bson::doc! {"_id": 1})
+            .await
+            .unwrap();
+        let mut docs = Vec::new();
+        while let Some(d) = c.try_next().await.unwrap() {
+            docs.push(d.as_bytes().to_vec());
+        }
+        out.push((n, docs));
+    }
+    out
+}

@@ -474,7 +474,7 @@ pub async fn replay(
                     .map(position)
                     .unwrap_or(0);
                 let wall = event.get_datetime("wallTime").map(|d| d.to_chrono()).ok();
-                if wall.is_some_and(|w| w > plan.at) {
+                if wall.is_some_and(|w| w > plan.at) || plan.until.is_some_and(|u| ts > u) {
                     break 'segments;
                 }
                 if ts < from {

@@ -653,6 +653,7 @@ pub async fn replay(
         schema,
         what,
         at: plan.at,
+        until: plan.until,
         visible: Visibility::parse(transaction_snapshot)?,
         stats: ReplayStats::default(),
         replayer: pgoutput::Replayer::default(),
@@ -752,6 +753,8 @@ struct Replay<'a> {
     schema: &'a str,
     what: &'a str,
     at: chrono::DateTime<chrono::Utc>,
+    /// A restore point's position: transactions committed from it on stay out.
+    until: Option<u64>,
     visible: Visibility,
     stats: ReplayStats,
     replayer: pgoutput::Replayer,
@@ -800,9 +803,11 @@ impl Replay<'_> {
     async fn message(&mut self, message: Message) -> Result<Flow> {
         match message {
             Message::Begin {
-                commit_time, xid, ..
+                commit_time,
+                xid,
+                final_lsn,
             } => {
-                if commit_time > self.at {
+                if commit_time > self.at || self.until.is_some_and(|u| final_lsn >= u) {
                     return Ok(Flow::Stop);
                 }
                 self.applying = !self.visible.holds(xid);

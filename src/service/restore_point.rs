@@ -1,0 +1,409 @@
+//! Taking a restore point before a schema change (docs/capture.md): when
+//! every engine of the service is captured and its chain is healthy back
+//! to a complete snapshot at the current schema versions, a capture pass
+//! in-process ships everything committed so far, every segment since that
+//! snapshot is read back, and the point is recorded — in about the time of
+//! the pass, whatever the size of the database. Anything missing is a
+//! [`Skipped`] with its reason, and the caller takes a full snapshot.
+
+use std::fmt;
+use std::time::Instant;
+
+use crate::capture::{self, format_lsn, parse_lsn, Listing};
+use crate::config::{EngineKind, Service, StatementLocks};
+use crate::engine::mongodb::capture::{Capture as MongoCapture, LEASE_ID};
+use crate::engine::mongodb::lease::{lease_ttl, Lease};
+use crate::engine::mongodb::MongoEngine;
+use crate::engine::postgres::capture::{slot_name, Capture as PgCapture};
+use crate::engine::postgres::PostgresEngine;
+use crate::error::Error;
+use crate::restore_point::{self, PointEngine, RestorePoint};
+use crate::snapshot::{self, Found};
+use crate::storage::Storage;
+
+/// Why a change took a full snapshot instead of a restore point.
+#[derive(Debug)]
+pub enum Skipped {
+    /// The engine has never been captured (`valero-db capture` not set up).
+    NotCaptured(EngineKind),
+    /// No complete snapshot of the service exists.
+    NoSnapshot,
+    /// The newest snapshot was taken at other schema versions: captured
+    /// changes are not replayed across a schema change.
+    OtherVersions {
+        snapshot: String,
+        engine: EngineKind,
+        snapshot_version: Option<u64>,
+        current: Option<u64>,
+    },
+    /// Another capture (the capture Deployment) holds the capture lock.
+    CaptureBusy(EngineKind),
+    /// The chain from the snapshot has a gap, or a segment failed its read-back.
+    Chain(Error),
+    /// The storage or a database failed while taking it.
+    Failed(Error),
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = |v: &Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        match self {
+            Skipped::NotCaptured(e) => write!(
+                f,
+                "{e} is not captured (`valero-db capture` was never set up)"
+            ),
+            Skipped::NoSnapshot => write!(
+                f,
+                "there is no complete snapshot to replay captured changes onto"
+            ),
+            Skipped::OtherVersions {
+                snapshot,
+                engine,
+                snapshot_version,
+                current,
+            } => write!(
+                f,
+                "the newest snapshot {snapshot} has {engine} at version {}, the database is at {}",
+                v(snapshot_version),
+                v(current)
+            ),
+            Skipped::CaptureBusy(e) => write!(f, "another capture holds the {e} capture lock"),
+            Skipped::Chain(e) => write!(f, "the captured changes cannot be trusted: {e}"),
+            Skipped::Failed(e) => write!(f, "taking it failed: {e}"),
+        }
+    }
+}
+
+impl Skipped {
+    /// A short word for reports and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Skipped::NotCaptured(_) => "not_captured",
+            Skipped::NoSnapshot => "no_snapshot",
+            Skipped::OtherVersions { .. } => "other_versions",
+            Skipped::CaptureBusy(_) => "capture_busy",
+            Skipped::Chain(_) => "gap",
+            Skipped::Failed(_) => "failed",
+        }
+    }
+}
+
+/// What the point is taken for.
+pub struct Request<'a> {
+    pub environment: &'a str,
+    pub reason: &'a str,
+    pub release: Option<String>,
+    /// Each engine's schema version now (read under the service's lock).
+    pub versions: &'a [(EngineKind, Option<u64>)],
+}
+
+type Step<T> = std::result::Result<T, Skipped>;
+
+fn failed(e: Error) -> Skipped {
+    Skipped::Failed(e)
+}
+
+/// Takes a restore point of a locked service, or says why not. Nothing
+/// of the service's data is changed either way; a point exists only once
+/// everything it relies on was read back.
+pub async fn take(
+    storage: &dyn Storage,
+    service: &Service,
+    req: &Request<'_>,
+) -> Step<RestorePoint> {
+    let started = Instant::now();
+    let env = req.environment;
+    for kind in service.engines() {
+        let listing = capture::list(storage, env, &service.name, kind)
+            .await
+            .map_err(failed)?;
+        if listing.streams.is_empty() {
+            return Err(Skipped::NotCaptured(kind));
+        }
+    }
+    let base = snapshot::newest(storage, env, &service.name)
+        .await
+        .map_err(failed)?
+        .ok_or(Skipped::NoSnapshot)?;
+    same_versions(&base, req.versions)?;
+    complete(storage, &base).await?;
+    // A gap found after the pass could be hidden by it: the pass continues
+    // from where the chain ends.
+    for kind in service.engines() {
+        chain(storage, env, &service.name, &base, kind, Check::Contiguous).await?;
+    }
+    let at = chrono::Utc::now();
+    let positions = flush(storage, env, service).await?;
+    let mut engines = Vec::new();
+    for (kind, until) in positions {
+        let check = Check::ReadBack { until };
+        engines.push(chain(storage, env, &service.name, &base, kind, check).await?);
+    }
+    let point = RestorePoint {
+        format: restore_point::FORMAT_VERSION,
+        id: restore_point::new_id(at),
+        environment: env.to_string(),
+        service: service.name.clone(),
+        at,
+        created_at: chrono::Utc::now(),
+        reason: req.reason.to_string(),
+        release: req.release.clone(),
+        base_snapshot: base.manifest.id.clone(),
+        engines,
+        duration_ms: started.elapsed().as_millis() as u64,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    restore_point::save(storage, &point).await.map_err(failed)?;
+    tracing::info!(
+        "{}: restore point {} on snapshot {} taken and verified in {:.2}s",
+        service.name,
+        point.id,
+        point.base_snapshot,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(point)
+}
+
+/// The snapshot must hold every engine at the version it is at now.
+fn same_versions(base: &Found, versions: &[(EngineKind, Option<u64>)]) -> Step<()> {
+    for (engine, current) in versions {
+        let snapshot_version = base.manifest.engine(*engine).and_then(|e| e.schema_version);
+        if base.manifest.engine(*engine).is_none() || snapshot_version != *current {
+            return Err(Skipped::OtherVersions {
+                snapshot: base.manifest.id.clone(),
+                engine: *engine,
+                snapshot_version,
+                current: *current,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Every object of the base snapshot is still stored at its recorded
+/// size (it was read back in full when it was taken; a listing finds one
+/// removed or cut short without reading the whole snapshot again).
+async fn complete(storage: &dyn Storage, base: &Found) -> Step<()> {
+    let stored = storage
+        .list(&format!("{}/", base.base))
+        .await
+        .map_err(failed)?;
+    for o in &base.manifest.objects {
+        let key = format!("{}/{}", base.base, o.key);
+        if !stored.iter().any(|s| s.key == key && s.size == o.size) {
+            return Err(Skipped::Chain(Error::integrity(
+                format!(
+                    "snapshot {}: object {} is missing or has another size",
+                    base.manifest.id, o.key
+                ),
+                None,
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One capture pass per engine, in-process under the capture lock,
+/// repeated until nothing is left: returns where each engine's changes
+/// are shipped up to.
+async fn flush(
+    storage: &dyn Storage,
+    env: &str,
+    service: &Service,
+) -> Step<Vec<(EngineKind, u64)>> {
+    let mut positions = Vec::new();
+    if let Some(pg) = &service.postgres {
+        let mut engine = PostgresEngine::connect(&service.name, pg, StatementLocks::default())
+            .await
+            .map_err(failed)?;
+        let slot = slot_name(env, &service.name, &pg.schema);
+        if !engine.try_capture_lock(&slot).await.map_err(failed)? {
+            return Err(Skipped::CaptureBusy(EngineKind::Postgres));
+        }
+        let (conn, server) = engine.connection_and_server();
+        let mut c = PgCapture {
+            conn,
+            server,
+            storage,
+            env,
+            service: &service.name,
+            schema: &pg.schema,
+        };
+        let position = loop {
+            let r = c.pass().await.map_err(failed)?;
+            if !r.more {
+                break r.position;
+            }
+        };
+        // Ending the session lets go of the capture lock.
+        drop(engine);
+        positions.push((EngineKind::Postgres, parse_lsn(&position).map_err(failed)?));
+    }
+    if let Some(m) = &service.mongodb {
+        let engine = MongoEngine::connect(&service.name, m)
+            .await
+            .map_err(failed)?;
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let lease = Lease::new(
+            engine.database(),
+            LEASE_ID,
+            &service.name,
+            &token,
+            lease_ttl(),
+        );
+        if !lease.try_acquire().await.map_err(failed)? {
+            return Err(Skipped::CaptureBusy(EngineKind::Mongodb));
+        }
+        let mut c = MongoCapture {
+            db: engine.database(),
+            storage,
+            env,
+            service: &service.name,
+            lease: Some(&lease),
+        };
+        let passed = async {
+            loop {
+                let r = c.pass().await?;
+                if !r.more {
+                    break Ok::<_, Error>(r.position);
+                }
+            }
+        }
+        .await;
+        let _ = lease.release().await;
+        positions.push((
+            EngineKind::Mongodb,
+            parse_lsn(&passed.map_err(failed)?).map_err(failed)?,
+        ));
+    }
+    Ok(positions)
+}
+
+/// How far `chain` checks the captured changes.
+#[derive(Clone, Copy)]
+enum Check {
+    /// Every stored segment from the base snapshot on, without gaps.
+    Contiguous,
+    /// Up to the flushed position, every segment read back (size and
+    /// sha256, as a snapshot's objects).
+    ReadBack { until: u64 },
+}
+
+/// The chain of captured changes from the base snapshot, checked.
+async fn chain(
+    storage: &dyn Storage,
+    env: &str,
+    service: &str,
+    base: &Found,
+    kind: EngineKind,
+    check: Check,
+) -> Step<PointEngine> {
+    let listing: Listing = capture::list(storage, env, service, kind)
+        .await
+        .map_err(failed)?;
+    let info = base.manifest.engine(kind).ok_or(Skipped::NoSnapshot)?;
+    let from = capture::snapshot_position(info)
+        .map_err(Skipped::Chain)?
+        .ok_or_else(|| {
+            Skipped::Chain(Error::integrity(
+                format!("snapshot {} records no {kind} position", base.manifest.id),
+                None,
+            ))
+        })?;
+    // Where the chain of the current stream ends, as the next pass sees it.
+    let stream = listing.streams.last().ok_or(Skipped::NotCaptured(kind))?;
+    let stream_start = parse_lsn(&stream.start).map_err(Skipped::Chain)?;
+    let chain_end = listing
+        .chain_end_after(stream_start, from)
+        .map_err(Skipped::Chain)?;
+    // Progress names where the chain ended after the last pass: a chain
+    // that ends earlier lost its last segment.
+    let recorded = listing.progress.as_ref().map(|p| parse_lsn(&p.position));
+    if let Some(recorded) = recorded.transpose().map_err(Skipped::Chain)? {
+        if recorded > chain_end {
+            return Err(Skipped::Chain(Error::integrity(
+                format!(
+                    "{kind}: capture recorded progress up to position {}, but the stored segments end at {}: a segment is missing",
+                    format_lsn(recorded),
+                    format_lsn(chain_end)
+                ),
+                None,
+            )));
+        }
+    }
+    let until = match check {
+        Check::Contiguous => chain_end.max(from),
+        Check::ReadBack { until } => until,
+    };
+    let plan = capture::plan_until(&listing, from, until, chain_end, &base.manifest.id)
+        .map_err(Skipped::Chain)?;
+    let read_back = matches!(check, Check::ReadBack { .. });
+    for (folder, seg) in plan.segments.iter().filter(|_| read_back) {
+        snapshot::verify_object(storage, folder, &seg.object)
+            .await
+            .map_err(Skipped::Chain)?;
+    }
+    Ok(PointEngine {
+        engine: kind,
+        schema_version: info.schema_version,
+        position: format_lsn(until),
+        chain_end: format_lsn(chain_end),
+        segments: plan.segments.len() as u64,
+        sequences: listing.progress.and_then(|p| p.sequences),
+    })
+}
+
+/// What a schema change can be undone from: a restore point, or a full
+/// snapshot (with the reason no restore point was taken).
+#[derive(Debug)]
+pub enum Anchor {
+    RestorePoint(RestorePoint),
+    Snapshot { found: Box<Found>, skipped: Skipped },
+}
+
+impl Anchor {
+    /// The id `restore` takes (`--restore-point` or `--snapshot`).
+    pub fn id(&self) -> &str {
+        match self {
+            Anchor::RestorePoint(p) => &p.id,
+            Anchor::Snapshot { found, .. } => &found.manifest.id,
+        }
+    }
+}
+
+/// The anchor before a change of a locked service: a restore point when
+/// capture allows one, else a full snapshot, saying why (at info level
+/// when capture was never set up, a warning otherwise).
+pub async fn anchor(
+    storage: &dyn Storage,
+    locked: &mut crate::service::session::LockedService,
+    req: &Request<'_>,
+) -> crate::error::Result<Anchor> {
+    let name = locked.service.name.clone();
+    let skipped = match take(storage, &locked.service, req).await {
+        Ok(point) => return Ok(Anchor::RestorePoint(point)),
+        Err(skipped) => skipped,
+    };
+    match skipped {
+        Skipped::NotCaptured(_) => tracing::info!(
+            "{name}: no restore point: {skipped}; taking a full {} snapshot",
+            req.reason
+        ),
+        _ => tracing::warn!(
+            "{name}: no restore point: {skipped}; taking a full {} snapshot instead",
+            req.reason
+        ),
+    }
+    let full = crate::service::take::Request {
+        environment: req.environment,
+        reason: req.reason,
+        release: req.release.clone(),
+        label: None,
+    };
+    let found =
+        crate::service::take::take_service(storage, &name, &mut locked.engines, &full).await?;
+    Ok(Anchor::Snapshot {
+        found: Box::new(found),
+        skipped,
+    })
+}
