@@ -236,9 +236,13 @@ def main():
     ap.add_argument("--mongo-docs", type=int, default=200_000)
     ap.add_argument("--postgres-only", action="store_true", help="skip the MongoDB measurements")
     ap.add_argument("--levels", help="instead: compare zstd levels (e.g. 1,3,6,9) on both PostgreSQL data sets")
+    ap.add_argument("--restore-points", action="store_true",
+                    help="instead: time before the first migration statement, restore point vs full snapshot, at full and 1/4 size")
     args = ap.parse_args()
     if args.levels:
         return levels(args)
+    if args.restore_points:
+        return restore_points(args)
 
     print("building valero-db (release) ...", file=sys.stderr)
     sh(["cargo", "build", "--release", "--quiet"], quiet=False)
@@ -427,6 +431,103 @@ def levels(args):
         fw, fs = ref[schema]
         print(f"{schema:<12} {what:<22} {wall if wall else float('nan'):>7.2f} {(wall / fw) if wall else float('nan'):>9.2f} "
               f"{size / 2**20:>11.1f} {size / fs:>9.2f} {restore if restore else float('nan'):>10.2f} {rss if rss else float('nan'):>8.0f}")
+
+
+RP_CONFIG = """[environments.bench]
+storage = "file://{storage}"
+[environments.nocapture]
+storage = "file://{storage}"
+[services.{service}]
+postgres = {{ url = "{url}", schema = "{schema}" }}
+"""
+
+
+CHANGED = 3000
+
+
+def changed_rows(schema, n):
+    """A few thousand rows changed since the last snapshot (captured by
+    the restore point's flush)."""
+    psql(PG_URL, f"UPDATE {schema}.journal_lines SET credit = credit + 1 WHERE id BETWEEN {n * CHANGED + 1} AND {(n + 1) * CHANGED}")
+
+
+def before_first_statement(vdb, env, schema, version, migrations, service):
+    """Runs migrate with one new trivial migration; returns the seconds
+    from the start of the process to the migration's transaction (its
+    history row's applied_at, the transaction's start) and the report."""
+    d = os.path.join(migrations, service, "postgres")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"{version:04d}_rp_bench.up.sql"), "w") as f:
+        f.write(f"CREATE TABLE rp_bench_{version} (v int);\n")
+    start = time.time()
+    out = subprocess.run(vdb + ["-e", env, "migrate", "--output", "json"], capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"migrate failed: {out.stderr[-3000:]}")
+    applied = float(psql(PG_URL, f"SELECT extract(epoch FROM applied_at) FROM {schema}.valero_schema_history WHERE version = {version}"))
+    return applied - start, json.loads(out.stdout)
+
+
+def clean_rp_bench(vdb, schema):
+    subprocess.run(vdb + ["-e", "bench", "capture", "--drop", "--yes"], capture_output=True)
+    tables = psql(PG_URL, f"SELECT string_agg(quote_ident(relname), ',') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                          f"WHERE n.nspname = '{schema}' AND (relname LIKE 'rp_bench_%' OR relname = 'valero_schema_history') AND relkind = 'r'")
+    if tables:
+        psql(PG_URL, "DROP TABLE " + ", ".join(f"{schema}.{t}" for t in tables.split(",")))
+
+
+def restore_points(args):
+    """Time before the first migration statement: restore point (capture
+    set up, a few thousand rows changed since the last snapshot) against a
+    full pre-migrate snapshot, at full and one-quarter size, one run."""
+    print("building valero-db (release) ...", file=sys.stderr)
+    sh(["cargo", "build", "--release", "--quiet"], quiet=False)
+    build_pg("bench", args.scale)
+    build_pg("bench_small", args.scale / 4)
+    for schema in ("bench", "bench_small"):
+        sh(["psql", PG_URL, "-X", "-q", "-c", f"VACUUM ANALYZE {schema}.journal_lines"])
+    rows = []
+    for schema, label in [("bench", "full"), ("bench_small", "1/4")]:
+        work = tempfile.mkdtemp(prefix="valero-bench-rp-")
+        storage, migrations = os.path.join(work, "store"), os.path.join(work, "migrations")
+        cfg = os.path.join(work, "valero-db.toml")
+        service = "rp"
+        with open(cfg, "w") as f:
+            f.write(RP_CONFIG.format(storage=storage, migrations=migrations, service=service, url=PG_URL, schema=schema))
+        vdb = [BIN, "--config", cfg, "--no-progress", "-q"]
+        clean_rp_bench(vdb, schema)
+        size = int(psql(PG_URL, f"SELECT sum(pg_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '{schema}' AND c.relkind = 'r'"))
+        version = 1
+        before_first_statement(vdb, "nocapture", schema, version, migrations, service)
+        sh(vdb + ["-e", "bench", "capture", "--once"])
+        sh(vdb + ["-e", "bench", "snapshot"])
+        point, full, flushed = [], [], []
+        for r in range(args.rounds):
+            changed_rows(schema, r)
+            version += 1
+            secs, doc = before_first_statement(vdb, "bench", schema, version, migrations, service)
+            if len(doc["restore_points"]) != 1:
+                sys.exit(f"no restore point was taken: {doc['no_restore_point']}")
+            point.append(secs)
+            flushed.append(doc["restore_points"][0]["duration_ms"] / 1000)
+            version += 1
+            secs, doc = before_first_statement(vdb, "nocapture", schema, version, migrations, service)
+            if len(doc["snapshots"]) != 1:
+                sys.exit("no full snapshot was taken")
+            full.append(secs)
+            print(f"  {label}: restore point {point[-1]:.2f}s (the point itself {flushed[-1]:.2f}s), full snapshot {full[-1]:.2f}s",
+                  file=sys.stderr, flush=True)
+        rows.append((label, size, statistics.median(point), statistics.median(flushed), statistics.median(full)))
+        clean_rp_bench(vdb, schema)
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(f"time before the first migration statement (process start to the migration's transaction), "
+          f"{args.rounds} rounds, median; {os.cpu_count()} cores; {CHANGED} journal rows changed since the last snapshot")
+    print(f"{'size':<6} {'table data MiB':>14} {'restore point s':>16} {'(point alone s)':>16} {'full snapshot s':>16} {'ratio':>7}")
+    for label, size, p, f_, full in rows:
+        print(f"{label:<6} {size / 2**20:>14.0f} {p:>16.2f} {f_:>16.2f} {full:>16.2f} {p / full:>7.2f}")
+    print()
+    print("targets: restore point <= 1 s at both sizes and not growing with size; <= 0.25x the full snapshot at full size: "
+          f"{rows[0][2]:.2f}s / {rows[1][2]:.2f}s, {rows[0][2] / rows[0][4]:.2f}x")
 
 
 if __name__ == "__main__":

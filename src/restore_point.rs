@@ -32,25 +32,29 @@ pub struct PointEngine {
     pub engine: EngineKind,
     /// The schema version, equal to the base snapshot's.
     pub schema_version: Option<u64>,
-    /// Where replay stops. PostgreSQL: the slot's position after the flush
-    /// (transactions whose commit record starts here or later stay out);
-    /// MongoDB: the last captured event's position (later events stay out).
-    pub position: String,
+    /// Where replay stops when this process flushed the capture itself.
+    /// PostgreSQL: the slot's position after the flush (transactions whose
+    /// commit record starts here or later stay out); MongoDB: the last
+    /// captured event's position (later events stay out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
+    /// When the running capture (the capture Deployment) shipped the
+    /// changes instead: replay takes every change committed up to this
+    /// time (the database server's clock when the point was asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covered_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Where the stored segments ended when the point was taken: a replay
     /// that cannot reach it has lost a segment.
     pub chain_end: String,
     /// Segments between the base snapshot and the point, each read back.
     pub segments: u64,
-    /// PostgreSQL: every sequence's value, read after the flush.
+    /// PostgreSQL: every sequence's value, read after the flush (or the
+    /// first read at or after `covered_at`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequences: Option<SequenceValues>,
 }
 
 impl PointEngine {
-    pub fn until(&self) -> Result<u64> {
-        parse_lsn(&self.position)
-    }
-
     pub fn chain_end(&self) -> Result<u64> {
         parse_lsn(&self.chain_end)
     }

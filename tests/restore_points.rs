@@ -482,3 +482,46 @@ async fn rollback_takes_a_restore_point_and_restore_to_it_returns_before_the_dow
     p.run(&["restore", "--restore-point", &id, "--yes"]).ok();
     assert_eq!(state(&p).await, before);
 }
+
+/// Ends a running `capture` the way Kubernetes does, and waits for it.
+fn stop(mut capture: std::process::Child) {
+    // SAFETY: kill(2) on a child we spawned and have not reaped.
+    assert_eq!(unsafe { libc::kill(capture.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(capture.wait().unwrap().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_capture_deployment_running_migrate_waits_for_its_pass_and_restores_exactly() {
+    let p = captured_service("rp_daemon", both);
+    let capture = p.spawn(&["capture", "--interval", "1s"]);
+    change(&p, 1).await;
+    let before = state(&p).await;
+    second_migration(&p);
+    let doc = migrate_json(&p, &[]);
+    assert_eq!(doc["restore_points"].as_array().unwrap().len(), 1, "{doc}");
+    let id = doc["restore_points"][0]["id"].as_str().unwrap().to_string();
+    change(&p, 2).await;
+    // The capture Deployment ships the migration and what came after.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    stop(capture);
+    p.run(&["restore", "--restore-point", &id, "--yes"]).ok();
+    assert_eq!(
+        state(&p).await,
+        before,
+        "exactly the state before the migration"
+    );
+    // A capture that does not catch up within --lock-timeout: a full
+    // snapshot, saying so.
+    p.run(&["snapshot"]).ok();
+    let capture = p.spawn(&["capture", "--interval", "1h"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    p.migration(
+        "postgres",
+        "0003_more.up.sql",
+        "ALTER TABLE accounts ADD COLUMN note text;\n",
+    );
+    change(&p, 3).await;
+    let doc = migrate_json(&p, &["--lock-timeout", "2s"]);
+    stop(capture);
+    assert_full_snapshot_because(&doc, "capture_busy");
+}

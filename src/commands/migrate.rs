@@ -290,6 +290,7 @@ pub async fn run_migrate(
             meta: &meta,
             storage: storage.as_deref(),
             environment: &ctx.env.name,
+            capture_wait: ctx.global.lock_timeout,
         };
         let journal = journal.as_deref_mut();
         if let Err(e) = migrate_service(ctx, &service, local, &run, journal, &mut result).await {
@@ -307,6 +308,8 @@ struct Run<'a> {
     meta: &'a RunMeta,
     storage: Option<&'a dyn Storage>,
     environment: &'a str,
+    /// How long to wait for a running capture to ship up to now.
+    capture_wait: std::time::Duration,
 }
 
 fn migrate_outcome(ctx: &Context, r: MigrateResult, dry_run: bool) -> Outcome {
@@ -416,6 +419,7 @@ async fn migrate_locked(
                     reason: "pre-migrate",
                     release: args.release.clone(),
                     versions: &versions,
+                    wait: run.capture_wait,
                 };
                 let anchor = point::anchor(storage, locked, &req).await?;
                 out.taken.record(&name, &anchor);
@@ -454,6 +458,7 @@ async fn migrate_locked(
                 environment: run.environment,
                 reason: "post-migrate",
                 release: args.release.clone(),
+                capture_wait: run.capture_wait,
             };
             after.snapshot(&name, locked).await;
         }
@@ -468,6 +473,8 @@ struct After<'a> {
     environment: &'a str,
     reason: &'static str,
     release: Option<String>,
+    /// How long a restore point waits for a running capture.
+    capture_wait: std::time::Duration,
 }
 
 impl After<'_> {
@@ -600,6 +607,7 @@ pub async fn apply_rollback(
         environment: &ctx.env.name,
         reason: "post-rollback",
         release: None,
+        capture_wait: ctx.global.lock_timeout,
     });
     let pass = RollbackPass::Apply(snapshot_to);
     let mut out = RollbackResult::default();
@@ -709,6 +717,7 @@ async fn rollback_locked(
             reason: "pre-rollback",
             release: None,
             versions: &versions,
+            wait: to.capture_wait,
         };
         let anchor = point::anchor(to.storage, locked, &req).await?;
         out.taken.record(&name, &anchor);

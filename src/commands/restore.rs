@@ -302,9 +302,31 @@ async fn plan_point(
         };
         let from = crate::capture::snapshot_position(info)?.unwrap_or(0);
         let listing = crate::capture::list(source, env, &c.service.name, kind).await?;
-        let mut plan =
-            crate::capture::plan_until(&listing, from, pe.until()?, pe.chain_end()?, &point.id)
-                .map_err(|e| in_service(e, &c.service.name, kind))?;
+        let plan = match (&pe.position, pe.covered_at) {
+            (Some(position), _) => {
+                let until = crate::capture::parse_lsn(position)?;
+                crate::capture::plan_until(&listing, from, until, pe.chain_end()?, &point.id)
+            }
+            (None, Some(at)) => crate::capture::plan(&listing, from, &point.id, at).and_then(|p| {
+                p.ok_or_else(|| {
+                    Error::integrity(
+                        format!(
+                            "restore point {}: the service is no longer captured",
+                            point.id
+                        ),
+                        None,
+                    )
+                })
+            }),
+            (None, None) => Err(Error::integrity(
+                format!(
+                    "restore point {} records neither a position nor a time for {kind}",
+                    point.id
+                ),
+                None,
+            )),
+        };
+        let mut plan = plan.map_err(|e| in_service(e, &c.service.name, kind))?;
         plan.sequences = pe.sequences.clone();
         replays.insert(kind, plan);
     }

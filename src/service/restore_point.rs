@@ -36,8 +36,9 @@ pub enum Skipped {
         snapshot_version: Option<u64>,
         current: Option<u64>,
     },
-    /// Another capture (the capture Deployment) holds the capture lock.
-    CaptureBusy(EngineKind),
+    /// Another capture (the capture Deployment) holds the capture lock and
+    /// did not ship everything up to now within the wait.
+    CaptureBusy(EngineKind, std::time::Duration),
     /// The chain from the snapshot has a gap, or a segment failed its read-back.
     Chain(Error),
     /// The storage or a database failed while taking it.
@@ -67,7 +68,11 @@ impl fmt::Display for Skipped {
                 v(snapshot_version),
                 v(current)
             ),
-            Skipped::CaptureBusy(e) => write!(f, "another capture holds the {e} capture lock"),
+            Skipped::CaptureBusy(e, waited) => write!(
+                f,
+                "another capture holds the {e} capture lock and had not shipped the changes up to now after {}",
+                crate::units::format_duration(*waited)
+            ),
             Skipped::Chain(e) => write!(f, "the captured changes cannot be trusted: {e}"),
             Skipped::Failed(e) => write!(f, "taking it failed: {e}"),
         }
@@ -81,7 +86,7 @@ impl Skipped {
             Skipped::NotCaptured(_) => "not_captured",
             Skipped::NoSnapshot => "no_snapshot",
             Skipped::OtherVersions { .. } => "other_versions",
-            Skipped::CaptureBusy(_) => "capture_busy",
+            Skipped::CaptureBusy(..) => "capture_busy",
             Skipped::Chain(_) => "gap",
             Skipped::Failed(_) => "failed",
         }
@@ -95,6 +100,19 @@ pub struct Request<'a> {
     pub release: Option<String>,
     /// Each engine's schema version now (read under the service's lock).
     pub versions: &'a [(EngineKind, Option<u64>)],
+    /// How long to wait for a running capture (the capture Deployment,
+    /// which holds the capture lock) to ship everything up to now.
+    pub wait: std::time::Duration,
+}
+
+/// How far one engine's changes were shipped for a restore point.
+#[derive(Debug, Clone, Copy)]
+enum Flushed {
+    /// By this process's own pass: up to this position.
+    Position(u64),
+    /// By the running capture: every change committed up to this time
+    /// (the database server's clock when the point was asked for).
+    CoveredAt(chrono::DateTime<chrono::Utc>),
 }
 
 type Step<T> = std::result::Result<T, Skipped>;
@@ -133,10 +151,10 @@ pub async fn take(
         chain(storage, env, &service.name, &base, kind, Check::Contiguous).await?;
     }
     let at = chrono::Utc::now();
-    let positions = flush(storage, env, service).await?;
+    let positions = flush(storage, env, service, req.wait).await?;
     let mut engines = Vec::new();
-    for (kind, until) in positions {
-        let check = Check::ReadBack { until };
+    for (kind, flushed) in positions {
+        let check = Check::ReadBack(flushed);
         engines.push(chain(storage, env, &service.name, &base, kind, check).await?);
     }
     let point = RestorePoint {
@@ -204,79 +222,125 @@ async fn complete(storage: &dyn Storage, base: &Found) -> Step<()> {
 }
 
 /// One capture pass per engine, in-process under the capture lock,
-/// repeated until nothing is left: returns where each engine's changes
-/// are shipped up to.
+/// repeated until nothing is left: returns how far each engine's changes
+/// are shipped. Where a running capture holds the lock, waits (up to
+/// `wait`) until it has shipped everything committed before now.
 async fn flush(
     storage: &dyn Storage,
     env: &str,
     service: &Service,
-) -> Step<Vec<(EngineKind, u64)>> {
-    let mut positions = Vec::new();
+    wait: std::time::Duration,
+) -> Step<Vec<(EngineKind, Flushed)>> {
+    let mut flushed = Vec::new();
     if let Some(pg) = &service.postgres {
         let mut engine = PostgresEngine::connect(&service.name, pg, StatementLocks::default())
             .await
             .map_err(failed)?;
         let slot = slot_name(env, &service.name, &pg.schema);
         if !engine.try_capture_lock(&slot).await.map_err(failed)? {
-            return Err(Skipped::CaptureBusy(EngineKind::Postgres));
+            let now = engine.server_time().await.map_err(failed)?;
+            drop(engine);
+            let kind = EngineKind::Postgres;
+            flushed.push((
+                kind,
+                covered_by_capture(storage, env, &service.name, kind, now, wait).await?,
+            ));
+        } else {
+            let (conn, server) = engine.connection_and_server();
+            let mut c = PgCapture {
+                conn,
+                server,
+                storage,
+                env,
+                service: &service.name,
+                schema: &pg.schema,
+            };
+            let position = loop {
+                let r = c.pass().await.map_err(failed)?;
+                if !r.more {
+                    break r.position;
+                }
+            };
+            // Ending the session lets go of the capture lock.
+            drop(engine);
+            let position = parse_lsn(&position).map_err(failed)?;
+            flushed.push((EngineKind::Postgres, Flushed::Position(position)));
         }
-        let (conn, server) = engine.connection_and_server();
-        let mut c = PgCapture {
-            conn,
-            server,
-            storage,
-            env,
-            service: &service.name,
-            schema: &pg.schema,
-        };
-        let position = loop {
-            let r = c.pass().await.map_err(failed)?;
-            if !r.more {
-                break r.position;
-            }
-        };
-        // Ending the session lets go of the capture lock.
-        drop(engine);
-        positions.push((EngineKind::Postgres, parse_lsn(&position).map_err(failed)?));
     }
     if let Some(m) = &service.mongodb {
-        let engine = MongoEngine::connect(&service.name, m)
-            .await
-            .map_err(failed)?;
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let lease = Lease::new(
-            engine.database(),
-            LEASE_ID,
-            &service.name,
-            &token,
-            lease_ttl(),
-        );
-        if !lease.try_acquire().await.map_err(failed)? {
-            return Err(Skipped::CaptureBusy(EngineKind::Mongodb));
-        }
-        let mut c = MongoCapture {
-            db: engine.database(),
-            storage,
-            env,
-            service: &service.name,
-            lease: Some(&lease),
-        };
-        let passed = async {
-            loop {
-                let r = c.pass().await?;
-                if !r.more {
-                    break Ok::<_, Error>(r.position);
-                }
-            }
-        }
-        .await;
-        let _ = lease.release().await;
-        positions.push((
+        flushed.push((
             EngineKind::Mongodb,
-            parse_lsn(&passed.map_err(failed)?).map_err(failed)?,
+            flush_mongodb(storage, env, &service.name, m, wait).await?,
         ));
     }
-    Ok(positions)
+    Ok(flushed)
+}
+
+/// MongoDB's part of `flush`: a pass under the capture lease, or the wait
+/// for the capture that holds it.
+async fn flush_mongodb(
+    storage: &dyn Storage,
+    env: &str,
+    service: &str,
+    target: &crate::config::MongoTarget,
+    wait: std::time::Duration,
+) -> Step<Flushed> {
+    let engine = MongoEngine::connect(service, target)
+        .await
+        .map_err(failed)?;
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let lease = Lease::new(engine.database(), LEASE_ID, service, &token, lease_ttl());
+    let mut c = MongoCapture {
+        db: engine.database(),
+        storage,
+        env,
+        service,
+        lease: Some(&lease),
+    };
+    if !lease.try_acquire().await.map_err(failed)? {
+        let (_, now) = c.server_time().await.map_err(failed)?;
+        let kind = EngineKind::Mongodb;
+        return covered_by_capture(storage, env, service, kind, now, wait).await;
+    }
+    let passed = async {
+        loop {
+            let r = c.pass().await?;
+            if !r.more {
+                break Ok::<_, Error>(r.position);
+            }
+        }
+    }
+    .await;
+    let _ = lease.release().await;
+    let position = parse_lsn(&passed.map_err(failed)?).map_err(failed)?;
+    Ok(Flushed::Position(position))
+}
+
+/// Waits until the running capture has shipped every change committed
+/// before `now` (its passes record how far they cover), polling the
+/// storage every 250 ms for at most `wait`.
+async fn covered_by_capture(
+    storage: &dyn Storage,
+    env: &str,
+    service: &str,
+    kind: EngineKind,
+    now: chrono::DateTime<chrono::Utc>,
+    wait: std::time::Duration,
+) -> Step<Flushed> {
+    let started = Instant::now();
+    tracing::info!("{service}: the capture of {kind} runs elsewhere; waiting (up to {}) for it to ship the changes up to now", crate::units::format_duration(wait));
+    loop {
+        let listing = capture::list(storage, env, service, kind)
+            .await
+            .map_err(failed)?;
+        if listing.covered_until().is_some_and(|c| c >= now) {
+            return Ok(Flushed::CoveredAt(now));
+        }
+        if started.elapsed() >= wait {
+            return Err(Skipped::CaptureBusy(kind, started.elapsed()));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 /// How far `chain` checks the captured changes.
@@ -284,9 +348,9 @@ async fn flush(
 enum Check {
     /// Every stored segment from the base snapshot on, without gaps.
     Contiguous,
-    /// Up to the flushed position, every segment read back (size and
+    /// Up to how far the flush shipped, every segment read back (size and
     /// sha256, as a snapshot's objects).
-    ReadBack { until: u64 },
+    ReadBack(Flushed),
 }
 
 /// The chain of captured changes from the base snapshot, checked.
@@ -331,25 +395,46 @@ async fn chain(
             )));
         }
     }
-    let until = match check {
-        Check::Contiguous => chain_end.max(from),
-        Check::ReadBack { until } => until,
-    };
-    let plan = capture::plan_until(&listing, from, until, chain_end, &base.manifest.id)
-        .map_err(Skipped::Chain)?;
-    let read_back = matches!(check, Check::ReadBack { .. });
+    let plan = match check {
+        Check::Contiguous => capture::plan_until(
+            &listing,
+            from,
+            chain_end.max(from),
+            chain_end,
+            &base.manifest.id,
+        ),
+        Check::ReadBack(Flushed::Position(until)) => {
+            capture::plan_until(&listing, from, until, chain_end, &base.manifest.id)
+        }
+        Check::ReadBack(Flushed::CoveredAt(at)) => {
+            capture::plan(&listing, from, &base.manifest.id, at).and_then(|p| {
+                p.ok_or_else(|| Error::internal("capture vanished while taking a restore point"))
+            })
+        }
+    }
+    .map_err(Skipped::Chain)?;
+    let read_back = matches!(check, Check::ReadBack(_));
     for (folder, seg) in plan.segments.iter().filter(|_| read_back) {
         snapshot::verify_object(storage, folder, &seg.object)
             .await
             .map_err(Skipped::Chain)?;
     }
+    let (position, covered_at) = match check {
+        Check::ReadBack(Flushed::CoveredAt(at)) => (None, Some(at)),
+        Check::ReadBack(Flushed::Position(until)) => (Some(format_lsn(until)), None),
+        Check::Contiguous => (Some(format_lsn(chain_end)), None),
+    };
     Ok(PointEngine {
         engine: kind,
         schema_version: info.schema_version,
-        position: format_lsn(until),
+        position,
+        covered_at,
         chain_end: format_lsn(chain_end),
         segments: plan.segments.len() as u64,
-        sequences: listing.progress.and_then(|p| p.sequences),
+        sequences: match covered_at {
+            Some(_) => plan.sequences,
+            None => listing.progress.and_then(|p| p.sequences),
+        },
     })
 }
 

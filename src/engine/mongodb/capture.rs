@@ -118,7 +118,7 @@ impl Capture<'_> {
         folder(self.env, self.service, EngineKind::Mongodb)
     }
 
-    async fn server_time(&self) -> Result<(bson::Timestamp, chrono::DateTime<chrono::Utc>)> {
+    pub async fn server_time(&self) -> Result<(bson::Timestamp, chrono::DateTime<chrono::Utc>)> {
         let hello = self
             .db
             .run_command(doc! {"hello": 1})

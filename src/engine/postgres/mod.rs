@@ -197,6 +197,16 @@ impl PostgresEngine {
         Ok(got)
     }
 
+    /// The server's clock now (capture's coverage is in its time).
+    pub async fn server_time(&mut self) -> Result<chrono::DateTime<chrono::Utc>> {
+        let now: chrono::DateTime<chrono::Utc> = sqlx::query("SELECT clock_timestamp()")
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| classify(&format!("PostgreSQL of service {}", self.service), e))?
+            .get(0);
+        Ok(now)
+    }
+
     async fn history_exists(&mut self) -> Result<bool> {
         let row = sqlx::query(
             "SELECT to_regclass(format('%I.valero_schema_history', $1::text)) IS NOT NULL",
