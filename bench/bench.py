@@ -485,7 +485,7 @@ def restore_points(args):
     build_pg("bench_small", args.scale / 4)
     for schema in ("bench", "bench_small"):
         sh(["psql", PG_URL, "-X", "-q", "-c", f"VACUUM ANALYZE {schema}.journal_lines"])
-    rows = []
+    rows, restores = [], (float("nan"), float("nan"))
     for schema, label in [("bench", "full"), ("bench_small", "1/4")]:
         work = tempfile.mkdtemp(prefix="valero-bench-rp-")
         storage, migrations = os.path.join(work, "store"), os.path.join(work, "migrations")
@@ -514,9 +514,20 @@ def restore_points(args):
             if len(doc["snapshots"]) != 1:
                 sys.exit("no full snapshot was taken")
             full.append(secs)
+            # The next round's restore point needs a snapshot at the versions now.
+            sh(vdb + ["-e", "bench", "snapshot"])
             print(f"  {label}: restore point {point[-1]:.2f}s (the point itself {flushed[-1]:.2f}s), full snapshot {full[-1]:.2f}s",
                   file=sys.stderr, flush=True)
         rows.append((label, size, statistics.median(point), statistics.median(flushed), statistics.median(full)))
+        if label == "full":
+            # The last round's restore point against its base snapshot
+            # alone: the point costs the snapshot's restore plus the replay.
+            points = json.loads(subprocess.run(vdb + ["-e", "bench", "snapshots", "list", "--output", "json"],
+                                               capture_output=True, text=True, check=True).stdout)["restore_points"]
+            last = points[-1]
+            w_point, _ = timed(vdb + ["-e", "bench", "restore", "--restore-point", last["id"], "--yes"])
+            w_base, _ = timed(vdb + ["-e", "bench", "restore", "--snapshot", last["base_snapshot"], "--yes"])
+            restores = (w_point, w_base)
         clean_rp_bench(vdb, schema)
         shutil.rmtree(work, ignore_errors=True)
     print()
@@ -525,6 +536,8 @@ def restore_points(args):
     print(f"{'size':<6} {'table data MiB':>14} {'restore point s':>16} {'(point alone s)':>16} {'full snapshot s':>16} {'ratio':>7}")
     for label, size, p, f_, full in rows:
         print(f"{label:<6} {size / 2**20:>14.0f} {p:>16.2f} {f_:>16.2f} {full:>16.2f} {p / full:>7.2f}")
+    print(f"restore (full size, pre-restore snapshot included): from the restore point {restores[0]:.2f}s, "
+          f"from its base snapshot alone {restores[1]:.2f}s ({CHANGED} changed rows replayed)")
     print()
     print("targets: restore point <= 1 s at both sizes and not growing with size; <= 0.25x the full snapshot at full size: "
           f"{rows[0][2]:.2f}s / {rows[1][2]:.2f}s, {rows[0][2] / rows[0][4]:.2f}x")
