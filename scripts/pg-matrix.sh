@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The supported-version matrix: the PostgreSQL end-to-end core (migrations,
 # locks, snapshot and restore fidelity with privileges, extensions and
-# materialized views, the COPY binary load, continuous capture and restore
+# materialized views, the COPY binary load, continuous capture, restore points and restore
 # to a time, cross-version restores, pg_dump checks) run
 # against PostgreSQL 14, 16, 17 and 18, one after another, reusing the test
 # binaries already built. PostgreSQL 15 (Debian's) runs the whole suite
@@ -19,7 +19,7 @@ versions=("$@")
 [[ ${#versions[@]} -gt 0 ]] || versions=(14 16 17 18)
 
 # The tests whose subject is PostgreSQL; MongoDB-only tests are skipped.
-core=(--test migrate_postgres --test restore --test restore_dependencies --test rehearse --test capture --test pg_versions)
+core=(--test migrate_postgres --test restore --test restore_dependencies --test rehearse --test capture --test restore_points --test pg_versions)
 skip=(--skip mongodb)
 
 summary=()
@@ -29,7 +29,8 @@ for v in "${versions[@]}"; do
   status=0
   tests=("${core[@]}")
   # PostgreSQL 14 has no schema publications: capture is refused there
-  # (tests/pg_versions.rs checks that), so its capture tests do not apply.
+  # (tests/pg_versions.rs checks that), so its capture and restore point
+  # tests do not apply.
   [[ "$v" == 14 ]] && tests=(--test migrate_postgres --test restore --test restore_dependencies --test rehearse --test pg_versions)
   VALERO_PG_VERSION="$v" scripts/services.sh run cargo test "${tests[@]}" -- "${skip[@]}" || status=$?
   VALERO_PG_VERSION="$v" scripts/services.sh stop || true
