@@ -390,6 +390,34 @@ async fn a_masked_refresh_to_a_time_masks_the_replayed_changes_alike() {
     );
     assert_eq!(q("SELECT count(*) FROM S.orders WHERE id = 7"), "0");
     assert_eq!(people.count_documents(doc! {}).await.unwrap(), 301);
+
+    // Strict: a string field only a captured change brings (no document of
+    // the snapshot has it) is refused like one in the snapshot, and the
+    // refused refresh changes nothing.
+    p.snapshot_in("prod");
+    people
+        .insert_one(
+            doc! {"_id": 303, "name": "Dritte", "email": "dritte@beispiel.de", "hobby": "Segeln"},
+        )
+        .await
+        .unwrap();
+    p.run(&["-e", "prod", "capture", "--once"]).ok();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let t2 = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    p.run(&["-e", "prod", "capture", "--once"]).ok();
+    p.write_config(&RULES.replace(
+        "key_env = \"VALERO_TEST_MASK_KEY\"",
+        "key_env = \"VALERO_TEST_MASK_KEY\"\nstrict = true",
+    ));
+    let before = (data_fingerprint(&p.schema), raw_documents(&p).await);
+    p.run_with_env(
+        &[(KEY_VAR, KEY)],
+        &["restore", "--from-env", "prod", "--timestamp", &t2, "--yes"],
+    )
+    .expect_code(2)
+    .stderr_has("people.hobby");
+    assert_unchanged(&p, &before, "strict refusal in a replay").await;
 }
 
 #[tokio::test]
