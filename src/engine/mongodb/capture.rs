@@ -19,7 +19,7 @@ use bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::Database;
 
-use super::driver::{classify, LOCKS};
+use super::driver::{classify, collection_of, LOCKS};
 use super::lease::Lease;
 use crate::capture::ReplayStats;
 use crate::capture::{
@@ -509,15 +509,6 @@ pub async fn replay(
         ));
     }
     Ok(stats)
-}
-
-/// The collection a change event is about ("" for database events).
-pub(super) fn collection_of(event: &Document) -> &str {
-    event
-        .get_document("ns")
-        .ok()
-        .and_then(|n| n.get_str("coll").ok())
-        .unwrap_or_default()
 }
 
 /// Consecutive inserts into one collection, sent as one batch. A document

@@ -15,6 +15,19 @@ use crate::redact;
 pub const HISTORY: &str = "valero_schema_history";
 /// The lease documents (migration lock, capture lock).
 pub const LOCKS: &str = "valero_schema_lock";
+/// The journal of a restore in progress (see `restore`).
+pub const JOURNAL: &str = "valero_restore_journal";
+/// Name prefix of a restore's temporary collections.
+pub const TMP_PREFIX: &str = "valero_tmp_";
+
+/// The collection a change event is about ("" for database events).
+pub fn collection_of(event: &bson::Document) -> &str {
+    event
+        .get_document("ns")
+        .ok()
+        .and_then(|n| n.get_str("coll").ok())
+        .unwrap_or_default()
+}
 
 /// Maps a driver error: server selection and I/O are exit 3.
 pub fn classify(what: &str, e: mongodb::error::Error) -> Error {

@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 
 use bson::{Document, RawDocumentBuf};
 
-use super::restore::{DocumentReader, Planned};
+use super::driver::collection_of;
+use super::dump::{DocumentReader, Planned};
 use crate::error::{Error, Result};
 use crate::mask::check::{refusal, Sample, SnapshotCheck};
 use crate::mask::Masking;
@@ -122,7 +123,7 @@ pub fn mask_event(
         .get_str("operationType")
         .unwrap_or_default()
         .to_string();
-    let coll = super::capture::collection_of(&event).to_string();
+    let coll = collection_of(&event).to_string();
     let rules = masking.rules.fields(&coll);
     let mut found = BTreeSet::new();
     let strict = masking.strict_for(&coll).then_some(&mut found);
@@ -157,7 +158,7 @@ pub async fn check_snapshot(
     masking: &Masking,
     samples: usize,
 ) -> Result<SnapshotCheck> {
-    let planned = super::restore::plan(storage, found).await?;
+    let planned = super::dump::plan(storage, found).await?;
     let mut out = SnapshotCheck {
         problems: collection_problems(masking, &planned),
         samples: Vec::new(),

@@ -5,6 +5,7 @@
 
 pub mod capture;
 pub mod driver;
+pub mod dump;
 pub mod lease;
 pub mod masking;
 pub mod rehearse;

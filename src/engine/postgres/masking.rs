@@ -140,7 +140,7 @@ pub async fn check_snapshot(
 ) -> Result<SnapshotCheck> {
     let sql = |kind: ObjectKind| async move {
         match found.manifest.objects.iter().find(|o| o.kind == kind) {
-            Some(entry) => super::restore::read_sql(storage, found, entry)
+            Some(entry) => super::script::read_sql(storage, found, entry)
                 .await
                 .map(Some),
             None => Ok(None),

@@ -10,7 +10,7 @@ use sqlx::Row;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::copy_binary::{Converter, Kind, Unconvertible};
-use super::script::{Extension, Grants, Script};
+use super::script::{read_sql, Extension, Grants, Script};
 use super::snapshot::{Inside, SchemaGrant};
 use super::sql::{classify, exec, names_in_schema, quote_ident, Server};
 use super::waits;
@@ -341,26 +341,6 @@ async fn read_script(
     Ok(Some(fit_settings(&sql, settings)))
 }
 
-/// Reads a SQL object of the snapshot (verified while it streams), without
-/// psql meta-commands.
-pub(super) async fn read_sql(
-    storage: &dyn Storage,
-    found: &Found,
-    entry: &ObjectEntry,
-) -> Result<String> {
-    let bytes = ObjectStream::open(storage, &found.base, entry)
-        .await?
-        .read_all()
-        .await?;
-    let sql = String::from_utf8(bytes).map_err(|_| {
-        Error::integrity(
-            format!("snapshot {}: {} is not UTF-8 SQL", found.base, entry.key),
-            None,
-        )
-    })?;
-    Ok(strip_psql_meta(&sql))
-}
-
 impl Ddl {
     /// A script reshaped for this restore; the pre-data one also creates
     /// the schema's extensions.
@@ -564,15 +544,6 @@ pub async fn commit(conn: &mut PgConnection, service: &str) -> Result<()> {
 pub async fn abort(conn: &mut PgConnection) {
     let _ = exec(conn, "ROLLBACK").await;
     let _ = exec(conn, "RESET search_path").await;
-}
-
-/// pg_dump (since 15.14/16.10/17.6) wraps its script in psql's
-/// `\restrict KEY` / `\unrestrict KEY` meta-commands, which are not SQL.
-pub fn strip_psql_meta(sql: &str) -> String {
-    sql.lines()
-        .filter(|l| !(l.starts_with("\\restrict ") || l.starts_with("\\unrestrict ")))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// A statement of the restore failed: the transaction is rolled back, so
@@ -1138,7 +1109,7 @@ fn newlines(buf: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{fit_settings, major_of, strip_psql_meta};
+    use super::{fit_settings, major_of};
     use std::collections::HashSet;
 
     #[test]
@@ -1160,11 +1131,5 @@ mod tests {
         assert_eq!(major_of("15.18 (Debian 15.18-0+deb12u1)"), Some(15));
         assert_eq!(major_of("18beta1"), Some(18));
         assert_eq!(major_of("unknown"), None);
-    }
-
-    #[test]
-    fn psql_restrict_lines_are_removed() {
-        let sql = "\\restrict abc\nCREATE TABLE t ();\n\\unrestrict abc\n";
-        assert_eq!(strip_psql_meta(sql), "CREATE TABLE t ();");
     }
 }

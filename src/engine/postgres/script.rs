@@ -11,6 +11,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::sql::{quote_ident, quote_literal};
+use crate::error::{Error, Result};
+use crate::snapshot::stream::ObjectStream;
+use crate::snapshot::{Found, ObjectEntry};
+use crate::storage::Storage;
 
 /// One entry of the script: its type (`TABLE`, `ACL`, `SCHEMA`, …; empty
 /// for the preamble) and its lines.
@@ -345,6 +349,31 @@ fn leading_ident(text: &str) -> Option<(String, &str)> {
     (end > 0).then(|| (text[..end].to_string(), &text[end..]))
 }
 
+/// Reads a SQL object of the snapshot (verified while it streams), without
+/// psql meta-commands.
+pub async fn read_sql(storage: &dyn Storage, found: &Found, entry: &ObjectEntry) -> Result<String> {
+    let bytes = ObjectStream::open(storage, &found.base, entry)
+        .await?
+        .read_all()
+        .await?;
+    let sql = String::from_utf8(bytes).map_err(|_| {
+        Error::integrity(
+            format!("snapshot {}: {} is not UTF-8 SQL", found.base, entry.key),
+            None,
+        )
+    })?;
+    Ok(strip_psql_meta(&sql))
+}
+
+/// pg_dump (since 15.14/16.10/17.6) wraps its script in psql's
+/// `\restrict KEY` / `\unrestrict KEY` meta-commands, which are not SQL.
+pub fn strip_psql_meta(sql: &str) -> String {
+    sql.lines()
+        .filter(|l| !(l.starts_with("\\restrict ") || l.starts_with("\\unrestrict ")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,5 +521,11 @@ ALTER DEFAULT PRIVILEGES FOR ROLE valero IN SCHEMA xp GRANT SELECT ON TABLES  TO
             leading_ident("\"r \"\"x\"\"\" IN SCHEMA"),
             Some(("r \"x\"".to_string(), " IN SCHEMA"))
         );
+    }
+
+    #[test]
+    fn psql_restrict_lines_are_removed() {
+        let sql = "\\restrict abc\nCREATE TABLE t ();\n\\unrestrict abc\n";
+        assert_eq!(super::strip_psql_meta(sql), "CREATE TABLE t ();");
     }
 }
