@@ -393,46 +393,24 @@ async fn migrate_locked(
     if args.dry_run || plans.iter().all(Vec::is_empty) {
         return Ok(());
     }
-    // A verified restore point or snapshot of the whole service before
-    // anything changes (a resumed deployment keeps the one its first
-    // attempt took), in the deployment record before the first migration
-    // starts.
     let first_run = out.runs.len() - plans.len();
-    let mut deferred = false;
-    if let Some(storage) = run.storage {
-        let kept = journal.as_ref().and_then(|j| j.rec.undo_of(&name));
-        let versions: Vec<_> = out.runs[first_run..]
-            .iter()
-            .map(|r| (r.engine, r.from_version))
-            .collect();
-        let undo = match kept {
-            Some(undo) => {
-                tracing::info!(
-                    "{name}: keeping the pre-deploy {} of the first attempt",
-                    undo.describe()
-                );
-                undo
-            }
-            None => {
-                let req = point::Request {
-                    environment: run.environment,
-                    reason: "pre-migrate",
-                    release: args.release.clone(),
-                    versions: &versions,
-                    wait: run.capture_wait,
-                };
-                let anchor = point::anchor(storage, locked, &req).await?;
-                out.taken.record(&name, &anchor);
-                Undo::of(&anchor)
-            }
-        };
-        // In a deployment the post-change snapshot waits for the rollout
-        // and verify (`deploy` takes it when they succeeded).
-        deferred = journal.is_some() && matches!(undo, Undo::RestorePoint(_));
-        if let Some(j) = journal.as_deref_mut() {
-            j.before_change(&name, &versions, &undo, deferred).await?;
+    let versions: Vec<_> = out.runs[first_run..]
+        .iter()
+        .map(|r| (r.engine, r.from_version))
+        .collect();
+    let deferred = match run.storage {
+        Some(storage) => {
+            let anchoring = Anchoring {
+                storage,
+                run,
+                versions: &versions,
+            };
+            anchoring
+                .take(locked, journal.as_deref_mut(), &mut out.taken)
+                .await?
         }
-    }
+        None => false,
+    };
     for (i, (slot, plan)) in locked.engines.iter_mut().zip(plans.iter()).enumerate() {
         if plan.is_empty() {
             continue;
@@ -465,6 +443,59 @@ async fn migrate_locked(
         None => {}
     }
     Ok(())
+}
+
+/// Where one service's migration starts from.
+struct Anchoring<'a> {
+    storage: &'a dyn Storage,
+    run: &'a Run<'a>,
+    /// Each engine's version now.
+    versions: &'a [(EngineKind, Option<u64>)],
+}
+
+impl Anchoring<'_> {
+    /// A verified restore point or snapshot of the whole service before
+    /// anything changes (a resumed deployment keeps the one its first
+    /// attempt took), in the deployment record before the first migration
+    /// starts. Answers whether the post-migrate snapshot waits for the
+    /// deployment to succeed (it does when a deployment migrates from a
+    /// restore point).
+    async fn take(
+        &self,
+        locked: &mut LockedService,
+        journal: Option<&mut deploy::Journal<'_>>,
+        taken: &mut Taken,
+    ) -> Result<bool> {
+        let name = locked.service.name.clone();
+        let kept = journal.as_ref().and_then(|j| j.rec.undo_of(&name));
+        let undo = match kept {
+            Some(undo) => {
+                tracing::info!(
+                    "{name}: keeping the pre-deploy {} of the first attempt",
+                    undo.describe()
+                );
+                undo
+            }
+            None => {
+                let req = point::Request {
+                    environment: self.run.environment,
+                    reason: "pre-migrate",
+                    release: self.run.args.release.clone(),
+                    versions: self.versions,
+                    wait: self.run.capture_wait,
+                };
+                let anchor = point::anchor(self.storage, locked, &req).await?;
+                taken.record(&name, &anchor);
+                Undo::of(&anchor)
+            }
+        };
+        let deferred = journal.is_some() && matches!(undo, Undo::RestorePoint(_));
+        if let Some(j) = journal {
+            j.before_change(&name, self.versions, &undo, deferred)
+                .await?;
+        }
+        Ok(deferred)
+    }
 }
 
 /// The snapshot after a schema change (a migration or a rollback).
