@@ -401,10 +401,19 @@ async fn conclude(
 ) -> Outcome {
     let error = match cause {
         None => {
-            deferred_snapshots(ctx, storage, &mut rec).await;
             rec.state = DeployState::Succeeded;
             rec.finished_at = Some(chrono::Utc::now());
-            rec.save(storage).await.err()
+            // Succeeded is on record before the post-migrate snapshots,
+            // which may take long: a Job killed meanwhile leaves a
+            // finished deployment, and `check` names what is missing.
+            match rec.save(storage).await {
+                Err(e) => Some(e),
+                Ok(()) if rec.services.iter().any(|s| s.snapshot_pending) => {
+                    deferred_snapshots(ctx, storage, &mut rec).await;
+                    rec.save(storage).await.err()
+                }
+                Ok(()) => None,
+            }
         }
         Some(cause) => Some(roll_back(ctx, storage, &mut rec, rollback, cause).await),
     };
