@@ -225,20 +225,6 @@ pub async fn write_pruned(
 }
 
 impl Listing {
-    /// Where the chain of stored segments that begins at `start` ends when
-    /// segments pruned before position `from` (a kept snapshot's) are not
-    /// missed: the chain may resume at any segment starting up to `from`.
-    pub fn chain_end_after(&self, start: u64, from: u64) -> Result<u64> {
-        let mut end = start;
-        for (_, seg) in &self.segments {
-            let seg_start = parse_lsn(&seg.start)?;
-            if seg_start == end || (seg_start > end && seg_start <= from) {
-                end = parse_lsn(&seg.end)?;
-            }
-        }
-        Ok(end)
-    }
-
     /// Where the chain of stored segments that begins at `start` ends, and
     /// its last segment (None: no segment continues from `start`). Where
     /// `snapshots prune` removed the first segments, the chain goes on from

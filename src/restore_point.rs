@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::capture::{parse_lsn, SequenceValues};
+use crate::capture::{self, parse_lsn, Listing, ReplayPlan, SequenceValues};
 use crate::config::EngineKind;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -57,6 +57,40 @@ pub struct PointEngine {
 impl PointEngine {
     pub fn chain_end(&self) -> Result<u64> {
         parse_lsn(&self.chain_end)
+    }
+
+    /// The captured changes a restore to this point replays onto a
+    /// snapshot taken at position `from`: up to the position, or up to
+    /// the time the running capture covered; with the sequence values
+    /// recorded. The same plan whose segments were read back when the
+    /// point was taken. `point` names it in errors.
+    pub fn replay_plan(&self, listing: &Listing, from: u64, point: &str) -> Result<ReplayPlan> {
+        let mut plan = match (&self.position, self.covered_at) {
+            (Some(position), _) => capture::plan_until(
+                listing,
+                from,
+                parse_lsn(position)?,
+                self.chain_end()?,
+                point,
+            )?,
+            (None, Some(at)) => capture::plan(listing, from, point, at)?.ok_or_else(|| {
+                Error::integrity(
+                    format!("restore point {point}: the service is no longer captured"),
+                    None,
+                )
+            })?,
+            (None, None) => {
+                return Err(Error::integrity(
+                    format!(
+                        "restore point {point} records neither a position nor a time for {}",
+                        self.engine
+                    ),
+                    None,
+                ))
+            }
+        };
+        plan.sequences = self.sequences.clone();
+        Ok(plan)
     }
 }
 

@@ -31,6 +31,9 @@ struct Choice {
     found: Found,
     /// The restore point this restore returns to (its base is `found`).
     point: Option<RestorePoint>,
+    /// Every restore point of the service (a later restore to a time must
+    /// not cross one).
+    points: Vec<RestorePoint>,
     note: String,
     /// Captured changes to replay up to the requested time, per engine.
     replays: BTreeMap<EngineKind, ReplayPlan>,
@@ -82,7 +85,7 @@ async fn restore(
         c.replays = match (&c.point, at) {
             (Some(point), _) => plan_point(source.as_ref(), &source_env.name, c, point).await?,
             (None, Some(t)) if !args.snapshot_only => {
-                no_change_between(source.as_ref(), &source_env.name, c, t).await?;
+                no_change_between(c, t)?;
                 plan_replays(source.as_ref(), &source_env.name, c, t).await?
             }
             (None, _) => BTreeMap::new(),
@@ -128,20 +131,22 @@ async fn choose(
     let mut missing = Vec::new();
     for service in services {
         let (found, _) = snapshot::list_service(source, source_env, &service.name).await?;
+        let points = restore_point::list(source, source_env, &service.name).await?;
         let by_service = args.per_service.as_ref().and_then(|m| m.get(&service.name));
         let by_id = by_service
             .or(args.snapshot.as_ref())
             .or(args.restore_point.as_ref());
         let chosen = match (by_id, at) {
             (Some(id), _) if is_restore_point_id(id) => {
-                at_point(source, source_env, &service.name, id, &found).await?
+                at_point(&service.name, id, &points, &found)?
             }
             (Some(id), _) => found
                 .into_iter()
                 .find(|f| &f.manifest.id == id)
                 .map(|f| (f, "chosen by id".to_string(), None)),
-            (None, Some(t)) => match point_at(source, source_env, &service.name, t).await? {
-                Some(id) => at_point(source, source_env, &service.name, &id, &found).await?,
+            // `--timestamp` at a restore point's exact time means that point.
+            (None, Some(t)) => match points.iter().find(|p| p.at == t) {
+                Some(p) => at_point(&service.name, &p.id, &points, &found)?,
                 None => select_at(&found, t).cloned().map(|f| {
                     let age = describe_age(t - f.manifest.consistent_at);
                     (f, age, None)
@@ -158,6 +163,7 @@ async fn choose(
                 service,
                 found,
                 point,
+                points,
                 note,
                 replays: BTreeMap::new(),
                 masking: None,
@@ -211,15 +217,13 @@ async fn choose(
 
 /// A restore point of a service by id and its base snapshot (None: no
 /// such point). A point whose base snapshot is gone is an integrity error.
-async fn at_point(
-    source: &dyn Storage,
-    env: &str,
+fn at_point(
     service: &str,
     id: &str,
+    points: &[RestorePoint],
     found: &[Found],
 ) -> Result<Option<(Found, String, Option<RestorePoint>)>> {
-    let points = restore_point::list(source, env, service).await?;
-    let Some(point) = points.into_iter().find(|p| p.id == id) else {
+    let Some(point) = points.iter().find(|p| p.id == id) else {
         return Ok(None);
     };
     let Some(base) = found.iter().find(|f| f.manifest.id == point.base_snapshot) else {
@@ -236,32 +240,15 @@ async fn at_point(
         point.at.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
         point.reason
     );
-    Ok(Some((base.clone(), note, Some(point))))
-}
-
-/// The restore point taken exactly at `at`, if any: `--timestamp` at a
-/// restore point's time means that point.
-async fn point_at(
-    source: &dyn Storage,
-    env: &str,
-    service: &str,
-    at: chrono::DateTime<chrono::Utc>,
-) -> Result<Option<String>> {
-    let points = restore_point::list(source, env, service).await?;
-    Ok(points.into_iter().find(|p| p.at == at).map(|p| p.id))
+    Ok(Some((base.clone(), note, Some(point.clone()))))
 }
 
 /// Captured changes are not replayed across a schema change: a restore
 /// point between the chosen snapshot and `at` marks one whose
 /// post-change snapshot does not exist (yet), so the restore is refused.
-async fn no_change_between(
-    source: &dyn Storage,
-    env: &str,
-    c: &Choice,
-    at: chrono::DateTime<chrono::Utc>,
-) -> Result<()> {
-    let points = restore_point::list(source, env, &c.service.name).await?;
-    let Some(p) = points
+fn no_change_between(c: &Choice, at: chrono::DateTime<chrono::Utc>) -> Result<()> {
+    let Some(p) = c
+        .points
         .iter()
         .find(|p| p.at > c.found.manifest.consistent_at && p.at < at)
     else {
@@ -302,32 +289,9 @@ async fn plan_point(
         };
         let from = crate::capture::snapshot_position(info)?.unwrap_or(0);
         let listing = crate::capture::list(source, env, &c.service.name, kind).await?;
-        let plan = match (&pe.position, pe.covered_at) {
-            (Some(position), _) => {
-                let until = crate::capture::parse_lsn(position)?;
-                crate::capture::plan_until(&listing, from, until, pe.chain_end()?, &point.id)
-            }
-            (None, Some(at)) => crate::capture::plan(&listing, from, &point.id, at).and_then(|p| {
-                p.ok_or_else(|| {
-                    Error::integrity(
-                        format!(
-                            "restore point {}: the service is no longer captured",
-                            point.id
-                        ),
-                        None,
-                    )
-                })
-            }),
-            (None, None) => Err(Error::integrity(
-                format!(
-                    "restore point {} records neither a position nor a time for {kind}",
-                    point.id
-                ),
-                None,
-            )),
-        };
-        let mut plan = plan.map_err(|e| in_service(e, &c.service.name, kind))?;
-        plan.sequences = pe.sequences.clone();
+        let plan = pe
+            .replay_plan(&listing, from, &point.id)
+            .map_err(|e| in_service(e, &c.service.name, kind))?;
         replays.insert(kind, plan);
     }
     Ok(replays)

@@ -131,6 +131,7 @@ pub async fn take(
 ) -> Step<RestorePoint> {
     let started = Instant::now();
     let env = req.environment;
+    let mut listings = Vec::new();
     for kind in service.engines() {
         let listing = capture::list(storage, env, &service.name, kind)
             .await
@@ -138,6 +139,7 @@ pub async fn take(
         if listing.streams.is_empty() {
             return Err(Skipped::NotCaptured(kind));
         }
+        listings.push((kind, listing));
     }
     let base = snapshot::newest(storage, env, &service.name)
         .await
@@ -147,15 +149,22 @@ pub async fn take(
     complete(storage, &base).await?;
     // A gap found after the pass could be hidden by it: the pass continues
     // from where the chain ends.
-    for kind in service.engines() {
-        chain(storage, env, &service.name, &base, kind, Check::Contiguous).await?;
+    for (kind, listing) in &listings {
+        let (from, chain_end) = bounds(listing, &base, *kind)?;
+        capture::plan_until(
+            listing,
+            from,
+            chain_end.max(from),
+            chain_end,
+            &base.manifest.id,
+        )
+        .map_err(Skipped::Chain)?;
     }
     let at = chrono::Utc::now();
     let positions = flush(storage, env, service, req.wait).await?;
     let mut engines = Vec::new();
     for (kind, flushed) in positions {
-        let check = Check::ReadBack(flushed);
-        engines.push(chain(storage, env, &service.name, &base, kind, check).await?);
+        engines.push(read_back(storage, env, &service.name, &base, kind, flushed).await?);
     }
     let point = RestorePoint {
         format: restore_point::FORMAT_VERSION,
@@ -343,28 +352,11 @@ async fn covered_by_capture(
     }
 }
 
-/// How far `chain` checks the captured changes.
-#[derive(Clone, Copy)]
-enum Check {
-    /// Every stored segment from the base snapshot on, without gaps.
-    Contiguous,
-    /// Up to how far the flush shipped, every segment read back (size and
-    /// sha256, as a snapshot's objects).
-    ReadBack(Flushed),
-}
-
-/// The chain of captured changes from the base snapshot, checked.
-async fn chain(
-    storage: &dyn Storage,
-    env: &str,
-    service: &str,
-    base: &Found,
-    kind: EngineKind,
-    check: Check,
-) -> Step<PointEngine> {
-    let listing: Listing = capture::list(storage, env, service, kind)
-        .await
-        .map_err(failed)?;
+/// Where the base snapshot's part of the chain starts (the snapshot's
+/// position) and where the chain of the current stream ends, as the next
+/// pass sees it; a chain that ends before the progress capture recorded
+/// has lost its last segment.
+fn bounds(listing: &Listing, base: &Found, kind: EngineKind) -> Step<(u64, u64)> {
     let info = base.manifest.engine(kind).ok_or(Skipped::NoSnapshot)?;
     let from = capture::snapshot_position(info)
         .map_err(Skipped::Chain)?
@@ -374,14 +366,9 @@ async fn chain(
                 None,
             ))
         })?;
-    // Where the chain of the current stream ends, as the next pass sees it.
     let stream = listing.streams.last().ok_or(Skipped::NotCaptured(kind))?;
     let stream_start = parse_lsn(&stream.start).map_err(Skipped::Chain)?;
-    let chain_end = listing
-        .chain_end_after(stream_start, from)
-        .map_err(Skipped::Chain)?;
-    // Progress names where the chain ended after the last pass: a chain
-    // that ends earlier lost its last segment.
+    let (chain_end, _) = listing.chain_end(stream_start).map_err(Skipped::Chain)?;
     let recorded = listing.progress.as_ref().map(|p| parse_lsn(&p.position));
     if let Some(recorded) = recorded.transpose().map_err(Skipped::Chain)? {
         if recorded > chain_end {
@@ -395,47 +382,52 @@ async fn chain(
             )));
         }
     }
-    let plan = match check {
-        Check::Contiguous => capture::plan_until(
-            &listing,
-            from,
-            chain_end.max(from),
-            chain_end,
-            &base.manifest.id,
+    Ok((from, chain_end))
+}
+
+/// One engine of the restore point after the flush: the chain from the
+/// base snapshot up to how far the flush shipped, every segment of the
+/// plan a restore to the point will replay read back (size and sha256, as
+/// a snapshot's objects).
+async fn read_back(
+    storage: &dyn Storage,
+    env: &str,
+    service: &str,
+    base: &Found,
+    kind: EngineKind,
+    flushed: Flushed,
+) -> Step<PointEngine> {
+    let listing = capture::list(storage, env, service, kind)
+        .await
+        .map_err(failed)?;
+    let (from, chain_end) = bounds(&listing, base, kind)?;
+    let (position, covered_at, sequences) = match flushed {
+        Flushed::Position(until) => (
+            Some(format_lsn(until)),
+            None,
+            listing.progress.as_ref().and_then(|p| p.sequences.clone()),
         ),
-        Check::ReadBack(Flushed::Position(until)) => {
-            capture::plan_until(&listing, from, until, chain_end, &base.manifest.id)
-        }
-        Check::ReadBack(Flushed::CoveredAt(at)) => {
-            capture::plan(&listing, from, &base.manifest.id, at).and_then(|p| {
-                p.ok_or_else(|| Error::internal("capture vanished while taking a restore point"))
-            })
-        }
-    }
-    .map_err(Skipped::Chain)?;
-    let read_back = matches!(check, Check::ReadBack(_));
-    for (folder, seg) in plan.segments.iter().filter(|_| read_back) {
+        Flushed::CoveredAt(at) => (None, Some(at), listing.sequences_after(from, at)),
+    };
+    let mut point = PointEngine {
+        engine: kind,
+        schema_version: base.manifest.engine(kind).and_then(|e| e.schema_version),
+        position,
+        covered_at,
+        chain_end: format_lsn(chain_end),
+        segments: 0,
+        sequences,
+    };
+    let plan = point
+        .replay_plan(&listing, from, &base.manifest.id)
+        .map_err(Skipped::Chain)?;
+    for (folder, seg) in &plan.segments {
         snapshot::verify_object(storage, folder, &seg.object)
             .await
             .map_err(Skipped::Chain)?;
     }
-    let (position, covered_at) = match check {
-        Check::ReadBack(Flushed::CoveredAt(at)) => (None, Some(at)),
-        Check::ReadBack(Flushed::Position(until)) => (Some(format_lsn(until)), None),
-        Check::Contiguous => (Some(format_lsn(chain_end)), None),
-    };
-    Ok(PointEngine {
-        engine: kind,
-        schema_version: info.schema_version,
-        position,
-        covered_at,
-        chain_end: format_lsn(chain_end),
-        segments: plan.segments.len() as u64,
-        sequences: match covered_at {
-            Some(_) => plan.sequences,
-            None => listing.progress.and_then(|p| p.sequences),
-        },
-    })
+    point.segments = plan.segments.len() as u64;
+    Ok(point)
 }
 
 /// What a schema change can be undone from: a restore point, or a full
@@ -444,16 +436,6 @@ async fn chain(
 pub enum Anchor {
     RestorePoint(RestorePoint),
     Snapshot { found: Box<Found>, skipped: Skipped },
-}
-
-impl Anchor {
-    /// The id `restore` takes (`--restore-point` or `--snapshot`).
-    pub fn id(&self) -> &str {
-        match self {
-            Anchor::RestorePoint(p) => &p.id,
-            Anchor::Snapshot { found, .. } => &found.manifest.id,
-        }
-    }
 }
 
 /// The anchor before a change of a locked service: a restore point when
