@@ -296,6 +296,24 @@ async fn migrate_takes_a_full_snapshot_when_a_captured_segment_is_missing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn migrate_takes_a_full_snapshot_when_a_captured_segment_fails_its_read_back() {
+    let p = captured_service("rp_corrupt", postgres_only);
+    change(&p, 1).await;
+    p.run(&["capture", "--once"]).ok();
+    // Same size, one byte altered: only the sha256 can tell.
+    let changes = p.capture_segments("postgres")[0].join("changes.zst");
+    let mut bytes = std::fs::read(&changes).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&changes, bytes).unwrap();
+    second_migration(&p);
+    let doc = migrate_json(&p, &[]);
+    assert_full_snapshot_because(&doc, "gap");
+    let detail = doc["no_restore_point"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("sha256"), "{doc}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn migrate_takes_a_full_snapshot_when_the_newest_snapshot_is_at_other_versions() {
     let p = captured_service("rp_vers", postgres_only);
     second_migration(&p);
