@@ -18,8 +18,9 @@ cd "$(dirname "$0")/.."
 versions=("$@")
 [[ ${#versions[@]} -gt 0 ]] || versions=(14 16 17 18)
 
-# The tests whose subject is PostgreSQL; MongoDB-only tests are skipped.
-core=(--test migrate_postgres --test restore --test restore_dependencies --test rehearse --test capture --test restore_points --test pg_versions)
+# The tests whose subject is PostgreSQL (modules of the one test binary,
+# tests/it); MongoDB-only tests are skipped.
+core=(migrate_postgres:: restore:: restore_dependencies:: rehearse:: capture:: restore_points:: pg_versions::)
 skip=(--skip mongodb)
 
 summary=()
@@ -29,10 +30,10 @@ for v in "${versions[@]}"; do
   status=0
   tests=("${core[@]}")
   # PostgreSQL 14 has no schema publications: capture is refused there
-  # (tests/pg_versions.rs checks that), so its capture and restore point
+  # (tests/it/pg_versions.rs checks that), so its capture and restore point
   # tests do not apply.
-  [[ "$v" == 14 ]] && tests=(--test migrate_postgres --test restore --test restore_dependencies --test rehearse --test pg_versions)
-  VALERO_PG_VERSION="$v" scripts/services.sh run cargo test "${tests[@]}" -- "${skip[@]}" || status=$?
+  [[ "$v" == 14 ]] && tests=(migrate_postgres:: restore:: restore_dependencies:: rehearse:: pg_versions::)
+  VALERO_PG_VERSION="$v" scripts/services.sh run cargo test --test it -- "${tests[@]}" "${skip[@]}" || status=$?
   VALERO_PG_VERSION="$v" scripts/services.sh stop || true
   summary+=("PostgreSQL $v: $([[ $status == 0 ]] && echo passed || echo FAILED) in $((SECONDS - started)) s")
   if [[ $status != 0 ]]; then

@@ -8,7 +8,7 @@
 //! the valero-db under test with ARGS in the folder that plays the image's
 //! contents (valero-db.toml and migrations), as the release image would.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

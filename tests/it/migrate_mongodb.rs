@@ -1,7 +1,7 @@
 //! MongoDB migrations against the real MongoDB-protocol server
 //! (SecantusDB) started by scripts/services.sh.
 
-mod common;
+use crate::common;
 
 use bson::doc;
 use common::{mongo, Project};

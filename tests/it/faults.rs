@@ -1,7 +1,7 @@
 //! Fault injection against real servers: the S3 server dies mid-snapshot,
 //! and restore/deploy meet a held lock.
 
-mod common;
+use crate::common;
 
 use common::{closed_port, psql, Project};
 

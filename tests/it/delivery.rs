@@ -7,7 +7,7 @@
 //! image's root filesystem as its user, and the pipeline example validated
 //! against GitHub's workflow schema (`check-jsonschema`) in a sane order.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

@@ -5,7 +5,7 @@
 //! --dry-run` and the pre-deploy hook's log, and the example project's
 //! migrations lint clean.
 
-mod common;
+use crate::common;
 
 use common::Project;
 use serde_json::Value;

@@ -1,7 +1,7 @@
 //! `migrate`, `rollback`, `baseline`, `repair` and `status` against the real
 //! PostgreSQL server started by scripts/services.sh.
 
-mod common;
+use crate::common;
 
 use common::{psql, Project};
 

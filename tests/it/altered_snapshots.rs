@@ -2,7 +2,7 @@
 //! an attacker with write access to the bucket — are refused with exit 5
 //! by `snapshots verify` and `restore`, and the database is not touched.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

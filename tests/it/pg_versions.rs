@@ -4,9 +4,9 @@
 //! the server's version, and capture says plainly where it is not
 //! available. `.ci/run` runs this file (with the other PostgreSQL end-to-end
 //! tests) against every supported version: `VALERO_PG_VERSION=17
-//! scripts/services.sh run cargo test --test pg_versions`.
+//! scripts/services.sh run cargo test --test it pg_versions::`.
 
-mod common;
+use crate::common;
 
 use common::oracle::{data_fingerprint, schema_dump};
 use common::{psql, Project};

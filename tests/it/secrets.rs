@@ -5,7 +5,7 @@
 //! stderr, manifests, deployment records, metrics and every stored object
 //! (local and S3).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

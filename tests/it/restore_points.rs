@@ -7,7 +7,7 @@
 //! a kept restore point needs; the post-change snapshot of a deployment
 //! waits for its success, and until then later restores are refused.
 
-mod common;
+use crate::common;
 
 use common::oracle::{data_fingerprint, mongo_state, schema_dump};
 use common::{mongo, psql, Project};

@@ -1,7 +1,7 @@
 //! deploy, pipeline hooks, releases, rollback --release, check and metrics
 //! against the real servers.
 
-mod common;
+use crate::common;
 
 use common::oracle::snapshot_ids;
 

@@ -1,7 +1,7 @@
 //! Bad input of every kind ends in a clear message and the contract's exit
 //! code, with nothing changed and no secret printed.
 
-mod common;
+use crate::common;
 
 use common::{pg_password, psql, Project};
 

@@ -5,7 +5,7 @@
 //! the live service is never touched and no scratch database survives —
 //! not even a kill -9 (the next run drops it).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

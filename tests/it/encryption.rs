@@ -3,7 +3,7 @@
 //! without it, a wrong or missing key is refused before anything changes,
 //! and altered ciphertext fails the restore even with a rewritten manifest.
 
-mod common;
+use crate::common;
 
 use common::{files, Project};
 use serde_json::Value;

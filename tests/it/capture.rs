@@ -4,7 +4,7 @@
 //! a kill -9 of capture loses and duplicates nothing; a schema change made
 //! outside valero-db stops the replay naming the table.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::Duration;

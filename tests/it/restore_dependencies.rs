@@ -7,7 +7,7 @@
 //! --schema-only` *with* privileges, plus extension versions and the
 //! schema's ACL (`common::oracle`).
 
-mod common;
+use crate::common;
 
 use common::oracle::{data_fingerprint_at, schema_dump_at};
 use common::{ensure_role, own_database, psql, psql_at, unique, Project};

@@ -6,7 +6,7 @@
 //! the same key masks byte for byte alike, another key differently; the
 //! refusals change nothing.
 
-mod common;
+use crate::common;
 
 use bson::{doc, Document, RawDocumentBuf};
 use common::oracle::data_fingerprint;

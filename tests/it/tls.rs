@@ -3,7 +3,7 @@
 //! connections (`hostnossl ... reject`) and a TLS front for the
 //! MongoDB-protocol server, both with a throwaway CA.
 
-mod common;
+use crate::common;
 
 use common::{env_or_fail, Project};
 

@@ -5,7 +5,7 @@
 //! ends with exit 4 and nothing changed, retries until the session is gone,
 //! or ends the session when told to (`--terminate-sessions --yes`).
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! The CLI reference stays complete: every command's help is in docs/cli.md.
 
-mod common;
+use crate::common;
 
 #[test]
 fn cli_reference_lists_every_command() {

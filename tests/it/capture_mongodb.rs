@@ -3,7 +3,7 @@
 //! before and after T across several segments; restore to T gives the raw
 //! BSON of every document exactly as at T.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! `deploy/monitoring/prometheus-rules.yaml` unchanged, and fired alerts
 //! reach a real Alertmanager. Read back through their HTTP APIs.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

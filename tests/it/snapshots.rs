@@ -2,7 +2,7 @@
 //! folder and the real S3 server (s3s-fs): format, verification, the
 //! pre-migrate snapshot, failure handling and retention.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! selection by time, refusals that change nothing, atomicity under kill -9,
 //! and recovery of an interrupted MongoDB restore.
 
-mod common;
+use crate::common;
 
 use bson::{doc, Bson, Document, RawDocumentBuf};
 use common::oracle::{data_fingerprint, schema_dump, snapshot_ids};

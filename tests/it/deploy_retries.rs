@@ -4,7 +4,7 @@
 //! versions); a retried `hook post-deploy` repeats its result; another
 //! release waits until the open deployment ends or is superseded.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
