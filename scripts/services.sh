@@ -133,15 +133,15 @@ install_secantus() {
 # downloaded when they run).
 install_asset_tools() {
   # Prometheus (and promtool), the Pushgateway and Alertmanager: the
-  # monitoring stack tests/monitoring.rs runs the alert rules in; jq: the
-  # pipeline example uses it (tests/pipeline.rs walks it).
+  # monitoring stack tests/it/monitoring.rs runs the alert rules in; jq: the
+  # pipeline example uses it (tests/it/pipeline.rs walks it).
   if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus-pushgateway >/dev/null 2>&1 \
      || ! command -v prometheus-alertmanager >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1; then
     log "installing prometheus, prometheus-pushgateway, prometheus-alertmanager and jq from Debian"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq prometheus prometheus-pushgateway prometheus-alertmanager jq >/dev/null
   fi
-  # mmdebstrap: tests/delivery.rs builds the image's root filesystem from
+  # mmdebstrap: tests/it/delivery.rs builds the image's root filesystem from
   # Debian's packages (no Docker engine here).
   if ! command -v mmdebstrap >/dev/null 2>&1; then
     log "installing mmdebstrap from Debian"

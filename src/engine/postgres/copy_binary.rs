@@ -76,7 +76,7 @@ impl Kind {
 }
 
 /// The input format of the `copy_text` fuzz target and its CI twin in
-/// `tests/parser_robustness.rs`: a column count (1 to 8), one byte per
+/// `tests/it/parser_robustness.rs`: a column count (1 to 8), one byte per
 /// column picking its kind, then COPY text.
 #[doc(hidden)]
 pub fn fuzz_case(data: &[u8]) -> Option<(Vec<Kind>, &[u8])> {
