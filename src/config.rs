@@ -169,10 +169,14 @@ pub struct MaskingSettings {
 }
 
 impl MaskingSettings {
-    /// Whether the service has a rules table (even an empty one): a
-    /// refresh from a protected environment needs one.
-    pub fn has_rules(&self, service: &str) -> bool {
-        self.services.contains_key(service)
+    /// Whether the service has a rule (`keep` counts) for `engine`: a
+    /// refresh from a protected environment needs one for every engine it
+    /// restores. An empty rules table, or rules for the other engine only,
+    /// are not rules for this one.
+    pub fn has_rules(&self, service: &str, engine: EngineKind) -> bool {
+        self.services
+            .get(service)
+            .is_some_and(|r| r.has_rules(engine))
     }
 
     /// What a restore of `service` masks, under `key`.
@@ -370,9 +374,22 @@ impl Config {
         }
     }
 
+    /// Expands `${VAR}` references in the value of key `what`. The value a
+    /// variable brings into a key that may hold a secret (`…key…`,
+    /// `…password…`, `…token…`, `…secret…`) is registered for redaction,
+    /// wherever the operator meant it to go.
     fn expand(&self, what: &str, value: &str) -> Result<String> {
-        expand(value, &|name| std::env::var(name).ok())
-            .map_err(|e| self.err(format!("{what}: {e}")))
+        let secret = ["key", "password", "token", "secret"]
+            .iter()
+            .any(|w| what.to_ascii_lowercase().contains(w));
+        expand(value, &|name| {
+            let found = std::env::var(name).ok();
+            if let (true, Some(v)) = (secret, &found) {
+                redact::register_secret(v);
+            }
+            found
+        })
+        .map_err(|e| self.err(format!("{what}: {e}")))
     }
 
     pub fn migrations_dir(&self) -> Result<PathBuf> {
@@ -499,10 +516,16 @@ impl Config {
             return Ok(None);
         };
         let key = format!("environments.{name}.masking");
-        let key_env = self.expand(&format!("{key}.key_env"), &m.key_env)?;
-        if key_env.is_empty() {
+        // `key_env = "${VAR}"` (as every other secret of the file is
+        // written) names the variable VAR, not the variable VAR's value
+        // would name.
+        let key_env = match whole_reference(&m.key_env) {
+            Some(var) => var.to_string(),
+            None => self.expand(&format!("{key}.key_env"), &m.key_env)?,
+        };
+        if key_env.is_empty() || !is_variable_name(&key_env) {
             return Err(self.err(format!(
-                "{key}.key_env: name the variable that holds the masking key"
+                "{key}.key_env: name the variable that holds the masking key (e.g. key_env = \"VALERO_DB_MASK_KEY\")"
             )));
         }
         let mut services = BTreeMap::new();
@@ -718,6 +741,17 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("'{t}' is too large"))
+}
+
+/// `${VAR}` and nothing else → VAR.
+fn whole_reference(text: &str) -> Option<&str> {
+    let name = text.trim().strip_prefix("${")?.strip_suffix('}')?;
+    is_variable_name(name).then_some(name)
+}
+
+/// Letters, digits and `_`: what a `${VAR}` reference may name.
+fn is_variable_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Expands `${VAR}` and `${VAR:-default}` (the default is expanded too).

@@ -100,10 +100,14 @@ pub fn masking_for(
         }
         return Ok(BTreeMap::new());
     };
-    let without: Vec<&str> = services
+    let without: Vec<String> = services
         .iter()
-        .filter(|s| !settings.has_rules(&s.name))
-        .map(|s| s.name.as_str())
+        .flat_map(|s| {
+            s.engines()
+                .into_iter()
+                .filter(|e| !settings.has_rules(&s.name, *e))
+                .map(|e| format!("{} ({e})", s.name))
+        })
         .collect();
     if source.protected && !without.is_empty() {
         return Err(Error::usage_hint(
@@ -114,7 +118,7 @@ pub fn masking_for(
                 without.join(", ")
             ),
             format!(
-                "add [environments.{}.masking.services.<service>] rules (`keep` what is not personal), or pass --no-mask",
+                "add [environments.{}.masking.services.<service>.postgres / .mongodb] rules (`keep` what is not personal), or pass --no-mask",
                 target.name
             ),
         ));

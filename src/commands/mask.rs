@@ -63,11 +63,15 @@ async fn run(
         let mut result =
             check_service(source.as_ref(), &found, &service, &masking, samples).await?;
         let refused = source_env.protected && source_env.name != ctx.env.name;
-        if refused && !settings.has_rules(&service.name) {
+        let without = service
+            .engines()
+            .into_iter()
+            .filter(|e| !settings.has_rules(&service.name, *e));
+        for engine in without.filter(|_| refused).rev() {
             result.problems.insert(
                 0,
                 format!(
-                    "no rules for {}: a refresh from {} would be refused",
+                    "no {engine} rules for {}: a refresh from {} would be refused",
                     service.name, source_env.name
                 ),
             );
@@ -171,6 +175,8 @@ async fn check_service(
         };
         out.problems.extend(part.problems);
         out.samples.extend(part.samples);
+        out.acts_on.extend(part.acts_on);
+        out.notes.extend(part.notes);
     }
     Ok(out)
 }
@@ -200,6 +206,19 @@ fn describe(
             human.push_str(&format!("  - {p}\n"));
         }
     }
+    for n in &result.notes {
+        human.push_str(&format!("  note: {n}\n"));
+    }
+    for (rule, tables) in &result.acts_on {
+        human.push_str(&format!(
+            "  rule {rule} masks {}\n",
+            if tables.is_empty() {
+                "nothing".to_string()
+            } else {
+                tables.join(", ")
+            }
+        ));
+    }
     for s in &result.samples {
         human.push_str(&format!(
             "  sample {}: {:?} -> {:?}\n",
@@ -214,6 +233,12 @@ fn describe(
             "rules": rules,
             "strict": masking.strict,
             "problems": result.problems,
+            "notes": result.notes,
+            "acts_on": result
+                .acts_on
+                .iter()
+                .map(|(rule, tables)| json!({"rule": rule, "tables": tables}))
+                .collect::<Vec<_>>(),
         }));
     }
 }

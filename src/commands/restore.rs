@@ -348,13 +348,35 @@ fn describe_choice(c: &Choice, source_env: &str, report: &mut Value, human: &mut
         human_bytes(m.total_size()),
         targets(&c.service),
     ));
+    let masked: serde_json::Map<String, serde_json::Value> = c
+        .service
+        .engines()
+        .into_iter()
+        .map(|e| {
+            let on = c
+                .masking
+                .as_ref()
+                .is_some_and(|m| m.rules.has_rules(e) || m.strict);
+            (e.name().to_string(), json!(on))
+        })
+        .collect();
     if let Some(m) = &c.masking {
         let rules = m.rules.len();
+        let unmasked: Vec<&str> = masked
+            .iter()
+            .filter(|(_, on)| **on == json!(false))
+            .map(|(e, _)| e.as_str())
+            .collect();
         human.push_str(&format!(
-            "{}: masked on the way in by {rules} rule{}{}\n",
+            "{}: masked on the way in by {rules} rule{}{}{}\n",
             c.service.name,
             if rules == 1 { "" } else { "s" },
-            if m.strict { " (strict)" } else { "" }
+            if m.strict { " (strict)" } else { "" },
+            if unmasked.is_empty() {
+                String::new()
+            } else {
+                format!("; {} copied unmasked (no rules)", unmasked.join(", "))
+            }
         ));
     }
     for (engine, plan) in &c.replays {
@@ -376,7 +398,8 @@ fn describe_choice(c: &Choice, source_env: &str, report: &mut Value, human: &mut
             "snapshot": crate::commands::snapshot::summary(&c.found),
             "selection": c.note,
             "restore_point": c.point.as_ref().map(|p| p.summary()),
-            "masked": c.masking.is_some(),
+            "masked": c.masking.is_some() && masked.values().all(|on| *on == json!(true)),
+            "masked_engines": masked,
             "replaces": targets(&c.service),
         }),
     );

@@ -5,13 +5,12 @@
 
 use std::sync::Arc;
 
-use super::transform::{MaskKey, Transformer};
+use super::transform::{MaskKey, Refused, Transformer};
 use crate::copy_text::escape;
 
 /// Masks the rows of one table, however its text is split into pieces.
 pub struct RowMasker {
-    /// Per COPY column, its transformer (None: passed through).
-    columns: Vec<Option<Transformer>>,
+    plan: TablePlan,
     key: Arc<MaskKey>,
     /// The start of a row whose newline has not arrived yet.
     carry: Vec<u8>,
@@ -20,20 +19,44 @@ pub struct RowMasker {
     rows: u64,
 }
 
-/// A row the masker cannot read: a different number of fields than the
-/// table has columns.
+/// One table's COPY columns in order and the transformer of each (None:
+/// passed through).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TablePlan {
+    pub columns: Vec<String>,
+    pub transformers: Vec<Option<Transformer>>,
+}
+
+impl TablePlan {
+    /// Whether any column of the table is masked.
+    pub fn masks(&self) -> bool {
+        self.transformers.iter().any(Option::is_some)
+    }
+}
+
+/// A row the masker cannot mask: a different number of fields than the
+/// table has columns (the stored text is damaged), or a value the
+/// column's transformer refuses (the refresh must end, exit 2).
 #[derive(Debug, thiserror::Error)]
-#[error("row {row} has {found} fields where the table has {expected} columns")]
-pub struct BadRow {
-    pub row: u64,
-    pub found: usize,
-    pub expected: usize,
+pub enum BadRow {
+    #[error("row {row} has {found} fields where the table has {expected} columns")]
+    Shape {
+        row: u64,
+        found: usize,
+        expected: usize,
+    },
+    #[error("row {row}, column {column}: {refused}")]
+    Refused {
+        row: u64,
+        column: String,
+        refused: Refused,
+    },
 }
 
 impl RowMasker {
-    pub fn new(columns: Vec<Option<Transformer>>, key: Arc<MaskKey>) -> RowMasker {
+    pub fn new(plan: TablePlan, key: Arc<MaskKey>) -> RowMasker {
         RowMasker {
-            columns,
+            plan,
             key,
             carry: Vec::new(),
             scratch: Vec::new(),
@@ -43,7 +66,7 @@ impl RowMasker {
 
     /// A masker with the same columns and key, at the start of a table.
     pub fn fresh(&self) -> RowMasker {
-        RowMasker::new(self.columns.clone(), self.key.clone())
+        RowMasker::new(self.plan.clone(), self.key.clone())
     }
 
     /// Masks every row `piece` completes and appends it to `out`.
@@ -68,33 +91,41 @@ impl RowMasker {
         if self.carry.is_empty() {
             return Ok(());
         }
-        Err(BadRow {
+        Err(BadRow::Shape {
             row: self.rows + 1,
             found: self.carry.split(|b| *b == b'\t').count(),
-            expected: self.columns.len(),
+            expected: self.plan.transformers.len(),
         })
     }
 
     fn mask_row(&mut self, row: &[u8], out: &mut Vec<u8>) -> Result<(), BadRow> {
         self.rows += 1;
         let found = memchr::memchr_iter(b'\t', row).count() + 1;
-        if found != self.columns.len() {
-            return Err(BadRow {
+        if found != self.plan.transformers.len() {
+            return Err(BadRow::Shape {
                 row: self.rows,
                 found,
-                expected: self.columns.len(),
+                expected: self.plan.transformers.len(),
             });
         }
         for (i, field) in row.split(|b| *b == b'\t').enumerate() {
             if i > 0 {
                 out.push(b'\t');
             }
-            match &self.columns[i] {
+            match &self.plan.transformers[i] {
                 Some(t) if field != b"\\N" => {
                     crate::copy_text::unescape(field, &mut self.scratch);
-                    match t.apply(&self.key, &String::from_utf8_lossy(&self.scratch)) {
-                        Some(masked) => escape(masked.as_bytes(), out),
-                        None => out.extend_from_slice(b"\\N"),
+                    let value = String::from_utf8_lossy(&self.scratch);
+                    match t.apply(&self.key, &value) {
+                        Ok(Some(masked)) => escape(masked.as_bytes(), out),
+                        Ok(None) => out.extend_from_slice(b"\\N"),
+                        Err(refused) => {
+                            return Err(BadRow::Refused {
+                                row: self.rows,
+                                column: self.plan.columns.get(i).cloned().unwrap_or_default(),
+                                refused,
+                            })
+                        }
                     }
                 }
                 _ => out.extend_from_slice(field),
@@ -119,7 +150,10 @@ mod tests {
     fn masker() -> RowMasker {
         let key = Arc::new(MaskKey::new(&[7u8; 32]).unwrap());
         RowMasker::new(
-            vec![None, Some(Transformer::Email), Some(Transformer::Null)],
+            TablePlan {
+                columns: vec!["id".into(), "email".into(), "note".into()],
+                transformers: vec![None, Some(Transformer::Email), Some(Transformer::Null)],
+            },
             key,
         )
     }

@@ -20,6 +20,11 @@ pub enum Unmaskable {
         kind: &'static str,
         transformer: String,
     },
+    #[error("field {path}: {refused}")]
+    Refused {
+        path: String,
+        refused: super::transform::Refused,
+    },
     #[error("invalid BSON: {0}")]
     Bson(String),
 }
@@ -89,8 +94,10 @@ pub fn mask_update(
     let mut unset = Vec::new();
     let names: Vec<String> = fields.keys().cloned().collect();
     for name in names {
-        let logical: Vec<&str> = name
-            .split('.')
+        let changed: Vec<&str> = name.split('.').collect();
+        let logical: Vec<&str> = changed
+            .iter()
+            .copied()
             .filter(|p| p.parse::<usize>().is_err())
             .collect();
         let Some(value) = fields.get_mut(&name) else {
@@ -100,23 +107,22 @@ pub fn mask_update(
         for rule in rules {
             let full = rule.path.join(".");
             let rule_path: Vec<&str> = rule.path.iter().map(String::as_str).collect();
-            if rule_path.len() <= logical.len() && logical[..rule_path.len()] == rule_path[..] {
-                // The rule's field, or a field inside it.
-                reached = true;
-                if rule.transformer == Transformer::Null && rule_path.len() == logical.len() {
-                    unset.push(name.clone());
-                } else {
-                    mask_value(value, &rule.transformer, key, &full)?;
+            match walk(&changed, &rule_path) {
+                Walk::Exact | Walk::Inside => {
+                    // The rule's field, or a field inside it.
+                    reached = true;
+                    let exact = walk(&changed, &rule_path) == Walk::Exact;
+                    if rule.transformer == Transformer::Null && exact {
+                        unset.push(name.clone());
+                    } else {
+                        mask_value(value, &rule.transformer, key, &full)?;
+                    }
                 }
-            } else if logical.len() < rule_path.len() && rule_path[..logical.len()] == logical[..] {
-                // A sub-document or array that holds the rule's field.
-                descend(
-                    value,
-                    &rule.path[logical.len()..],
-                    &rule.transformer,
-                    key,
-                    &full,
-                )?;
+                Walk::Holds(depth) => {
+                    // A sub-document or array that holds the rule's field.
+                    descend(value, &rule.path[depth..], &rule.transformer, key, &full)?;
+                }
+                Walk::Apart => {}
             }
         }
         if let (Some(out), false) = (uncovered.as_deref_mut(), reached) {
@@ -135,6 +141,46 @@ pub fn mask_update(
         }
     }
     Ok(())
+}
+
+/// How a changed field's dotted path (`contacts.1.phone`, `years.2024.email`)
+/// meets a rule's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// The changed field is the rule's field.
+    Exact,
+    /// The changed field lies inside the rule's field.
+    Inside,
+    /// The changed field holds the rule's field: the rule's path goes on
+    /// from this many of its segments.
+    Holds(usize),
+    Apart,
+}
+
+/// Matches a changed path against a rule's path: each changed segment is
+/// the rule's next field name, or — when it is a number — an array
+/// position the rule does not spell. A numeric field name (`2024`) is
+/// tried as a name first, then as a position.
+fn walk(changed: &[&str], rule: &[&str]) -> Walk {
+    match (changed.split_first(), rule.split_first()) {
+        (None, None) => Walk::Exact,
+        (Some(_), None) => Walk::Inside,
+        (None, Some(_)) => Walk::Holds(0),
+        (Some((c, c_rest)), Some((r, r_rest))) => {
+            let as_name = if c == r {
+                match walk(c_rest, r_rest) {
+                    Walk::Holds(depth) => Walk::Holds(depth + 1),
+                    other => other,
+                }
+            } else {
+                Walk::Apart
+            };
+            if as_name != Walk::Apart || c.parse::<usize>().is_err() {
+                return as_name;
+            }
+            walk(c_rest, rule)
+        }
+    }
 }
 
 /// The first value a path reaches (through sub-documents and arrays), if
@@ -227,7 +273,16 @@ fn mask_value(
             }
             return Ok(());
         }
-        (Bson::String(s), _) => t.apply(key, s).map(Bson::String).unwrap_or(Bson::Null),
+        (Bson::String(s), _) => match t.apply(key, s) {
+            Ok(Some(masked)) => Bson::String(masked),
+            Ok(None) => Bson::Null,
+            Err(refused) => {
+                return Err(Unmaskable::Refused {
+                    path: full.to_string(),
+                    refused,
+                })
+            }
+        },
         (_, Transformer::Constant(c)) => Bson::String(c.clone()),
         (Bson::Int32(n), Transformer::NumberRange { .. }) => number(t, key, &n.to_string())
             .map(|m| i32::try_from(m).map(Bson::Int32).unwrap_or(Bson::Int64(m)))
@@ -248,13 +303,13 @@ fn mask_value(
 }
 
 fn number(t: &Transformer, key: &MaskKey, value: &str) -> Option<i64> {
-    t.apply(key, value)?.parse().ok()
+    t.apply(key, value).ok()??.parse().ok()
 }
 
 /// A BSON date moved like a PostgreSQL timestamp: by whole days.
 fn shifted(t: &Transformer, key: &MaskKey, d: bson::DateTime) -> Option<Bson> {
     let text = d.to_chrono().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-    let moved = t.apply(key, &text)?;
+    let moved = t.apply(key, &text).ok()??;
     let parsed = chrono::DateTime::parse_from_rfc3339(&moved).ok()?;
     Some(Bson::DateTime(bson::DateTime::from_chrono(
         parsed.with_timezone(&chrono::Utc),
@@ -382,7 +437,10 @@ mod tests {
         let whole = MaskKey::new(&[3u8; 32]).unwrap();
         assert_eq!(
             set.get_str("email").unwrap(),
-            Transformer::Email.apply(&whole, "anna@kunde.de").unwrap(),
+            Transformer::Email
+                .apply(&whole, "anna@kunde.de")
+                .unwrap()
+                .unwrap(),
             "an update masks like the snapshot"
         );
         assert_ne!(set.get_str("contacts.1.phone").unwrap(), "0221 1234567");
@@ -412,5 +470,48 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("field email holds a boolean"));
+    }
+
+    #[test]
+    fn a_numeric_field_name_in_a_captured_update_is_a_name_before_a_position() {
+        let rules = [
+            rule("years.2024.email", Transformer::Email),
+            rule("contacts.phone", Transformer::Phone),
+        ];
+        let mut d = doc! {"updatedFields": {
+            "years.2024.email": "anna@kunde.de",
+            "years.2024": {"email": "bob@kunde.de"},
+            "contacts.1.phone": "0221 7654321",
+            "years.2025.email": "kept@kunde.de",
+        }};
+        mask_update(&mut d, &rules, &key(), None).unwrap();
+        let f = d.get_document("updatedFields").unwrap();
+        assert!(f
+            .get_str("years.2024.email")
+            .unwrap()
+            .ends_with("@example.invalid"));
+        assert!(f
+            .get_document("years.2024")
+            .unwrap()
+            .get_str("email")
+            .unwrap()
+            .ends_with("@example.invalid"));
+        assert_ne!(f.get_str("contacts.1.phone").unwrap(), "0221 7654321");
+        assert_eq!(f.get_str("years.2025.email").unwrap(), "kept@kunde.de");
+        assert_eq!(walk(&["a", "0", "b"], &["a", "b"]), Walk::Exact);
+        assert_eq!(walk(&["a"], &["a", "b"]), Walk::Holds(1));
+        assert_eq!(walk(&["a", "b", "c"], &["a", "b"]), Walk::Inside);
+        assert_eq!(walk(&["x"], &["a"]), Walk::Apart);
+    }
+
+    #[test]
+    fn a_value_the_transformer_refuses_ends_the_masking_naming_the_field() {
+        let raw = RawDocumentBuf::from_document(&doc! {"_id": 1, "born": "04.03.1975"}).unwrap();
+        let rules = [rule("born", Transformer::DateShift { days: 10 })];
+        let e = mask_document(&raw, &rules, &key(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("field born: date_shift cannot stand in"), "{e}");
+        assert!(!e.contains("1975"), "the value is never shown: {e}");
     }
 }

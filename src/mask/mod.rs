@@ -55,6 +55,7 @@ pub fn key_from(var: &str) -> crate::error::Result<Arc<MaskKey>> {
             "set it to a secret of at least 16 bytes, the same for every refresh that must mask alike",
         ));
     }
+    crate::redact::register_secret(&value);
     MaskKey::new(value.as_bytes())
         .map(Arc::new)
         .map_err(|m| Error::usage(format!("{var}: {m}; nothing was changed")))

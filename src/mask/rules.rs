@@ -74,6 +74,14 @@ impl ServiceRules {
         self.postgres.is_empty() && self.mongodb.is_empty()
     }
 
+    /// Whether there is a rule (`keep` counts) for `engine`.
+    pub fn has_rules(&self, engine: crate::config::EngineKind) -> bool {
+        match engine {
+            crate::config::EngineKind::Postgres => !self.postgres.is_empty(),
+            crate::config::EngineKind::Mongodb => !self.mongodb.is_empty(),
+        }
+    }
+
     /// How many rules there are, over both engines.
     pub fn len(&self) -> usize {
         self.postgres.values().map(BTreeMap::len).sum::<usize>()

@@ -18,6 +18,7 @@ mod faults;
 mod lint;
 mod live_traffic;
 mod masking;
+mod masking_leaks;
 mod migrate_mongodb;
 mod migrate_postgres;
 mod monitoring;

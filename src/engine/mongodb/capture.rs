@@ -423,10 +423,16 @@ impl ReplayTargets<'_> {
 }
 
 /// Applies the planned change events to the restore's temporaries.
+///
+/// `source_db` is the snapshot's database, whose name the captured events
+/// carry (another environment's may differ from the target's); an event
+/// of another database cannot be placed and ends the replay (exit 5).
+#[allow(clippy::too_many_arguments)]
 pub async fn replay(
     targets: &mut ReplayTargets<'_>,
     storage: &dyn Storage,
     plan: &ReplayPlan,
+    source_db: &str,
     from: u64,
     skip: &(dyn Fn(&str) -> bool + Sync),
     what: &str,
@@ -434,7 +440,6 @@ pub async fn replay(
 ) -> Result<ReplayStats> {
     let mut stats = ReplayStats::default();
     let mut uncovered = std::collections::BTreeSet::new();
-    let db_name = targets.db.name().to_string();
     let mut inserts = Inserts::default();
     'segments: for (base, seg) in &plan.segments {
         let mut stream =
@@ -486,9 +491,10 @@ pub async fn replay(
                     }
                     _ => event,
                 };
-                apply(targets, &mut inserts, &event, &db_name, skip, what).await?;
-                stats.changes += 1;
-                stats.transactions += 1;
+                if apply(targets, &mut inserts, &event, source_db, skip, what).await? {
+                    stats.changes += 1;
+                    stats.transactions += 1;
+                }
                 stats.reached = wall.or(stats.reached);
             }
             buf.drain(..at);
@@ -603,21 +609,29 @@ fn only_duplicates(e: &mongodb::error::Error) -> bool {
     }
 }
 
+/// Applies one change event to the restore's temporaries; false when it
+/// concerns valero-db's own collections (locks, temporaries, `system.`),
+/// which a replay leaves alone.
 async fn apply(
     targets: &mut ReplayTargets<'_>,
     inserts: &mut Inserts,
     event: &Document,
-    db_name: &str,
+    source_db: &str,
     skip: &(dyn Fn(&str) -> bool + Sync),
     what: &str,
-) -> Result<()> {
+) -> Result<bool> {
     let op = event.get_str("operationType").unwrap_or_default();
     let ns = event.get_document("ns").ok();
-    if ns
+    if let Some(db) = ns
         .and_then(|n| n.get_str("db").ok())
-        .is_some_and(|d| d != db_name)
+        .filter(|d| *d != source_db)
     {
-        return Ok(());
+        return Err(Error::integrity(
+            format!(
+                "{what}: a captured {op} in database {db} does not belong to the snapshot's database {source_db}; it cannot be placed"
+            ),
+            None,
+        ));
     }
     let coll = ns
         .and_then(|n| n.get_str("coll").ok())
@@ -630,7 +644,7 @@ async fn apply(
         ));
     }
     if coll.is_empty() && op != "dropDatabase" || skip(&coll) {
-        return Ok(());
+        return Ok(false);
     }
     let key = event
         .get_document("documentKey")
@@ -650,7 +664,7 @@ async fn apply(
             )
         })?;
         inserts.docs.push(full.clone());
-        return Ok(());
+        return Ok(true);
     }
     inserts.flush(targets, what).await?;
     match op {
@@ -697,9 +711,10 @@ async fn apply(
             targets.adopt(&to, tmp, what).await?;
         }
         "dropDatabase" => targets.dropped_database(what).await?,
-        _ => {}
+        // Events without data (index builds, `create`): nothing to apply.
+        _ => return Ok(false),
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -178,7 +178,7 @@ pub async fn prepare(
     recover(db, service).await?;
     let planned = plan(storage, found).await?;
     if let Some(m) = masking {
-        super::masking::check_collections(m, &planned, service)?;
+        super::masking::check_collections(m, &planned, service, replay.is_some())?;
     }
     let token = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let journal = db.collection::<Document>(JOURNAL);
@@ -217,11 +217,12 @@ pub async fn prepare(
             load_collection(&loading, p, &format!("{TMP_PREFIX}{token}_{i}"), &mut stats).await?;
         }
         if let Some(plan) = replay {
-            let from = found
+            let info = found
                 .manifest
                 .engines
                 .iter()
-                .find(|e| e.engine == EngineKind::Mongodb)
+                .find(|e| e.engine == EngineKind::Mongodb);
+            let from = info
                 .and_then(|info| crate::capture::snapshot_position(info).ok().flatten())
                 .ok_or_else(|| {
                     Error::integrity(
@@ -244,8 +245,17 @@ pub async fn prepare(
             let skip =
                 |c: &str| c == LOCKS || c.starts_with(TMP_PREFIX) || c.starts_with("system.");
             stats.replayed = Some(
-                super::capture::replay(&mut targets, storage, plan, from, &skip, &what, masking)
-                    .await?,
+                super::capture::replay(
+                    &mut targets,
+                    storage,
+                    plan,
+                    info.map_or(db.name(), |i| i.target.as_str()),
+                    from,
+                    &skip,
+                    &what,
+                    masking,
+                )
+                .await?,
             );
         }
         Ok(())

@@ -16,7 +16,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::Row;
 
 use super::pgoutput::{self, Message};
-use super::sql::{classify, exec, quote_ident, Server};
+use super::sql::{classify, exec, exec_counting, quote_ident, Server};
 use crate::capture::{
     self, folder, format_lsn, parse_lsn, position_name, ReplayPlan, Segment, Stream, CHANGES,
     FORMAT_VERSION,
@@ -631,12 +631,21 @@ impl Visibility {
     }
 }
 
+/// Where a replay's changes come from and go to: the snapshot's schema
+/// (whose name every captured change carries; another environment's may
+/// differ) and the schema being restored.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayNames<'a> {
+    pub schema: &'a str,
+    pub source: &'a str,
+}
+
 /// Applies the planned changes inside the caller's open transaction.
 pub async fn replay(
     conn: &mut PgConnection,
     storage: &dyn Storage,
     plan: &ReplayPlan,
-    schema: &str,
+    names: ReplayNames<'_>,
     transaction_snapshot: &str,
     what: &str,
     masking: Option<&crate::mask::Masking>,
@@ -646,11 +655,14 @@ pub async fn replay(
         .await
         .map_err(|e| classify(what, e))?;
     // Replayed rows carry the values identity columns generated then.
+    let schema = names.schema;
     let identities = IdentityColumns::always(conn, schema, what).await?;
     identities.generate(conn, what, "BY DEFAULT").await?;
     let mut replay = Replay {
         conn: &mut *conn,
         schema,
+        source: names.source,
+        lineages: Default::default(),
         what,
         at: plan.at,
         until: plan.until,
@@ -751,6 +763,11 @@ enum Flow {
 struct Replay<'a> {
     conn: &'a mut PgConnection,
     schema: &'a str,
+    /// The snapshot's schema name, which captured relations carry.
+    source: &'a str,
+    /// Per relation, its table and the tables it is a partition of
+    /// (masking looks rules up along it).
+    lineages: std::collections::HashMap<u32, Vec<String>>,
     what: &'a str,
     at: chrono::DateTime<chrono::Utc>,
     /// A restore point's position: transactions committed from it on stay out.
@@ -825,7 +842,7 @@ impl Replay<'_> {
             }
             Message::Logical {
                 prefix, content, ..
-            } if self.applying && restores(&prefix, &content, self.schema) => {
+            } if self.applying && restores(&prefix, &content, self.source) => {
                 return Err(Error::integrity(
                     format!(
                         "{}: a restore ran at {} between the snapshot and the requested time; changes across it cannot be replayed",
@@ -854,12 +871,33 @@ impl Replay<'_> {
         for id in used {
             if self.checked.insert(id) {
                 let relation = self.replayer.relation(id)?;
+                if relation.namespace != self.source {
+                    return Err(Error::integrity(
+                        format!(
+                            "{}: a captured change to {}.{} does not belong to the snapshot's schema {}; it cannot be placed",
+                            self.what, relation.namespace, relation.name, self.source
+                        ),
+                        None,
+                    ));
+                }
                 check_relation(self.conn, self.schema, relation, self.what).await?;
+                if self.masking.is_some() {
+                    let lineage =
+                        lineage(self.conn, self.schema, &relation.name, self.what).await?;
+                    self.lineages.insert(id, lineage);
+                }
             }
         }
-        let msg = match self.masking {
-            Some(m) => super::masking::mask_change(m, &self.replayer, msg)?,
-            None => msg,
+        let msg = match (self.masking, changed_relation(&msg)) {
+            (Some(m), Some(id)) => {
+                let lineage: Vec<&str> = self
+                    .lineages
+                    .get(&id)
+                    .map(|l| l.iter().map(String::as_str).collect())
+                    .unwrap_or_default();
+                super::masking::mask_change(m, &self.replayer, &lineage, msg)?
+            }
+            _ => msg,
         };
         let Some(sql) = self.replayer.sql(self.schema, &msg)? else {
             return Ok(());
@@ -874,7 +912,8 @@ impl Replay<'_> {
                 .unwrap_or_default(),
             _ => "several tables".into(),
         };
-        exec(self.conn, &sql).await.map_err(|e| {
+        let single_row = matches!(msg, Message::Update { .. } | Message::Delete { .. });
+        let affected = exec_counting(self.conn, &sql).await.map_err(|e| {
             Error::integrity(
                 format!(
                     "{}: replaying a change to table {table} committed at {} failed: {}",
@@ -885,9 +924,56 @@ impl Replay<'_> {
                 Some("the table was changed outside valero-db; restore with --snapshot-only or an earlier time".into()),
             )
         })?;
+        // An UPDATE or DELETE finds exactly the row it changed then; one
+        // that finds none could not be placed, and the state would not be
+        // the one asked for.
+        if single_row && affected != 1 {
+            return Err(Error::integrity(
+                format!(
+                    "{}: a captured change to table {table} committed at {} found no row to apply to",
+                    self.what,
+                    self.stats.reached.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                ),
+                Some("the table was changed outside valero-db; restore with --snapshot-only or an earlier time".into()),
+            ));
+        }
         self.stats.changes += 1;
         Ok(())
     }
+}
+
+/// The row change's relation (a truncate has several and no values).
+fn changed_relation(msg: &Message) -> Option<u32> {
+    match msg {
+        Message::Insert { relation, .. }
+        | Message::Update { relation, .. }
+        | Message::Delete { relation, .. } => Some(*relation),
+        _ => None,
+    }
+}
+
+/// `table` and the tables it is a partition of, nearest first, in the
+/// restored schema.
+async fn lineage(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &str,
+    what: &str,
+) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT c.relname::text FROM pg_partition_ancestors(format('%I.%I', $1::text, $2::text)::regclass) a \
+         JOIN pg_class c ON c.oid = a.relid",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| classify(what, e))?;
+    // A table that is no partition has no ancestors, not even itself.
+    if rows.is_empty() {
+        return Ok(vec![table.to_string()]);
+    }
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Captured changes carry the table's columns; the restored table must

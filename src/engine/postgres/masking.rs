@@ -1,88 +1,51 @@
-//! A masked refresh on PostgreSQL: the rules checked against the tables
-//! the snapshot just created (inside the restore's transaction, so a
-//! refusal leaves everything as it was), then, per table, the transformer
-//! of every COPY column for the row masker. Replayed captured changes are
+//! A masked refresh on PostgreSQL: the rules judged against the
+//! snapshot's DDL (inside the restore's transaction, before a row is
+//! loaded, so a refusal leaves everything as it was), then, per table that
+//! holds rows (a partitioned table's rules cover its partitions), the
+//! transformer of every COPY column for the row masker. Replayed captured changes are
 //! masked the same way, old row images included, so a replayed UPDATE
 //! finds the masked row the snapshot's masking left. `mask check` runs the
 //! same checks on the snapshot's DDL without a server.
 
 use std::collections::BTreeMap;
 
-use sqlx::{PgConnection, Row};
-
 use super::pgoutput::{Message, Replayer, Value};
 use crate::error::{Error, Result};
-use crate::mask::check::{self, ColumnShape, Sample, SnapshotCheck, TableShapes};
-use crate::mask::copy_text::unescape;
+use crate::mask::check::{self, ColumnShape, Sample, SnapshotCheck};
+use crate::mask::copy_text::{unescape, TablePlan};
 use crate::mask::{Masking, Transformer};
 use crate::snapshot::stream::ObjectStream;
 use crate::snapshot::{Found, ObjectEntry, ObjectKind};
 use crate::storage::Storage;
 
-/// Per table, the transformer of each COPY column in order.
-pub type TablePlans = BTreeMap<String, Vec<Option<Transformer>>>;
+/// Per table that holds rows, its COPY columns and their transformers.
+pub type TablePlans = BTreeMap<String, TablePlan>;
 
-/// Checks the rules against the restored schema (uniqueness from the
-/// snapshot's post-data DDL, which has not run yet) and plans every table:
-/// any problem `mask::check` finds ends the restore (exit 2) before a row
-/// is loaded.
-pub async fn plan(
-    conn: &mut PgConnection,
-    schema: &str,
-    masking: &Masking,
-    service: &str,
-    post: Option<&str>,
-) -> Result<TablePlans> {
-    let mut tables = columns_of(conn, schema).await.map_err(|e| {
-        Error::usage(format!(
-            "masking {service}: reading the columns of {schema} failed: {e}"
-        ))
-    })?;
-    super::dump_tables::mark_unique(&mut tables, post.unwrap_or_default());
-    let problems = check::postgres_problems(&tables, &masking.rules, masking.strict);
-    if !problems.is_empty() {
-        return Err(check::refusal(service, &problems));
+/// Judges the rules against the snapshot's DDL (the same judgement as
+/// `mask check`) and plans every table: any problem ends the restore
+/// (exit 2) before a row is loaded.
+pub fn plan(masking: &Masking, service: &str, pre: &str, post: Option<&str>) -> Result<TablePlans> {
+    let catalog = super::dump_tables::catalog(pre, post.unwrap_or_default());
+    let judgement = check::judge(&catalog, &masking.rules, masking.strict);
+    if !judgement.problems.is_empty() {
+        return Err(check::refusal(service, &judgement.problems));
     }
-    Ok(check::column_plans(&tables, &masking.rules))
-}
-
-/// The COPY columns (live, not generated, in order) of every table.
-async fn columns_of(
-    conn: &mut PgConnection,
-    schema: &str,
-) -> std::result::Result<TableShapes, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT c.relname::text, a.attname::text, t.typcategory::text, format_type(a.atttypid, a.atttypmod), \
-                a.attnotnull, \
-                (t.typcategory = 'S' OR t.typname IN ('json', 'jsonb', 'xml') \
-                 OR (t.typcategory = 'A' AND EXISTS (SELECT 1 FROM pg_type e WHERE e.oid = t.typelem AND e.typcategory = 'S'))) \
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
-         JOIN pg_type t ON t.oid = a.atttypid \
-         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') ORDER BY c.relname, a.attnum",
-    )
-    .bind(schema)
-    .fetch_all(conn)
-    .await?;
-    let mut out = TableShapes::new();
-    for r in rows {
-        let category: String = r.get(2);
-        out.entry(r.get(0)).or_default().push(ColumnShape {
-            name: r.get(1),
-            category: category.chars().next().unwrap_or('X'),
-            type_name: r.get(3),
-            not_null: r.get(4),
-            text_like: r.get(5),
-            unique: false,
-        });
-    }
-    Ok(out)
+    Ok(judgement.plans)
 }
 
 /// A captured row change with its values masked as the snapshot's rows
 /// were (the transformers are deterministic, so an old key masks to the
 /// value the restored row holds).
-pub fn mask_change(masking: &Masking, replayer: &Replayer, msg: Message) -> Result<Message> {
+///
+/// `lineage` is the changed table and the tables it is a partition of,
+/// nearest first (a change to a partition arrives under its own name; the
+/// rules of the partitioned table cover it).
+pub fn mask_change(
+    masking: &Masking,
+    replayer: &Replayer,
+    lineage: &[&str],
+    msg: Message,
+) -> Result<Message> {
     let relation = match &msg {
         Message::Insert { relation, .. }
         | Message::Update { relation, .. }
@@ -90,40 +53,52 @@ pub fn mask_change(masking: &Masking, replayer: &Replayer, msg: Message) -> Resu
         _ => return Ok(msg),
     };
     let rel = replayer.relation(relation)?;
-    if !masking.rules.postgres.contains_key(&rel.name) {
-        return Ok(msg);
-    }
     let plan: Vec<Option<&Transformer>> = rel
         .columns
         .iter()
-        .map(|c| masking.rules.column(&rel.name, &c.name))
+        .map(|c| {
+            check::rule_for(&masking.rules, lineage, &c.name).filter(|t| **t != Transformer::Keep)
+        })
         .collect();
-    let mask = |values: Vec<Value>| -> Vec<Value> {
+    if plan.iter().all(Option::is_none) {
+        return Ok(msg);
+    }
+    let mask = |values: Vec<Value>| -> Result<Vec<Value>> {
         values
             .into_iter()
             .zip(plan.iter().chain(std::iter::repeat(&None)))
-            .map(|(v, t)| match (v, t) {
+            .zip(
+                rel.columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .chain(std::iter::repeat("")),
+            )
+            .map(|((v, t), column)| match (v, t) {
                 (Value::Text(text), Some(t)) => match t.apply(&masking.key, &text) {
-                    Some(masked) => Value::Text(masked),
-                    None => Value::Null,
+                    Ok(Some(masked)) => Ok(Value::Text(masked)),
+                    Ok(None) => Ok(Value::Null),
+                    Err(refused) => Err(Error::usage(format!(
+                        "masking a captured change to {}.{column}: {refused}; nothing was changed",
+                        rel.name
+                    ))),
                 },
-                (v, _) => v,
+                (v, _) => Ok(v),
             })
             .collect()
     };
     Ok(match msg {
         Message::Insert { relation, new } => Message::Insert {
             relation,
-            new: mask(new),
+            new: mask(new)?,
         },
         Message::Update { relation, old, new } => Message::Update {
             relation,
-            old: old.map(&mask),
-            new: mask(new),
+            old: old.map(&mask).transpose()?,
+            new: mask(new)?,
         },
         Message::Delete { relation, old } => Message::Delete {
             relation,
-            old: mask(old),
+            old: mask(old)?,
         },
         other => other,
     })
@@ -148,19 +123,22 @@ pub async fn check_snapshot(
     };
     let pre = sql(ObjectKind::PostgresPreData).await?.unwrap_or_default();
     let post = sql(ObjectKind::PostgresPostData).await?.unwrap_or_default();
-    let tables = super::dump_tables::table_shapes(&pre, &post);
+    let catalog = super::dump_tables::catalog(&pre, &post);
+    let judgement = check::judge(&catalog, &masking.rules, masking.strict);
     let mut out = SnapshotCheck {
-        problems: check::postgres_problems(&tables, &masking.rules, masking.strict),
+        problems: judgement.problems,
         samples: Vec::new(),
+        acts_on: judgement.acts_on,
+        notes: Vec::new(),
     };
     if samples == 0 || !out.problems.is_empty() {
         return Ok(out);
     }
-    for (table, plan) in check::column_plans(&tables, &masking.rules) {
-        if plan.iter().all(Option::is_none) {
+    for (table, plan) in judgement.plans {
+        if !plan.masks() {
             continue;
         }
-        let columns = &tables[&table];
+        let columns = &catalog.tables[&table];
         let entry = found
             .manifest
             .objects
@@ -168,8 +146,14 @@ pub async fn check_snapshot(
             .find(|o| o.kind == ObjectKind::PostgresTable && o.name.as_deref() == Some(&table));
         if let Some(entry) = entry {
             let rows = first_rows(storage, found, entry, samples).await?;
-            out.samples
-                .extend(samples_of(&table, columns, &plan, &rows, masking, samples));
+            out.samples.extend(samples_of(
+                &table,
+                columns,
+                &plan.transformers,
+                &rows,
+                masking,
+                samples,
+            ));
         }
     }
     Ok(out)
@@ -222,9 +206,11 @@ fn samples_of(
             .take(n);
         for field in values {
             let before = String::from_utf8_lossy(&unescape(field)).into_owned();
-            let after = t
-                .apply(&masking.key, &before)
-                .unwrap_or_else(|| "NULL".into());
+            let after = match t.apply(&masking.key, &before) {
+                Ok(Some(after)) => after,
+                Ok(None) => "NULL".into(),
+                Err(refused) => format!("(refused: {refused})"),
+            };
             out.push(Sample {
                 target: format!("{table}.{}", columns[i].name),
                 before,

@@ -9,6 +9,7 @@ mod dump_tables;
 pub mod masking;
 pub mod pgoutput;
 pub mod rehearse;
+pub mod rename;
 pub mod restore;
 pub mod script;
 pub mod sessions;

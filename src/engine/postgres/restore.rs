@@ -10,6 +10,7 @@ use sqlx::Row;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::copy_binary::{Converter, Kind, Unconvertible};
+use super::rename::rename_schema;
 use super::script::{read_sql, Extension, Grants, Script};
 use super::snapshot::{Inside, SchemaGrant};
 use super::sql::{classify, exec, names_in_schema, quote_ident, Server};
@@ -197,9 +198,12 @@ pub async fn preflight(
     } else {
         Grants::Keep
     };
+    // Another environment's schema may have another name: its DDL runs
+    // under this one's.
+    let renamed = |sql: Option<String>| sql.map(|t| rename_schema(&t, &info.target, schema));
     let ddl = Ddl {
-        pre: read(ObjectKind::PostgresPreData).await?,
-        post: read(ObjectKind::PostgresPostData).await?,
+        pre: renamed(read(ObjectKind::PostgresPreData).await?),
+        post: renamed(read(ObjectKind::PostgresPostData).await?),
         inside,
         grants,
         role_map: privileges.role_map.clone(),
@@ -405,6 +409,7 @@ pub async fn prepare(
             found,
             what: &what,
             masking,
+            rename: (&info.target, schema),
         };
         let mut stats = load(conn, &source, info, schema, replay, &ddl).await?;
         stats.terminated_sessions = terminated;
@@ -612,15 +617,7 @@ async fn load(
     stats.objects += 1;
     lap("pre-data DDL");
 
-    load_tables(
-        conn,
-        source,
-        schema,
-        ddl.post.as_deref(),
-        &mut stats,
-        &mut lap,
-    )
-    .await?;
+    load_tables(conn, source, schema, ddl, &mut stats, &mut lap).await?;
 
     if let Some(seq) = source.object(ObjectKind::PostgresSequences) {
         source.run_sql(conn, seq, "sequences").await?;
@@ -703,6 +700,8 @@ struct Source<'a> {
     found: &'a Found,
     what: &'a str,
     masking: Option<&'a crate::mask::Masking>,
+    /// The snapshot's schema name and the restored one's.
+    rename: (&'a str, &'a str),
 }
 
 impl Source<'_> {
@@ -718,6 +717,7 @@ impl Source<'_> {
         step: &str,
     ) -> Result<()> {
         let sql = read_sql(self.storage, self.found, entry).await?;
+        let sql = rename_schema(&sql, self.rename.0, self.rename.1);
         run_ddl(conn, self.what, &sql, step).await
     }
 }
@@ -776,7 +776,7 @@ async fn load_tables(
     conn: &mut PgConnection,
     source: &Source<'_>,
     schema: &str,
-    post: Option<&str>,
+    ddl: &Ddl,
     stats: &mut RestoreStats,
     lap: &mut impl FnMut(&str),
 ) -> Result<()> {
@@ -789,7 +789,12 @@ async fn load_tables(
         .await
         .map_err(|e| classify(what, e))?;
     let mut masks = match source.masking {
-        Some(m) => super::masking::plan(conn, schema, m, &found.manifest.service, post).await?,
+        Some(m) => super::masking::plan(
+            m,
+            &found.manifest.service,
+            ddl.pre.as_deref().unwrap_or_default(),
+            ddl.post.as_deref(),
+        )?,
         None => Default::default(),
     };
     let tables = found.manifest.objects.iter();
@@ -812,11 +817,8 @@ async fn load_tables(
             what,
             progress: &progress,
             mask: source.masking.and_then(|m| {
-                let columns = masks.remove(table)?;
-                columns
-                    .iter()
-                    .any(Option::is_some)
-                    .then(|| RowMasker::new(columns, m.key.clone()))
+                let plan = masks.remove(table)?;
+                plan.masks().then(|| RowMasker::new(plan, m.key.clone()))
             }),
         };
         let loaded = match kinds.remove(table) {
@@ -857,11 +859,15 @@ async fn replay_changes(
                 None,
             )
         })?;
+    let names = super::capture::ReplayNames {
+        schema,
+        source: &info.target,
+    };
     super::capture::replay(
         conn,
         source.storage,
         plan,
-        schema,
+        names,
         position,
         source.what,
         source.masking,
@@ -962,8 +968,18 @@ impl Rows {
     }
 }
 
+/// A row the masker cannot read is damaged data (exit 5); a value its
+/// transformer refuses ends the refresh as a rule that does not fit
+/// (exit 2). Either way the transaction rolls back: nothing changed.
 fn unreadable(table: &str, e: crate::mask::copy_text::BadRow) -> Error {
-    Error::integrity(format!("masking table {table}: {e}"), None)
+    use crate::mask::copy_text::BadRow;
+    match e {
+        BadRow::Shape { .. } => Error::integrity(format!("masking table {table}: {e}"), None),
+        BadRow::Refused { .. } => Error::usage_hint(
+            format!("masking table {table}: {e}; nothing was changed"),
+            "change the column's rule (see docs/masking.md for what each transformer accepts)",
+        ),
+    }
 }
 
 impl Table<'_> {
