@@ -51,6 +51,8 @@ pub const OWN_RULES: &[&str] = &[
     "down-loses-data",
     "allow-without-reason",
     "allow-unknown-rule",
+    "syntax-error",
+    "squawk-ignore",
 ];
 
 /// Every rule name an allow comment may name.
@@ -63,14 +65,41 @@ pub fn known_rule(name: &str) -> bool {
 /// Lints one up file. `no_transaction`: it starts with the marker;
 /// `has_down`: a down file exists beside it.
 pub fn lint_file(file: &str, sql: &str, no_transaction: bool, has_down: bool) -> Vec<Finding> {
-    let parse = SourceFile::parse(sql);
+    // squawk's own ignore comments would silence findings without a
+    // reason and without showing them as allowed: squawk lints a copy in
+    // which they say nothing (same length, so every offset holds), and
+    // each one is a finding of its own.
+    let (linted, ignores) = defanged(sql);
+    let parse = SourceFile::parse(&linted);
     let tree = parse.tree();
     let mut linter = Linter::from(SQUAWK_RULES.iter().copied());
     linter.settings.assume_in_transaction = !no_transaction;
     let at = |offset: usize| Location::Line(line_of(sql, offset));
     let mut findings: Vec<Finding> = Vec::new();
+    for error in parse.errors() {
+        findings.push(Finding {
+            file: file.to_string(),
+            at: at(usize::from(error.range().start())),
+            rule: "syntax-error".into(),
+            severity: Severity::Error,
+            message: format!("the file does not parse here: {}; nothing after it was checked", error.message()),
+            help: "fix the SQL (PostgreSQL would refuse it too, or the linter misreads it: then run the statement once by hand to see)".into(),
+            allowed: None,
+        });
+    }
+    for offset in ignores {
+        findings.push(Finding {
+            file: file.to_string(),
+            at: at(offset),
+            rule: "squawk-ignore".into(),
+            severity: Severity::Warning,
+            message: "squawk's ignore comments silence nothing in valero-db: findings are silenced with a reason only".into(),
+            help: "write `-- valero:allow <rule> <reason>` before the statement instead".into(),
+            allowed: None,
+        });
+    }
     let mut destructive = None;
-    for v in linter.lint(&parse, sql) {
+    for v in linter.lint(&parse, &linted) {
         let offset = usize::from(v.text_range.start());
         if DESTRUCTIVE.contains(&v.code) && destructive.is_none() {
             destructive = Some(offset);
@@ -114,6 +143,26 @@ pub fn lint_file(file: &str, sql: &str, no_transaction: bool, has_down: bool) ->
         Location::Line(n) | Location::Command(n) => n,
     });
     findings
+}
+
+/// squawk's comment directives: each silences findings without a reason.
+const SQUAWK_DIRECTIVES: &[&str] = &["squawk-disable-assume-in-transaction", "squawk-ignore"];
+
+/// `sql` with squawk's comment directives spelled so squawk does not see
+/// them (`squawk-ignore` → `squawk_ignore`, same length), and where each
+/// was.
+fn defanged(sql: &str) -> (String, Vec<usize>) {
+    let mut text = sql.to_string();
+    let mut at = Vec::new();
+    for directive in SQUAWK_DIRECTIVES {
+        let spelled = directive.replace('-', "_");
+        while let Some(i) = text.find(directive) {
+            text.replace_range(i..i + directive.len(), &spelled);
+            at.push(i);
+        }
+    }
+    at.sort_unstable();
+    (text, at)
 }
 
 fn squawk_severity(rule: Rule) -> Severity {
@@ -319,44 +368,199 @@ mod tests {
             .collect()
     }
 
+    /// Every rule: (rule, a file that makes it fire, its safe form). A
+    /// `-- valero:no-transaction` first line runs the file outside a
+    /// transaction; `# no down` lints it without a down file beside it.
+    const CASES: &[(&str, &str, &str)] = &[
+        (
+            "require-concurrent-index-creation",
+            "CREATE INDEX i ON t (a);",
+            "-- valero:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (a);",
+        ),
+        (
+            "require-concurrent-index-deletion",
+            "DROP INDEX i;",
+            "-- valero:no-transaction\nDROP INDEX CONCURRENTLY i;",
+        ),
+        (
+            "constraint-missing-not-valid",
+            "ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0);",
+            "ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0) NOT VALID;",
+        ),
+        (
+            "adding-foreign-key-constraint",
+            "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id);",
+            "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id) NOT VALID;",
+        ),
+        (
+            "adding-not-nullable-field",
+            "ALTER TABLE t ALTER COLUMN a SET NOT NULL;",
+            "ALTER TABLE t ADD CONSTRAINT a_nn CHECK (a IS NOT NULL) NOT VALID;",
+        ),
+        (
+            "adding-required-field",
+            "ALTER TABLE t ADD COLUMN b int NOT NULL;",
+            "ALTER TABLE t ADD COLUMN b int NOT NULL DEFAULT 0;",
+        ),
+        (
+            "adding-field-with-default",
+            "ALTER TABLE t ADD COLUMN b uuid DEFAULT gen_random_uuid();",
+            "ALTER TABLE t ADD COLUMN b int DEFAULT 0;",
+        ),
+        (
+            "adding-serial-primary-key-field",
+            "ALTER TABLE t ADD PRIMARY KEY (id);",
+            "ALTER TABLE t ADD CONSTRAINT t_pkey PRIMARY KEY USING INDEX t_id_idx;",
+        ),
+        (
+            "disallowed-unique-constraint",
+            "ALTER TABLE t ADD CONSTRAINT u UNIQUE (a);",
+            "ALTER TABLE t ADD CONSTRAINT u UNIQUE USING INDEX t_a_idx;",
+        ),
+        (
+            "changing-column-type",
+            "ALTER TABLE t ALTER COLUMN a TYPE bigint;",
+            "ALTER TABLE t ADD COLUMN b bigint;",
+        ),
+        (
+            "renaming-column",
+            "ALTER TABLE t RENAME COLUMN a TO b;",
+            "ALTER TABLE t ADD COLUMN b int;",
+        ),
+        (
+            "renaming-table",
+            "ALTER TABLE t RENAME TO u;",
+            "CREATE TABLE u (a int);",
+        ),
+        ("ban-drop-column", "ALTER TABLE t DROP COLUMN a;", "ALTER TABLE t ADD COLUMN a int;"),
+        ("ban-drop-table", "DROP TABLE t;", "CREATE TABLE t (a int);"),
+        (
+            "ban-drop-not-null",
+            "ALTER TABLE t ALTER COLUMN a DROP NOT NULL;",
+            "ALTER TABLE t ALTER COLUMN a SET DEFAULT 0;",
+        ),
+        ("ban-drop-database", "DROP DATABASE d;", "SELECT 1;"),
+        ("ban-truncate-cascade", "TRUNCATE t CASCADE;", "TRUNCATE t;"),
+        (
+            "require-concurrent-reindex",
+            "REINDEX INDEX i;",
+            "-- valero:no-transaction\nREINDEX INDEX CONCURRENTLY i;",
+        ),
+        (
+            "require-concurrent-partition-detach",
+            "ALTER TABLE t DETACH PARTITION p;",
+            "-- valero:no-transaction\nALTER TABLE t DETACH PARTITION p CONCURRENTLY;",
+        ),
+        ("transaction-nesting", "BEGIN;\nCREATE TABLE t (a int);\nCOMMIT;", "CREATE TABLE t (a int);"),
+        (
+            "concurrently-in-transaction",
+            "CREATE INDEX CONCURRENTLY i ON t (a);",
+            "-- valero:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (a);",
+        ),
+        (
+            "no-transaction-several-statements",
+            "-- valero:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (a);\nCREATE INDEX CONCURRENTLY j ON t (b);",
+            "-- valero:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (a);",
+        ),
+        ("vacuum-in-transaction", "VACUUM t;", "-- valero:no-transaction\nVACUUM t;"),
+        ("vacuum-full", "-- valero:no-transaction\nVACUUM FULL t;", "-- valero:no-transaction\nVACUUM t;"),
+        ("cluster", "CLUSTER t USING t_pkey;", "ANALYZE t;"),
+        ("lock-table", "LOCK TABLE t;", "SELECT 1;"),
+        (
+            "destructive-without-down",
+            "# no down\nALTER TABLE t DROP COLUMN a;",
+            "ALTER TABLE t DROP COLUMN a;",
+        ),
+        ("down-loses-data", "ALTER TABLE t DROP COLUMN a;", "# no down\nALTER TABLE t ADD COLUMN a int;"),
+        (
+            "allow-without-reason",
+            "-- valero:allow lock-table\nLOCK TABLE t;",
+            "-- valero:allow lock-table the nightly job is stopped during releases\nLOCK TABLE t;",
+        ),
+        (
+            "allow-unknown-rule",
+            "-- valero:allow lock-tables the job is stopped\nLOCK TABLE t;",
+            "-- valero:allow lock-table the job is stopped\nLOCK TABLE t;",
+        ),
+        ("syntax-error", "CREATE TABEL t (a int);", "CREATE TABLE t (a int);"),
+        (
+            "squawk-ignore",
+            "-- squawk-ignore ban-drop-column\nALTER TABLE t DROP COLUMN a;",
+            "-- valero:allow ban-drop-column the column is unused since v3\nALTER TABLE t DROP COLUMN a;",
+        ),
+    ];
+
+    /// The rules of a case's file, after its directives.
+    fn case_rules(file: &str) -> Vec<String> {
+        let no_down = file.starts_with("# no down\n");
+        let sql = file.trim_start_matches("# no down\n");
+        rules(sql, sql.starts_with("-- valero:no-transaction"), !no_down)
+    }
+
     #[test]
-    fn each_hazard_is_found_and_its_safe_form_is_not() {
-        let cases: &[(&str, &str, &str)] = &[
-            (
-                "require-concurrent-index-creation",
-                "CREATE INDEX i ON t (a);",
-                "-- valero:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (a);",
-            ),
-            (
-                "constraint-missing-not-valid",
-                "ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0);",
-                "ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0) NOT VALID;",
-            ),
-            (
-                "changing-column-type",
-                "ALTER TABLE t ALTER COLUMN a TYPE bigint;",
-                "ALTER TABLE t ADD COLUMN b bigint;",
-            ),
-            (
-                "adding-field-with-default",
-                "ALTER TABLE t ADD COLUMN b uuid DEFAULT gen_random_uuid();",
-                "ALTER TABLE t ADD COLUMN b int DEFAULT 0;",
-            ),
-            ("lock-table", "LOCK TABLE t;", "SELECT 1;"),
-            ("cluster", "CLUSTER t USING t_pkey;", "ANALYZE t;"),
-        ];
-        for (rule, hazard, safe) in cases {
-            let no_tx = |s: &str| s.starts_with("-- valero:no-transaction");
+    fn every_documented_rule_fires_on_its_hazard_and_not_on_its_safe_form() {
+        for (rule, hazard, safe) in CASES {
+            let found = case_rules(hazard);
             assert!(
-                rules(hazard, no_tx(hazard), true).contains(&rule.to_string()),
-                "{rule} not found in {hazard}: {:?}",
-                rules(hazard, no_tx(hazard), true)
+                found.contains(&rule.to_string()),
+                "{rule} not found in {hazard:?}: {found:?}"
             );
+            let found = case_rules(safe);
             assert!(
-                !rules(safe, no_tx(safe), true).contains(&rule.to_string()),
-                "{rule} found in the safe form {safe}"
+                !found.contains(&rule.to_string()),
+                "{rule} found in the safe form {safe:?}: {found:?}"
             );
         }
+        let covered: Vec<&str> = CASES.iter().map(|c| c.0).collect();
+        let squawk: Vec<String> = SQUAWK_RULES.iter().map(|r| r.to_string()).collect();
+        for rule in OWN_RULES
+            .iter()
+            .copied()
+            .chain(squawk.iter().map(String::as_str))
+        {
+            assert!(covered.contains(&rule), "rule {rule} has no case");
+            let doc = include_str!("../../docs/lint.md");
+            assert!(
+                doc.contains(&format!("`{rule}`")),
+                "rule {rule} is not in docs/lint.md"
+            );
+        }
+    }
+
+    #[test]
+    fn squawk_ignore_comments_silence_nothing_and_parse_errors_are_errors() {
+        for directive in [
+            "-- squawk-ignore ban-drop-column\nALTER TABLE t DROP COLUMN a;",
+            "-- squawk-ignore-file\nALTER TABLE t DROP COLUMN a;",
+            "ALTER TABLE t DROP COLUMN a; -- squawk-ignore ban-drop-column",
+        ] {
+            let found = rules(directive, false, true);
+            assert!(
+                found.contains(&"ban-drop-column".to_string()),
+                "{directive}: {found:?}"
+            );
+            assert!(
+                found.contains(&"squawk-ignore".to_string()),
+                "{directive}: {found:?}"
+            );
+        }
+        // Assuming no transaction would hide the CONCURRENTLY error.
+        let found = rules(
+            "-- squawk-disable-assume-in-transaction\nCREATE INDEX CONCURRENTLY i ON t (a);",
+            false,
+            true,
+        );
+        assert!(
+            found.contains(&"concurrently-in-transaction".to_string()),
+            "{found:?}"
+        );
+        let e = lint_file("f.sql", "SELECT 1;\nCREATE TABEL t (a int);", false, true);
+        let syntax = e
+            .iter()
+            .find(|f| f.rule == "syntax-error")
+            .expect("a syntax finding");
+        assert_eq!(syntax.severity, Severity::Error);
+        assert_eq!(syntax.at, Location::Line(2));
     }
 
     #[test]

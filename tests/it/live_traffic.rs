@@ -77,9 +77,13 @@ fn a_restore_blocked_by_the_application_names_it_and_never_stalls_it_for_long() 
     let id = table_of_100(&p);
     psql(&format!("DELETE FROM \"{}\".t WHERE id > 10", p.schema));
     let app_name = format!("fibu-api-{}", p.schema);
+    // The application's query carries customer data in its literals.
     let app = AppSession::hold(
         &app_name,
-        &format!("SELECT count(*) FROM \"{}\".t", p.schema),
+        &format!(
+            "SELECT count(*) FROM \"{}\".t WHERE id < 4711 OR 'kundin@beispiel.de' <> ''",
+            p.schema
+        ),
     );
 
     // While the restore keeps trying, a third session's query waits at
@@ -108,19 +112,26 @@ fn a_restore_blocked_by_the_application_names_it_and_never_stalls_it_for_long() 
 
     // The refusal names the session, changes nothing, and says what to do.
     let started = Instant::now();
-    p.run(&[
+    let refused = p.run(&[
         "restore",
         "--snapshot",
         &id,
         "--yes",
         "--lock-timeout",
         "3s",
-    ])
-    .expect_code(4)
-    .stderr_has(&format!("pid {}", app.pid))
-    .stderr_has(&format!("application {app_name}"))
-    .stderr_has("idle in transaction")
-    .stderr_has("--terminate-sessions");
+    ]);
+    assert!(
+        !refused.all().contains("kundin@beispiel.de") && !refused.all().contains("4711"),
+        "the application's literals never appear: {}",
+        refused.all()
+    );
+    refused
+        .expect_code(4)
+        .stderr_has(&format!("pid {}", app.pid))
+        .stderr_has(&format!("application {app_name}"))
+        .stderr_has("idle in transaction")
+        .stderr_has("WHERE id < $1 OR $2 <> $3")
+        .stderr_has("--terminate-sessions");
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_eq!(count(&p), "10", "nothing was changed");
 

@@ -2,7 +2,10 @@
 //! a schema (before a restore), or that block one of valero-db's own
 //! sessions right now (`Watch`, while a migration's statement runs),
 //! described for the operator — pid, role, application, client, state and
-//! for how long, the current query shortened with secrets masked.
+//! for how long, the shape of the current query: its literals replaced by
+//! `$n` as `pg_stat_statements` shows queries (application queries carry
+//! customer data, and these descriptions go into errors, JSON, deployment
+//! records and pipeline artifacts), shortened, secrets masked.
 
 use std::time::Duration;
 
@@ -40,7 +43,7 @@ const DESCRIBE: &str =
     "SELECT a.pid, coalesce(a.usename::text, '?'), coalesce(a.application_name, ''), \
         coalesce(host(a.client_addr), 'local'), coalesce(a.state, '?'), \
         coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::bigint, 0), \
-        left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 120) \
+        regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g') \
  FROM pg_stat_activity a WHERE a.pid = ANY($1) ORDER BY a.pid";
 
 /// Describes the sessions with these pids (those that have ended since
@@ -61,6 +64,7 @@ fn blocker_of(r: &sqlx::postgres::PgRow) -> Blocker {
     let (role, app, client, state): (String, String, String, String) =
         (r.get(1), r.get(2), r.get(3), r.get(4));
     let (secs, query): (i64, String) = (r.get(5), r.get(6));
+    let query = shortened(&without_literals(&query), QUERY_CHARS);
     let age = crate::units::format_duration(Duration::from_secs(secs.max(0) as u64));
     let shown_app = if app.is_empty() {
         String::new()
@@ -74,6 +78,128 @@ fn blocker_of(r: &sqlx::postgres::PgRow) -> Blocker {
             "pid {pid} (role {role}{shown_app}, {client}, {state} for {age}: {query})"
         )),
     }
+}
+
+/// How much of a blocking session's query shape a description shows.
+const QUERY_CHARS: usize = 120;
+
+/// The shape of a query: every string literal (`'…'`, `E'…'`, `$$…$$`,
+/// unterminated ones to the end) and every number replaced by `$n`,
+/// numbered after the query's own parameters; identifiers, keywords and
+/// operators kept.
+pub fn without_literals(query: &str) -> String {
+    let own = own_parameters(query);
+    let mut n = own;
+    let mut next = || {
+        n += 1;
+        format!("${n}")
+    };
+    let chars: Vec<char> = query.chars().collect();
+    let mut out = String::with_capacity(query.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let word_before = i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
+        if c == '\'' || ((c == 'E' || c == 'e') && chars.get(i + 1) == Some(&'\'') && !word_before)
+        {
+            let escapes = c != '\'';
+            let mut j = if escapes { i + 2 } else { i + 1 };
+            while j < chars.len() {
+                match chars[j] {
+                    '\\' if escapes => j += 2,
+                    '\'' if chars.get(j + 1) == Some(&'\'') => j += 2,
+                    '\'' => break,
+                    _ => j += 1,
+                }
+            }
+            out.push_str(&next());
+            i = j + 1;
+        } else if c == '$' && !word_before && chars.get(i + 1).is_some_and(|d| !d.is_ascii_digit())
+        {
+            let tag_end = chars[i + 1..]
+                .iter()
+                .position(|d| *d == '$')
+                .map(|p| i + 1 + p);
+            let tag: Option<String> =
+                tag_end
+                    .map(|e| chars[i..=e].iter().collect())
+                    .filter(|t: &String| {
+                        t[1..t.len() - 1]
+                            .chars()
+                            .all(|d| d.is_alphanumeric() || d == '_')
+                    });
+            match tag {
+                Some(tag) => {
+                    let body: String = chars[i + tag.chars().count()..].iter().collect();
+                    let len = body.find(&tag).map_or(body.chars().count(), |b| {
+                        body[..b].chars().count() + tag.chars().count()
+                    });
+                    out.push_str(&next());
+                    i += tag.chars().count() + len;
+                }
+                None => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        } else if c.is_ascii_digit() && !word_before && !(i > 0 && chars[i - 1] == '$') {
+            let mut j = i;
+            while j < chars.len()
+                && (chars[j].is_ascii_digit()
+                    || chars[j] == '.'
+                    || ((chars[j] == 'e' || chars[j] == 'E') && j > i)
+                    || ((chars[j] == '-' || chars[j] == '+') && matches!(chars[j - 1], 'e' | 'E')))
+            {
+                j += 1;
+            }
+            out.push_str(&next());
+            i = j;
+        } else if c.is_alphanumeric() || c == '_' || c == '"' {
+            // An identifier (quoted ones whole): digits inside stay.
+            let quoted = c == '"';
+            let mut j = i + 1;
+            while j < chars.len() {
+                if quoted {
+                    if chars[j] == '"' {
+                        j += 1;
+                        break;
+                    }
+                } else if !(chars[j].is_alphanumeric() || chars[j] == '_' || chars[j] == '$') {
+                    break;
+                }
+                j += 1;
+            }
+            out.extend(&chars[i..j.min(chars.len())]);
+            i = j;
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The highest `$n` a query already uses.
+fn own_parameters(query: &str) -> usize {
+    query
+        .split('$')
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<usize>().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// At most `max` characters, `…` marking a cut.
+fn shortened(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max - 1).collect();
+    out.push('…');
+    out
 }
 
 /// The other sessions that hold or wait for locks on relations of `schema`.
@@ -191,5 +317,29 @@ async fn connect(options: &PgConnectOptions) -> Option<PgConnection> {
             tracing::debug!("could not open a connection to watch lock waits");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blocking_query_keeps_its_shape_and_loses_its_literals() {
+        let q = "UPDATE kunden SET email = 'anna@kunde.de', iban = E'DE89\\'37' \
+                 WHERE id = 4711 AND t2.x > -3.5e10 AND note = $$geheim$$ AND k = $tag$a$b$tag$ AND p = $1";
+        assert_eq!(
+            without_literals(q),
+            "UPDATE kunden SET email = $2, iban = $3 WHERE id = $4 AND t2.x > -$5 AND note = $6 AND k = $7 AND p = $1"
+        );
+        assert_eq!(
+            without_literals("SELECT * FROM \"T1\" WHERE a = 'unterminated"),
+            "SELECT * FROM \"T1\" WHERE a = $1"
+        );
+        assert_eq!(
+            without_literals("INSERT INTO t3 VALUES (1, 'x''y')"),
+            "INSERT INTO t3 VALUES ($1, $2)"
+        );
+        assert_eq!(shortened("abcdef", 4), "abc…");
     }
 }
