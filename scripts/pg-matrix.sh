@@ -11,7 +11,8 @@
 #   scripts/pg-matrix.sh 17 18      only these
 #
 # Each version gets its own services (VALERO_PG_VERSION, state in
-# .services-pgN), stopped afterwards; the time each took is printed.
+# .services-pgN; .ci/run starts them while it builds), stopped afterwards;
+# the time each took is printed, its output kept in $VALERO_CI_LOGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +34,9 @@ for v in "${versions[@]}"; do
   # (tests/it/pg_versions.rs checks that), so its capture and restore point
   # tests do not apply.
   [[ "$v" == 14 ]] && tests=(migrate_postgres:: restore:: restore_dependencies:: rehearse:: pg_versions::)
-  VALERO_PG_VERSION="$v" scripts/services.sh run cargo test --test it -- "${tests[@]}" "${skip[@]}" || status=$?
+  log="${VALERO_CI_LOGS:-/tmp}/suite-$v.log"
+  VALERO_PG_VERSION="$v" scripts/services.sh run cargo test --locked --test it -- "${tests[@]}" "${skip[@]}" 2>&1 |
+    tee "$log" || status=$?
   VALERO_PG_VERSION="$v" scripts/services.sh stop || true
   summary+=("PostgreSQL $v: $([[ $status == 0 ]] && echo passed || echo FAILED) in $((SECONDS - started)) s")
   if [[ $status != 0 ]]; then

@@ -13,7 +13,10 @@
 # Installs whatever is missing. Used by the README and by .ci/run.
 #
 #   scripts/services.sh start      start (or reuse) the services, write .services/env
-#   scripts/services.sh run CMD..  start (or reuse), then run CMD with the URLs exported
+#   scripts/services.sh start --tests   the same, plus what only the tests use
+#   scripts/services.sh run CMD..  start (or reuse), then run CMD with the URLs exported;
+#                                  a test command (`cargo test`, `cargo nextest`)
+#                                  gets what only the tests use as well
 #   scripts/services.sh env        print the exports
 #   scripts/services.sh stop       stop everything and delete its data
 #   scripts/services.sh restart-pg-tls   restart the TLS-only cluster (fault tests)
@@ -48,6 +51,12 @@ S3_SECRET_KEY="valero-S3-s3cret-9Z"
 S3_BUCKET="valero-test"
 
 log() { echo "services: $*" >&2; }
+
+# What only the tests use — the monitoring stack, mmdebstrap, the manifest
+# validators, PostgreSQL 18's client tools as the oracle — is installed for
+# them alone: the main job needs PostgreSQL, the MongoDB-protocol server
+# and S3.
+FOR_TESTS="${VALERO_SERVICES_FOR_TESTS:-0}"
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
@@ -307,7 +316,7 @@ export AWS_REGION='us-east-1'
 export VALERO_PG_BIN='$(cat "$STATE/pg.client")'
 export VALERO_PG_VERSION='$PG_VERSION'
 export VALERO_ASSET_TOOLS='$TOOLS/venv/bin'
-export VALERO_PG18_CLIENT='$(pg18_client_bin)'
+export VALERO_PG18_CLIENT='$(if [[ "$FOR_TESTS" == 1 || "$PG_VERSION" != 15 ]]; then pg18_client_bin; fi)'
 export VALERO_IMAGE_CACHE='$TOOLS/image'
 export VALERO_TLS_CA='$STATE/tls/ca.crt'
 export VALERO_PG_TLS_URL='postgres://valero:$PG_PASSWORD@127.0.0.1:$(cat "$STATE/pgtls.port")/valero?sslmode=verify-full&sslrootcert=$STATE/tls/ca.crt'
@@ -346,7 +355,7 @@ start() {
   start_mongo
   start_mongo_tls "$(cat "$STATE/mongo.port")"
   start_s3
-  install_asset_tools
+  if [[ "$FOR_TESTS" == 1 ]]; then install_asset_tools; fi
   write_env
 }
 
@@ -374,7 +383,9 @@ stop() {
 }
 
 case "${1:-}" in
-  start) start; cat "$ENV_FILE" ;;
+  start)
+    [[ "${2:-}" == --tests ]] && FOR_TESTS=1
+    start; cat "$ENV_FILE" ;;
   stop) stop ;;
   env) cat "$ENV_FILE" ;;
   restart-pg-tls)
@@ -386,6 +397,9 @@ case "${1:-}" in
     ;;
   run)
     shift
+    for arg in "$@"; do
+      if [[ "$arg" == test || "$arg" == nextest ]]; then FOR_TESTS=1; fi
+    done
     start
     # shellcheck disable=SC1090
     source "$ENV_FILE"

@@ -525,7 +525,7 @@ impl Config {
         };
         if key_env.is_empty() || !is_variable_name(&key_env) {
             return Err(self.err(format!(
-                "{key}.key_env: name the variable that holds the masking key (e.g. key_env = \"VALERO_DB_MASK_KEY\")"
+                "{key}.key_env: name the variable that holds the masking key (its name, e.g. VALERO_DB_MASK_KEY)"
             )));
         }
         let mut services = BTreeMap::new();
