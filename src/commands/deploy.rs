@@ -387,7 +387,21 @@ async fn begin(
     );
     match pre {
         Ok(()) => Ok((storage, rec)),
-        Err(e) => Err(Outcome::ok(report(&rec), render(&rec)).with_error(Some(e))),
+        Err(e) => {
+            // Nothing changed: the deployment ends as failed, so it never
+            // blocks the next release; a re-run is a new attempt.
+            rec.state = DeployState::Failed;
+            rec.finished_at = Some(chrono::Utc::now());
+            let saved = rec.save(storage.as_ref()).await;
+            let error = match saved {
+                Ok(()) => e,
+                Err(s) => {
+                    tracing::warn!("recording the failed preflight: {s}");
+                    e
+                }
+            };
+            Err(Outcome::ok(report(&rec), render(&rec)).with_error(Some(error)))
+        }
     }
 }
 
@@ -619,7 +633,7 @@ fn repeat_result(rec: &DeploymentRecord) -> Outcome {
                 rec.id, rec.release
             ),
             hint: Some(
-                "see `valero-db releases`; a new attempt needs a new pre-deploy (with a new --deployment-id, if the pipeline passes one)"
+                "see `valero-db releases`; a deployment whose rollback failed needs its databases checked (`valero-db status`) and a new pre-deploy with a new --deployment-id"
                     .into(),
             ),
         }),
@@ -645,7 +659,20 @@ pub async fn releases(ctx: &Context) -> Outcome {
                 .map(|r| {
                     vec![
                         r.release.clone(),
-                        state_text(r),
+                        if r.attempts.is_empty() {
+                            state_text(r)
+                        } else {
+                            format!(
+                                "{} (attempt {}; before: {})",
+                                state_text(r),
+                                r.attempts.len() + 1,
+                                r.attempts
+                                    .iter()
+                                    .map(|a| a.state.name())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        },
                         r.started_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
                         r.services
                             .iter()

@@ -1,9 +1,11 @@
 //! Which deployment a hook or `deploy` works on, so that pipelines may
 //! retry: a deployment is environment + release, or the pipeline's own
 //! `--deployment-id`; at most one is open per environment. A retry attaches
-//! to the open one (`resume`), a deployment that has ended is handed back
-//! as it ended (its result is repeated, nothing done again), and another
-//! deployment waits unless the operator supersedes the open one.
+//! to the open one (`resume`); a deployment that failed or was rolled back
+//! starts a new attempt (a pipeline's re-run), one that has ended otherwise
+//! is handed back as it ended (its result is repeated, nothing done
+//! again); and another deployment waits unless the operator supersedes the
+//! open one.
 
 use std::time::Instant;
 
@@ -42,15 +44,30 @@ pub async fn open_or_resume(
     supersede_reason: Option<&str>,
 ) -> Result<DeploymentRecord> {
     let records = list(storage, w.environment).await?;
-    if let Some(known) = w.id.and_then(|id| records.iter().find(|r| r.id == id)) {
+    let known = w.id.and_then(|id| records.iter().find(|r| r.id == id));
+    if let Some(known) = known {
         same_release(known, w.release)?;
-        return Ok(if known.state.is_final() {
-            known.clone()
-        } else {
-            resume(known.clone())
-        });
+        if !known.state.is_final() {
+            return Ok(resume(known.clone()));
+        }
+        if !known.may_try_again() {
+            return Ok(known.clone());
+        }
     }
-    let new = || DeploymentRecord::new(w.environment, w.release, on_failure, w.id);
+    let new = || match known {
+        Some(ended) => {
+            let next = ended.clone().next_attempt();
+            tracing::warn!(
+                "deployment {} of release {} ended {}: starting attempt {}",
+                next.id,
+                next.release,
+                ended.state,
+                next.attempts.len() + 1
+            );
+            next
+        }
+        None => DeploymentRecord::new(w.environment, w.release, on_failure, w.id),
+    };
     let Some(open) = open_deployment(&records).cloned() else {
         return Ok(new());
     };

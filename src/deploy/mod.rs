@@ -188,6 +188,49 @@ pub struct DeploymentRecord {
     /// Who ended this deployment without a result, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded: Option<Supersession>,
+    /// Earlier attempts of this deployment that ended in failure, oldest
+    /// first: a pipeline's re-run of a failed pre-deploy (the same
+    /// `--deployment-id`) starts a new attempt and keeps them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+}
+
+/// One earlier attempt of a deployment: when, how it ended, and its steps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attempt {
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub state: DeployState,
+    pub steps: Vec<StepRecord>,
+}
+
+impl DeploymentRecord {
+    /// Whether a new pre-deploy of this deployment starts a new attempt:
+    /// it failed before changing anything, or its change was rolled back.
+    /// A succeeded deployment repeats its success; one whose rollback
+    /// failed (the databases' state is unknown) or that was superseded
+    /// repeats its end.
+    pub fn may_try_again(&self) -> bool {
+        matches!(self.state, DeployState::Failed | DeployState::RolledBack)
+    }
+
+    /// Keeps this attempt in `attempts` and starts the next one from
+    /// nothing: its snapshots and versions are taken anew (the last attempt
+    /// was rolled back or changed nothing).
+    pub fn next_attempt(mut self) -> DeploymentRecord {
+        self.attempts.push(Attempt {
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            state: self.state,
+            steps: std::mem::take(&mut self.steps),
+        });
+        self.started_at = chrono::Utc::now();
+        self.finished_at = None;
+        self.state = DeployState::Running;
+        self.services.clear();
+        self.resumed = 0;
+        self
+    }
 }
 
 /// The end of an open deployment by the next release's pre-deploy.
@@ -246,6 +289,7 @@ impl DeploymentRecord {
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
             resumed: 0,
             superseded: None,
+            attempts: Vec::new(),
         }
     }
 

@@ -274,10 +274,50 @@ fn a_pipeline_deployment_id_names_the_deployment_across_retries() {
 
     post("v2", "run-42", "failure").expect_code(7);
     assert_eq!(state(&p), v1);
-    // A re-sync with the same id after the end repeats it, changes nothing.
-    pre("run-42")
-        .expect_code(7)
-        .stderr_has("already ended: rolled-back");
+    // The pipeline's re-run with the same id tries again: a new attempt
+    // of the same deployment, the rolled-back one kept in its record.
+    pre("run-42").ok().stderr_has("starting attempt 2");
+    assert_ne!(state(&p), v1, "v2 migrated again");
+    let listed = deployments(&p);
+    assert_eq!(listed.len(), 2, "v1 and run-42, nothing new");
+    assert_eq!(listed[0]["attempts"][0]["state"], "rolled-back");
+    assert_eq!(listed[0]["attempts"].as_array().unwrap().len(), 1);
+    p.run(&["releases"])
+        .ok()
+        .stdout_has("(attempt 2; before: rolled-back)");
+    post("v2", "run-42", "success").ok();
+    let v2 = state(&p);
+    // Once it succeeded, a re-run repeats the success and changes nothing.
+    pre("run-42").ok().stderr_has("already ended (succeeded");
+    assert_eq!(state(&p), v2);
+}
+
+#[test]
+fn a_failed_preflight_ends_the_deployment_and_blocks_no_release() {
+    let p = Project::new("dr_pre");
+    let v1 = v1_deployed_then_v2_pending(&p);
+    // The applied v1 file was edited: the preflight refuses, nothing runs.
+    let file = p.path().join("migrations/svc/postgres/0001_prices.up.sql");
+    let original = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{original}-- edited after it ran\n")).unwrap();
+    let pre = |release: &str, id: &str| {
+        p.run(&[
+            "hook",
+            "pre-deploy",
+            "--release",
+            release,
+            "--deployment-id",
+            id,
+        ])
+    };
+    pre("v2", "run-7").expect_code(5).stderr_has("drift");
     assert_eq!(state(&p), v1);
-    assert_eq!(deployments(&p).len(), 2, "v1 and run-42, nothing new");
+    let listed = deployments(&p);
+    assert_eq!(listed[0]["id"], "run-7");
+    assert_eq!(listed[0]["state"], "failed", "ended, not left open");
+    // Fixed, the next pipeline run is not refused by an open deployment.
+    std::fs::write(&file, original).unwrap();
+    pre("v2", "run-8").ok();
+    post_deploy(&p, "v2", "success").ok();
+    assert_eq!(deployments(&p)[1]["state"], "failed");
 }
