@@ -17,6 +17,7 @@ use crate::deploy::{self, shell, DeployState, DeploymentRecord, Moment, OnFailur
 use crate::error::{Error, Result};
 use crate::migrate::plan::RollbackTargets;
 use crate::output::{table, Outcome};
+use crate::service::deployment_lock::DeploymentLock;
 use crate::service::session::{ensure_consistent, inspect, LockedService};
 use crate::service::status::service_status;
 use crate::service::take::{take_service, Request};
@@ -362,7 +363,7 @@ pub struct Opening<'a> {
 async fn begin(
     ctx: &Context,
     o: &Opening<'_>,
-) -> std::result::Result<(Box<dyn Storage>, DeploymentRecord), Outcome> {
+) -> std::result::Result<(Box<dyn Storage>, DeploymentRecord, DeploymentLock), Outcome> {
     let wanted = Wanted {
         environment: &ctx.env.name,
         release: o.release,
@@ -371,6 +372,17 @@ async fn begin(
     wanted.validate().map_err(Outcome::failed)?;
     consent(ctx, o.on_failure, o.yes).map_err(Outcome::failed)?;
     let storage = ctx.storage().await.map_err(Outcome::failed)?;
+    // Held until this run ends: opening or resuming, and the work on the
+    // record after it, happen for one run of the environment at a time.
+    let services = ctx.services().map_err(Outcome::failed)?;
+    let lock = DeploymentLock::take(
+        &services,
+        &ctx.env.name,
+        ctx.waits().run_lock,
+        ctx.env.statement_locks,
+    )
+    .await
+    .map_err(Outcome::failed)?;
     let mut rec = attach::open_or_resume(storage.as_ref(), &wanted, o.on_failure, o.supersede)
         .await
         .map_err(Outcome::failed)?;
@@ -386,7 +398,7 @@ async fn begin(
         pre.as_ref().map(|_| ()).map_err(|e| e.to_string()),
     );
     match pre {
-        Ok(()) => Ok((storage, rec)),
+        Ok(()) => Ok((storage, rec, lock)),
         Err(e) => {
             // Nothing changed: the deployment ends as failed, so it never
             // blocks the next release; a re-run is a new attempt.
@@ -511,7 +523,7 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> Outcome {
         supersede: args.supersede.as_deref(),
         id: args.deployment_id.as_deref(),
     };
-    let (storage, mut rec) = match begin(ctx, &opening).await {
+    let (storage, mut rec, _lock) = match begin(ctx, &opening).await {
         Ok(started) => started,
         Err(outcome) => return outcome,
     };
@@ -544,7 +556,7 @@ pub async fn deploy(ctx: &Context, args: DeployArgs) -> Outcome {
 }
 
 pub async fn hook_pre(ctx: &Context, opening: Opening<'_>) -> Outcome {
-    let (storage, mut rec) = match begin(ctx, &opening).await {
+    let (storage, mut rec, _lock) = match begin(ctx, &opening).await {
         Ok(started) => started,
         Err(outcome) => return outcome,
     };

@@ -44,7 +44,7 @@ pub async fn open_or_resume(
     supersede_reason: Option<&str>,
 ) -> Result<DeploymentRecord> {
     let records = list(storage, w.environment).await?;
-    let known = w.id.and_then(|id| records.iter().find(|r| r.id == id));
+    let known = w.id.and_then(|id| records.iter().find(|r| r.named(id)));
     if let Some(known) = known {
         same_release(known, w.release)?;
         if !known.state.is_final() {
@@ -71,7 +71,14 @@ pub async fn open_or_resume(
     let Some(open) = open_deployment(&records).cloned() else {
         return Ok(new());
     };
-    if open.release == w.release && w.id.is_none() {
+    if open.release == w.release {
+        // The same release under another id (a new Helm revision of it,
+        // after a killed pre-deploy): the open deployment, resumed, known
+        // by both ids from now on.
+        let mut open = open;
+        if let Some(id) = w.id.filter(|id| !open.named(id)) {
+            open.aliases.push(id.to_string());
+        }
         return Ok(resume(open));
     }
     let Some(reason) = supersede_reason else {
@@ -151,7 +158,7 @@ fn same_release(rec: &DeploymentRecord, release: &str) -> Result<()> {
 pub async fn to_close(storage: &dyn Storage, w: &Wanted<'_>) -> Result<DeploymentRecord> {
     let records = list(storage, w.environment).await?;
     let found = match w.id {
-        Some(id) => records.into_iter().find(|r| r.id == id),
+        Some(id) => records.into_iter().find(|r| r.named(id)),
         None => records.into_iter().rev().find(|r| r.release == w.release),
     };
     let Some(rec) = found else {

@@ -193,6 +193,17 @@ pub struct DeploymentRecord {
     /// `--deployment-id`) starts a new attempt and keeps them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
+    /// Further ids that name this deployment: a new Helm revision of the
+    /// same release (whose hook Jobs' id contains the revision) resumed it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+impl DeploymentRecord {
+    /// Whether `id` names this deployment (its id or an alias).
+    pub fn named(&self, id: &str) -> bool {
+        self.id == id || self.aliases.iter().any(|a| a == id)
+    }
 }
 
 /// One earlier attempt of a deployment: when, how it ended, and its steps.
@@ -290,6 +301,7 @@ impl DeploymentRecord {
             resumed: 0,
             superseded: None,
             attempts: Vec::new(),
+            aliases: Vec::new(),
         }
     }
 

@@ -260,13 +260,27 @@ fn a_pipeline_deployment_id_names_the_deployment_across_retries() {
     assert_eq!(listed[0]["id"], "run-42");
     assert_eq!(listed[0]["resumed"], 1);
 
-    // Another id is another deployment: it waits for the open one.
-    pre("run-43")
-        .expect_code(4)
-        .stderr_has("deployment run-42 of release v2 is still open");
-    post("v2", "run-43", "failure")
+    // Another id for the same release (a new Helm revision of it, whose
+    // hook Jobs' id contains the revision): the open deployment, resumed,
+    // known by both ids.
+    pre("run-43").ok().stderr_has("resuming deployment run-42");
+    let listed = deployments(&p);
+    assert_eq!(listed.len(), 2, "no second deployment of v2");
+    assert_eq!(listed[0]["aliases"], serde_json::json!(["run-43"]));
+    // Another release waits for the open one.
+    p.run(&[
+        "hook",
+        "pre-deploy",
+        "--release",
+        "v3",
+        "--deployment-id",
+        "run-44",
+    ])
+    .expect_code(4)
+    .stderr_has("deployment run-42 of release v2 is still open");
+    post("v2", "run-44", "failure")
         .expect_code(2)
-        .stderr_has("no deployment run-43");
+        .stderr_has("no deployment run-44");
     post("v3", "run-42", "failure")
         .expect_code(2)
         .stderr_has("deployment run-42 is of release v2, not v3");
@@ -320,4 +334,92 @@ fn a_failed_preflight_ends_the_deployment_and_blocks_no_release() {
     pre("v2", "run-8").ok();
     post_deploy(&p, "v2", "success").ok();
     assert_eq!(deployments(&p)[1]["state"], "failed");
+}
+
+#[test]
+fn two_pre_deploys_of_one_release_at_once_work_one_after_the_other_on_one_record() {
+    let p = Project::new("dr_race");
+    let v1 = v1_deployed_then_v2_pending(&p);
+    let marker = format!("race_{}", p.schema);
+    // Sleeps while the marker table has its row (each loop reads it with
+    // a fresh snapshot), until the test deletes it.
+    psql(&format!(
+        "CREATE TABLE public.{marker} (x int); INSERT INTO public.{marker} VALUES (1)"
+    ));
+    p.migration(
+        "postgres",
+        "0003_slow.up.sql",
+        &format!(
+            "DO $$ BEGIN WHILE EXISTS (SELECT FROM public.{marker}) LOOP PERFORM pg_sleep(0.1); END LOOP; END $$;\n"
+        ),
+    );
+    let first = p
+        .std_cmd()
+        .args([
+            "hook",
+            "pre-deploy",
+            "--release",
+            "v2",
+            "--deployment-id",
+            "run-1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sleeping = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%public.{marker}%pg_sleep%' AND pid <> pg_backend_pid()"
+    );
+    let started = Instant::now();
+    while psql(&sleeping) != "1" {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the first never migrated"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The second run (another pipeline run of the same release) waits for
+    // the first instead of opening or resuming the record beside it.
+    let second = p.run(&[
+        "hook",
+        "pre-deploy",
+        "--release",
+        "v2",
+        "--deployment-id",
+        "run-2",
+        "--lock-timeout",
+        "2s",
+    ]);
+    second
+        .expect_code(4)
+        .stderr_has("another pre-deploy or deploy of environment dev");
+    psql(&format!("DELETE FROM public.{marker}"));
+    let first = first.wait_with_output().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let listed = deployments(&p);
+    assert_eq!(listed.len(), 2, "v1 and one deployment of v2");
+    assert_eq!(listed[0]["state"], "pre-deployed");
+    assert_ne!(state(&p), v1);
+    // Once the first has ended, the second (a re-run) resumes that record.
+    p.run(&[
+        "hook",
+        "pre-deploy",
+        "--release",
+        "v2",
+        "--deployment-id",
+        "run-2",
+    ])
+    .ok()
+    .stderr_has("resuming deployment run-1");
+    post_deploy(&p, "v2", "failure").expect_code(7);
+    assert_eq!(
+        state(&p),
+        v1,
+        "the pre-deploy snapshot of the first run is the way back"
+    );
+    psql(&format!("DROP TABLE public.{marker}"));
 }

@@ -198,6 +198,43 @@ impl PostgresEngine {
         Ok(got)
     }
 
+    /// One attempt at the deployment lock `key` (an environment and a
+    /// schema, see `service::deployment_lock`): a session advisory lock, so
+    /// a killed run's lock goes with its session.
+    pub async fn try_deployment_lock(&mut self, key: &str) -> Result<bool> {
+        let got: bool =
+            sqlx::query("SELECT pg_try_advisory_lock(hashtext('valero-db deployment ' || $1))")
+                .bind(key)
+                .fetch_one(&mut self.conn)
+                .await
+                .map_err(|e| classify(&format!("PostgreSQL of service {}", self.service), e))?
+                .get(0);
+        Ok(got)
+    }
+
+    /// Who holds the deployment lock `key`: application, client, server
+    /// pid and since when.
+    pub async fn deployment_lock_holder(&mut self, key: &str) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local'), a.pid, \
+                    to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext('valero-db deployment ' || $1)::bigint \
+               AND a.pid <> pg_backend_pid() LIMIT 1",
+        )
+        .bind(key)
+        .fetch_optional(&mut self.conn)
+        .await
+        .map_err(|e| classify(&format!("PostgreSQL of service {}", self.service), e))?;
+        Ok(row.map(|r| {
+            let (app, addr, pid, since): (String, String, i32, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            format!("{app}, client {addr}, server pid {pid}, since {since}")
+        }))
+    }
+
     /// The server's clock now (capture's coverage is in its time).
     pub async fn server_time(&mut self) -> Result<chrono::DateTime<chrono::Utc>> {
         let now: chrono::DateTime<chrono::Utc> = sqlx::query("SELECT clock_timestamp()")
