@@ -60,6 +60,10 @@ pub struct GlobalArgs {
     #[arg(short = 'q', long = "quiet", global = true)]
     pub quiet: bool,
 
+    /// Log lines as text, or as one JSON object per event (for Loki or Elasticsearch)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "VALERO_DB_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
     /// Write Prometheus metrics to this file after the command (atomically, for node_exporter's textfile collector)
     #[arg(long, global = true, value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
@@ -510,4 +514,11 @@ pub enum Command {
         #[arg(long = "as", value_enum)]
         as_: RepairAs,
     },
+}
+
+/// How log lines on stderr are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }

@@ -34,16 +34,19 @@ use output::Outcome;
 
 /// Runs one command to completion, or until SIGINT/SIGTERM (exit 130).
 pub async fn run(cli: Cli) -> Outcome {
+    use tracing::Instrument;
+    // Every log event carries the environment (a field of JSON logs).
+    let span = tracing::info_span!("valero_db", environment = %cli.global.env);
     // deploy forwards signals to its rollout and then rolls back itself;
     // capture finishes the pass it is in and stops cleanly.
     if matches!(
         cli.command,
         cli::Command::Deploy { .. } | cli::Command::Capture { .. }
     ) {
-        return commands::dispatch(cli).await;
+        return commands::dispatch(cli).instrument(span).await;
     }
     tokio::select! {
-        outcome = commands::dispatch(cli) => outcome,
+        outcome = commands::dispatch(cli).instrument(span) => outcome,
         // Dropping the command's future closes its connections, but a
         // backend busy with a long statement notices only when it ends: the
         // sessions are ended on the server first (while the command's

@@ -8,7 +8,7 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(e) => return valero_db::output::argument_error(e),
     };
-    valero_db::output::init_logging(cli.global.verbose, cli.global.quiet);
+    valero_db::output::init_logging(cli.global.verbose, cli.global.quiet, cli.global.log_format);
     valero_db::progress::init(cli.global.no_progress, cli.global.quiet);
     let format = cli.global.output;
     let runtime = match tokio::runtime::Builder::new_multi_thread()

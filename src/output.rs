@@ -153,7 +153,11 @@ impl Write for RedactingStderr {
 }
 
 /// Logs go to stderr; `VALERO_DB_LOG` (an env-filter) overrides -v/-q.
-pub fn init_logging(verbose: u8, quiet: bool) {
+/// `--log-format json` writes one JSON object per event (level, target,
+/// message, the event's fields and those of the spans it is in:
+/// environment and command, service, deployment), secrets masked as in
+/// text.
+pub fn init_logging(verbose: u8, quiet: bool, format: crate::cli::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let default = match (quiet, verbose) {
         (true, _) => "error",
@@ -165,6 +169,18 @@ pub fn init_logging(verbose: u8, quiet: bool) {
         .ok()
         .and_then(|s| EnvFilter::try_new(s).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
+    if format == crate::cli::LogFormat::Json {
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .with_env_filter(filter)
+            .with_writer(|| RedactingStderr)
+            .with_target(true)
+            .try_init();
+        return;
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

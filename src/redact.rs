@@ -8,13 +8,25 @@ fn secrets() -> &'static Mutex<Vec<String>> {
     SECRETS.get_or_init(|| Mutex::new(Vec::new()))
 }
 
-/// Registers a secret so that `redact` removes it from any text.
+/// Registers a secret so that `redact` removes it from any text — also
+/// in its JSON-escaped spelling, as JSON logs write it.
 pub fn register_secret(secret: &str) {
     // Very short secrets would blank out ordinary words; they are still
     // removed from URLs by `redact_url`.
     if secret.len() < 3 {
         return;
     }
+    if let Some(escaped) = serde_json::to_string(secret)
+        .ok()
+        .and_then(|q| q.strip_prefix('"')?.strip_suffix('"').map(str::to_string))
+        .filter(|e| e != secret)
+    {
+        add_secret(&escaped);
+    }
+    add_secret(secret);
+}
+
+fn add_secret(secret: &str) {
     let mut list = secrets().lock().unwrap_or_else(|p| p.into_inner());
     if !list.iter().any(|s| s == secret) {
         list.push(secret.to_string());

@@ -130,6 +130,7 @@ async fn preflight(ctx: &Context) -> Result<()> {
 /// Step 2: snapshot and migrate, the record saved before each service
 /// changes (see `deploy::Journal`). A resumed deployment keeps the
 /// snapshots and `before` versions of its first attempt.
+#[tracing::instrument(skip_all, fields(deployment = %rec.id, release = %rec.release))]
 async fn pre_deploy(
     ctx: &Context,
     storage: &dyn Storage,

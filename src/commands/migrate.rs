@@ -348,6 +348,7 @@ async fn migrate_service(
     result
 }
 
+#[tracing::instrument(skip_all, fields(service = %locked.service.name))]
 async fn migrate_locked(
     locked: &mut LockedService,
     run: &Run<'_>,

@@ -518,6 +518,7 @@ fn push_service(report: &mut Value, entry: Value) {
 /// commits first (its commit can still fail, e.g. on deferred
 /// constraints); MongoDB's commit point comes after, and recovery always
 /// completes it.
+#[tracing::instrument(skip_all, fields(service = %c.service.name))]
 async fn restore_service(
     ctx: &Context,
     target: &dyn Storage,

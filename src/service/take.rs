@@ -19,6 +19,7 @@ pub struct Request<'a> {
 
 /// Snapshots every engine of a locked service. On any failure every object
 /// written is deleted again and no manifest exists.
+#[tracing::instrument(skip_all, fields(service = %service))]
 pub async fn take_service(
     storage: &dyn Storage,
     service: &str,

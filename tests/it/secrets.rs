@@ -200,3 +200,62 @@ mongodb = {{ url = "mongodb://leaker:{MONGO_PW}@127.0.0.1:{dead}/?directConnecti
         .iter()
         .any(|(_, b)| String::from_utf8_lossy(b).contains("***")));
 }
+
+/// `--log-format json` (or VALERO_DB_LOG_FORMAT=json): every stderr line
+/// one JSON object with level, target and message, the environment and
+/// the service as span fields, and no secret — also from a failing run
+/// whose driver error names the URL.
+#[test]
+fn json_logs_are_one_object_per_line_with_environment_service_and_no_secret() {
+    let p = Project::new("jlog");
+    p.migration(
+        "postgres",
+        "0001_a.up.sql",
+        "CREATE TABLE a (id int);\nINSERT INTO a VALUES (1);\n",
+    );
+    let parsed = |stderr: &str| -> Vec<serde_json::Value> {
+        stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .filter(|l| !l.starts_with("error:") && !l.starts_with("  "))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+            .collect()
+    };
+    let in_span = |lines: &[serde_json::Value], field: &str, value: &str| {
+        lines.iter().any(|l| {
+            l["spans"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s[field] == value))
+        })
+    };
+    let run = p.run(&["--log-format", "json", "-s", "svc", "migrate", "--yes"]);
+    run.ok();
+    let lines = parsed(&run.stderr);
+    assert!(!lines.is_empty(), "migrate logs its snapshot");
+    for l in &lines {
+        assert!(
+            l["level"].is_string() && l["target"].is_string() && l["message"].is_string(),
+            "{l}"
+        );
+    }
+    assert!(in_span(&lines, "environment", "dev"), "{}", run.stderr);
+    assert!(in_span(&lines, "service", "svc"), "{}", run.stderr);
+    // A wrong password in the URL: the error and the logs mask it.
+    let wrong = "Wr0ng-pa\"ss\\word-42";
+    p.write_postgres_only_config(&format!(
+        "postgres://valero:{}@127.0.0.1:{}/valero",
+        url::form_urlencoded::byte_serialize(wrong.as_bytes()).collect::<String>(),
+        url::Url::parse(&common::pg_url()).unwrap().port().unwrap()
+    ));
+    let failed = p.run_with_env(&[("VALERO_DB_LOG_FORMAT", "json")], &["-vv", "status"]);
+    failed.expect_code(3);
+    parsed(&failed.stderr);
+    let escaped = serde_json::to_string(wrong).unwrap();
+    for secret in [wrong, escaped.trim_matches('"'), &pg_password()] {
+        assert!(
+            !failed.all().contains(secret),
+            "{secret} in {}",
+            failed.all()
+        );
+    }
+}
