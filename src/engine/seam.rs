@@ -105,6 +105,13 @@ pub trait Engine: Send {
         None
     }
 
+    /// Whether a snapshot could be taken here now (its tools can read this
+    /// server): checked before a change whose way back is a restore point,
+    /// so the snapshots after it cannot fail for a reason known up front.
+    async fn check_snapshot_tools(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Writes a consistent snapshot of everything the service owns here.
     async fn snapshot(&mut self, _out: &mut SnapshotWriter<'_>) -> Result<EngineInfo> {
         Err(Error::internal(format!(

@@ -447,6 +447,12 @@ pub async fn anchor(
     req: &Request<'_>,
 ) -> crate::error::Result<Anchor> {
     let name = locked.service.name.clone();
+    // A restore point needs no pg_dump, but every snapshot after the
+    // change does: one that cannot read the server is refused now, before
+    // anything changes, as it is without capture.
+    for slot in locked.engines.iter_mut() {
+        slot.engine.check_snapshot_tools().await?;
+    }
     let skipped = match take(storage, &locked.service, req).await {
         Ok(point) => return Ok(Anchor::RestorePoint(point)),
         Err(skipped) => skipped,

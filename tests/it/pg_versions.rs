@@ -206,6 +206,37 @@ fn a_pg_dump_older_than_the_server_is_refused_naming_both_versions() {
     );
 }
 
+/// With continuous capture a migration's way back is a restore point, which
+/// needs no pg_dump — but the snapshots after the change do: an old
+/// pg_dump is refused before the change, as without capture.
+#[test]
+fn an_old_pg_dump_is_refused_before_a_captured_migration_changes_anything() {
+    let major = server_major();
+    let old = std::path::Path::new("/usr/lib/postgresql/15/bin/pg_dump");
+    if major <= 15 || !old.exists() {
+        // Debian's pg_dump 15 is not older than this server.
+        return;
+    }
+    let p = Project::new("v_old_dump_rp");
+    p.write_postgres_only_config("${VALERO_PG_URL}");
+    p.migration("postgres", "0001_t.up.sql", "CREATE TABLE t (v int);\n");
+    p.migrate_now();
+    p.run(&["capture", "--once"]).ok();
+    p.run(&["snapshot"]).ok();
+    p.migration("postgres", "0002_u.up.sql", "CREATE TABLE u (v int);\n");
+    let old = old.display().to_string();
+    p.run_with_env(&[("VALERO_DB_PG_DUMP", &old)], &["migrate"])
+        .expect_code(2)
+        .stderr_has("version 15.")
+        .stderr_has(&format!("PostgreSQL {major}"));
+    assert_eq!(
+        psql(&format!("SELECT to_regclass('\"{}\".u') IS NULL", p.schema)),
+        "t",
+        "the migration was not applied"
+    );
+    let _ = p.run(&["capture", "--drop", "--yes"]);
+}
+
 #[test]
 fn capture_says_where_it_is_not_available() {
     let major = server_major();

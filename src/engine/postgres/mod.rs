@@ -465,6 +465,12 @@ fn bind_all<'q>(
 
 #[async_trait]
 impl Engine for PostgresEngine {
+    async fn check_snapshot_tools(&mut self) -> Result<()> {
+        snapshot::checked_pg_dump(self.server.major(), &self.server.version)
+            .await
+            .map(|_| ())
+    }
+
     async fn capture_lag(
         &mut self,
         storage: &dyn crate::storage::Storage,

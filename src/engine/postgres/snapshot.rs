@@ -79,7 +79,7 @@ pub async fn tool_version(tool: &std::path::Path) -> Result<(u32, String)> {
 
 /// `pg_dump` must be at least as new as the server: checked before
 /// anything is written, naming both versions.
-async fn checked_pg_dump(server_major: u32, server_version: &str) -> Result<String> {
+pub(super) async fn checked_pg_dump(server_major: u32, server_version: &str) -> Result<String> {
     let tool = pg_tool("pg_dump");
     let (major, version) = tool_version(&tool).await?;
     if major < server_major {
