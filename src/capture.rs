@@ -324,7 +324,9 @@ pub struct ReplayPlan {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Lag {
     pub slot: String,
-    /// Seconds since the newest time every change is captured up to.
+    /// The newest time every change is captured up to.
+    pub covered_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Seconds since then.
     pub lag_seconds: Option<i64>,
     /// WAL the slot keeps on the server's disk.
     pub retained_wal_bytes: Option<i64>,
@@ -352,6 +354,7 @@ impl Listing {
     pub fn lag(&self, slot: String, retained_wal_bytes: Option<i64>) -> Lag {
         Lag {
             slot,
+            covered_until: self.covered_until(),
             lag_seconds: self
                 .covered_until()
                 .map(|c| (chrono::Utc::now() - c).num_seconds()),

@@ -72,6 +72,7 @@ struct Families {
     deploy_result: Family,
     deploy_time: Family,
     capture_lag: Family,
+    capture_covered: Family,
     capture_wal: Family,
 }
 
@@ -119,6 +120,10 @@ impl Families {
             capture_lag: Family::new(
                 "valero_db_capture_lag_seconds",
                 "Seconds since the newest time up to which every change is captured.",
+            ),
+            capture_covered: Family::new(
+                "valero_db_capture_covered_timestamp_seconds",
+                "The newest time up to which every change is captured (alert on time() minus it: it ages between scrapes, and vanishes with the capture).",
             ),
             capture_wal: Family::new(
                 "valero_db_capture_retained_wal_bytes",
@@ -186,6 +191,10 @@ impl Families {
             if let Some(l) = lag.lag_seconds {
                 self.capture_lag.add(&labels, l as f64);
             }
+            if let Some(c) = lag.covered_until {
+                self.capture_covered
+                    .add(&labels, c.timestamp_millis() as f64 / 1000.0);
+            }
             if let Some(b) = lag.retained_wal_bytes {
                 self.capture_wal.add(&labels, b as f64);
             }
@@ -224,6 +233,7 @@ impl Families {
             self.deploy_result,
             self.deploy_time,
             self.capture_lag,
+            self.capture_covered,
             self.capture_wal,
         ] {
             // The encoder ends every help text with a full stop.

@@ -60,6 +60,11 @@ impl Stack {
 
     /// Also scrapes `capture --metrics-listen` on these loopback ports.
     fn scraping(capture_ports: &[u16]) -> Stack {
+        Self::scraping_with(capture_ports, &rules_file())
+    }
+
+    /// `scraping`, evaluating the rules in `rules`.
+    fn scraping_with(capture_ports: &[u16], rules: &Path) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let (pushgateway, prometheus, alertmanager) = (free_port(), free_port(), free_port());
         let d = dir.path();
@@ -78,7 +83,7 @@ impl Stack {
                  alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{alertmanager}']\n\
                  scrape_configs:\n  - job_name: pushgateway\n    honor_labels: true\n    static_configs:\n      - targets: ['127.0.0.1:{pushgateway}']\n\
                  \x20 - job_name: valero-db-capture\n    static_configs:\n      - targets: [{captures}]\n",
-                rules = rules_file().display(),
+                rules = rules.display(),
                 captures = capture_ports
                     .iter()
                     .map(|p| format!("'127.0.0.1:{p}'"))
@@ -155,6 +160,16 @@ impl Stack {
             .map(|a| a["state"].as_str().unwrap_or_default().to_string())
     }
 
+    /// Prometheus' state of alert `name` for the scrape target `instance`.
+    fn target_alert_state(&self, name: &str, instance: &str) -> Option<String> {
+        let doc = get_json(self.prometheus, "/api/v1/alerts")?;
+        doc["data"]["alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["labels"]["alertname"] == name && a["labels"]["instance"] == instance)
+            .map(|a| a["state"].as_str().unwrap_or_default().to_string())
+    }
+
     /// Whether Alertmanager holds an active alert `name` for `env`.
     fn alertmanager_has(&self, name: &str, env: &str) -> bool {
         get_json(self.alertmanager, "/api/v2/alerts")
@@ -166,6 +181,25 @@ impl Stack {
                 })
             })
             .unwrap_or(false)
+    }
+
+    /// Whether Alertmanager holds an active alert `name` for target `instance`.
+    fn alertmanager_has_target(&self, name: &str, instance: &str) -> bool {
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            let found = get_json(self.alertmanager, "/api/v2/alerts").is_some_and(|doc| {
+                doc.as_array().is_some_and(|alerts| {
+                    alerts.iter().any(|a| {
+                        a["labels"]["alertname"] == name && a["labels"]["instance"] == instance
+                    })
+                })
+            });
+            if found {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        false
     }
 
     /// One series' value as Prometheus scraped it.
@@ -391,6 +425,78 @@ fn a_running_capture_serves_metrics_that_prometheus_scrapes() {
     p.run(&["capture", "--metrics-listen", &addr])
         .expect_code(2)
         .stderr_has("--metrics-listen");
+}
+
+/// A capture that dies is noticed by Prometheus itself — its target down —
+/// within the rule's `for:` plus two scrape intervals, and its restart
+/// resolves the alert; the covered time it serves is a timestamp that
+/// Prometheus ages. The shipped rules run with their `for:` shortened to
+/// seconds (the expressions as shipped), so the test waits seconds.
+#[test]
+fn a_capture_that_dies_fires_its_alert_in_prometheus_and_a_restart_resolves_it() {
+    const FOR_SECS: u64 = 3;
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rules = rules_dir.path().join("rules.yaml");
+    let shipped = std::fs::read_to_string(rules_file()).unwrap();
+    let fast = shipped
+        .lines()
+        .map(|l| match l.trim_start().strip_prefix("for: ") {
+            Some(_) => format!("{}for: {FOR_SECS}s", &l[..l.len() - l.trim_start().len()]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&rules, fast).unwrap();
+    let port = free_port();
+    let stack = Stack::scraping_with(&[port], &rules);
+    let p = Project::new("mon_dies");
+    p.write_mongodb_only_config();
+    p.migration(
+        "mongodb",
+        "0001_people.up.json",
+        r#"[{"create": "people"}]"#,
+    );
+    p.run(&["migrate", "--no-snapshot", "--yes"]).ok();
+    p.run(&["snapshot"]).ok();
+    let listen = format!("127.0.0.1:{port}");
+    let instance = listen.clone();
+    let spawn = || p.spawn(&["capture", "--interval", "1s", "--metrics-listen", &listen]);
+    let mut capture = spawn();
+    let covered = "valero_db_capture_covered_timestamp_seconds{job=\"valero-db-capture\",env=\"dev\",service=\"svc\",engine=\"mongodb\"}";
+    stack.wait_for("the covered time scraped and aged by Prometheus", || {
+        stack
+            .value(&format!("time() - {covered}"))
+            .is_some_and(|lag| (0.0..30.0).contains(&lag))
+    });
+    assert_eq!(
+        stack.target_alert_state("ValeroDbCaptureDown", &instance),
+        None
+    );
+
+    capture.kill().unwrap();
+    capture.wait().unwrap();
+    let died = Instant::now();
+    stack.wait_for("ValeroDbCaptureDown firing", || {
+        stack
+            .target_alert_state("ValeroDbCaptureDown", &instance)
+            .as_deref()
+            == Some("firing")
+    });
+    // for: + two scrape intervals (1 s each) + two rule evaluations (1 s).
+    let bound = Duration::from_secs(FOR_SECS + 2 + 2 + 1);
+    assert!(died.elapsed() <= bound, "fired after {:?}", died.elapsed());
+    assert!(stack.alertmanager_has_target("ValeroDbCaptureDown", &instance));
+
+    let mut capture = spawn();
+    stack.wait_for("ValeroDbCaptureDown resolved by the restart", || {
+        stack
+            .target_alert_state("ValeroDbCaptureDown", &instance)
+            .is_none()
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &capture.id().to_string()])
+        .status();
+    let _ = capture.wait();
 }
 
 /// A bcrypt hash of PUSH_PASSWORD, as the Pushgateway's web config wants.

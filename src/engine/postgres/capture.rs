@@ -554,6 +554,7 @@ pub async fn lag(
         .or_else(|| listing.segments.last().map(|(_, s)| s.covered_until));
     Ok(Some(Lag {
         slot,
+        covered_until: covered,
         lag_seconds: covered.map(|c| (chrono::Utc::now() - c).num_seconds()),
         retained_wal_bytes: retained,
     }))
