@@ -56,15 +56,21 @@ impl Repository {
                 dir.path().join("broken").display()
             ),
         );
+        // Failure points a test sets: the file `fail-<command>` makes that
+        // valero-db command fail (exit 1) without running, `pass-<command>`
+        // makes it succeed without running.
         write(
             bin.join("docker"),
             format!(
                 "#!/bin/bash\n# Stands in for the container runtime (no Docker engine in the tests).\n\
                  case \"$1\" in pull) exit 0 ;; run) shift ;; *) echo \"docker $1?\" >&2; exit 2 ;; esac\n\
                  while [ $# -gt 0 ]; do case \"$1\" in {IMAGE}:*) shift; break ;; esac; shift; done\n\
+                 if [ -e {dir}/fail-$1 ]; then echo \"$1 fails here (test failure point)\" >&2; exit 1; fi\n\
+                 if [ -e {dir}/pass-$1 ]; then exit 0; fi\n\
                  cd {} && exec {} \"$@\"\n",
                 image_root.display(),
-                env!("CARGO_BIN_EXE_valero-db")
+                env!("CARGO_BIN_EXE_valero-db"),
+                dir = dir.path().display(),
             ),
         );
         Repository { dir }
@@ -158,6 +164,12 @@ fn walk(repo: &Repository, environment: &str, release: &str, run_id: u32) -> (Ve
     );
     let mut failed = false;
     let mut ran = Vec::new();
+    // A step that does not run has the outcome `skipped`.
+    for step in job["steps"].as_sequence().unwrap() {
+        if let Some(id) = step["id"].as_str() {
+            values.insert(format!("steps.{id}.outcome"), "skipped".into());
+        }
+    }
     for step in job["steps"].as_sequence().unwrap() {
         let Some(script) = step["run"].as_str() else {
             continue;
@@ -177,6 +189,12 @@ fn walk(repo: &Repository, environment: &str, release: &str, run_id: u32) -> (Ve
             .unwrap();
         ran.push(step["name"].as_str().unwrap_or(script).to_string());
         if let Some(id) = step["id"].as_str() {
+            let outcome = if status.success() {
+                "success"
+            } else {
+                "failure"
+            };
+            values.insert(format!("steps.{id}.outcome"), outcome.into());
             for line in std::fs::read_to_string(&output).unwrap().lines() {
                 if let Some((k, v)) = line.split_once('=') {
                     values.insert(format!("steps.{id}.outputs.{k}"), v.to_string());
@@ -220,4 +238,72 @@ fn the_pipeline_deploys_a_release_and_rolls_a_failing_one_back_to_the_release_be
     );
     let record = std::fs::read_to_string(repo.path().join("deployment.json")).unwrap();
     assert!(record.contains("rolled-back"), "{record}");
+}
+
+/// Each point where a release can fail, walked: a failed lint or rehearsal
+/// deployed nothing, so nothing is undone (no post-deploy, the application
+/// stays); a failed pre-deploy rolled its databases back itself and the
+/// application stays; a failed rollout undoes both.
+#[test]
+fn the_pipeline_undoes_exactly_what_ran_at_each_failure_point() {
+    let p = Project::new("pipeline_fail");
+    common::release::v1(&p);
+    let repo = Repository::new(p.path());
+    let (_, failed) = walk(&repo, "prod", "v1.0.0", 201);
+    assert!(!failed, "the first release deploys");
+    let v1 = common::release::state(&p);
+    common::release::v2(&p);
+    let undone = |ran: &[String]| {
+        (
+            ran.iter().any(|s| s.starts_with("Post-deploy (failure")),
+            ran.iter()
+                .any(|s| s.starts_with("Roll the application back")),
+        )
+    };
+
+    // Lint: a lock hazard under --deny warnings.
+    let hazard = p.migration("postgres", "0003_lock.up.sql", "LOCK TABLE prices;\n");
+    let (ran, failed) = walk(&repo, "prod", "v1.1.0", 202);
+    assert!(
+        failed && ran.iter().any(|s| s.starts_with("Lint")),
+        "{ran:?}"
+    );
+    assert_eq!(undone(&ran), (false, false), "nothing deployed: {ran:?}");
+    std::fs::remove_file(hazard).unwrap();
+
+    // The rehearsal fails.
+    std::fs::write(repo.path().join("fail-rehearse"), "").unwrap();
+    let (ran, failed) = walk(&repo, "prod", "v1.1.0", 203);
+    assert!(failed);
+    assert_eq!(undone(&ran), (false, false), "nothing deployed: {ran:?}");
+    assert_eq!(repo.running(), ["v1.0.0"]);
+    assert_eq!(common::release::state(&p), v1);
+
+    // The pre-deploy fails (a migration the rehearsal did not catch here):
+    // it rolled its databases back itself; the application never moved.
+    std::fs::remove_file(repo.path().join("fail-rehearse")).unwrap();
+    std::fs::write(repo.path().join("pass-rehearse"), "").unwrap();
+    let broken = p.migration("postgres", "0003_broken.up.sql", "SELECT 1 / 0;\n");
+    let (ran, failed) = walk(&repo, "prod", "v1.1.0", 204);
+    assert!(failed && ran.iter().any(|s| s.starts_with("Pre-deploy")));
+    assert_eq!(undone(&ran), (true, false), "{ran:?}");
+    assert_eq!(repo.running(), ["v1.0.0"]);
+    assert_eq!(common::release::state(&p), v1);
+    std::fs::remove_file(broken).unwrap();
+    std::fs::remove_file(repo.path().join("pass-rehearse")).unwrap();
+
+    // The rollout fails: the databases and the application go back.
+    std::fs::write(
+        repo.path().join("scripts/rollout.sh"),
+        format!(
+            "#!/bin/sh\necho \"$2\" >> {}\ntest \"$2\" != v1.1.0\n",
+            repo.path().join("running").display()
+        ),
+    )
+    .unwrap();
+    let (ran, failed) = walk(&repo, "prod", "v1.1.0", 205);
+    assert!(failed);
+    assert_eq!(undone(&ran), (true, true), "{ran:?}");
+    assert_eq!(repo.running(), ["v1.0.0", "v1.1.0", "v1.0.0"]);
+    assert_eq!(common::release::state(&p), v1);
 }
