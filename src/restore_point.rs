@@ -125,6 +125,18 @@ impl RestorePoint {
 }
 
 /// A new restore point id for a point taken at `at`.
+/// A point's time at the precision it is printed and PostgreSQL keeps
+/// (microseconds): a time copied from `snapshots list` names the point.
+pub fn to_micros(t: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+/// Whether `t` (as an operator typed it) is the time of a point recorded
+/// as `at`: equal to the microsecond.
+pub fn same_instant(at: chrono::DateTime<chrono::Utc>, t: chrono::DateTime<chrono::Utc>) -> bool {
+    at.timestamp_micros() == t.timestamp_micros()
+}
+
 pub fn new_id(at: chrono::DateTime<chrono::Utc>) -> String {
     format!("{ID_PREFIX}{}", crate::snapshot::new_id(at))
 }

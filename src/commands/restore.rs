@@ -145,7 +145,10 @@ async fn choose(
                 .find(|f| &f.manifest.id == id)
                 .map(|f| (f, "chosen by id".to_string(), None)),
             // `--timestamp` at a restore point's exact time means that point.
-            (None, Some(t)) => match points.iter().find(|p| p.at == t) {
+            (None, Some(t)) => match points
+                .iter()
+                .find(|p| crate::restore_point::same_instant(p.at, t))
+            {
                 Some(p) => at_point(&service.name, &p.id, &points, &found)?,
                 None => select_at(&found, t).cloned().map(|f| {
                     let age = describe_age(t - f.manifest.consistent_at);

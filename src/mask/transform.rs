@@ -33,12 +33,21 @@ impl MaskKey {
         out
     }
 
-    /// As many pseudo-random bytes as asked, for (`purpose`, `value`).
+    /// As many pseudo-random bytes as asked, for (`purpose`, `value`): the
+    /// keyed HMAC once, then SHA-256 of it and a block counter for every
+    /// further 32 bytes (one HMAC per value, however long: the masked
+    /// refresh's hot path).
     fn stream(&self, purpose: &str, value: &str, len: usize) -> Vec<u8> {
+        use aws_lc_rs::digest;
+        let seed = self.derive(purpose, value);
         let mut out = Vec::with_capacity(len + 32);
-        let mut block = 0u32;
+        out.extend_from_slice(&seed);
+        let mut block = 1u32;
         while out.len() < len {
-            out.extend_from_slice(&self.derive(&format!("{purpose}/{block}"), value));
+            let mut ctx = digest::Context::new(&digest::SHA256);
+            ctx.update(&seed);
+            ctx.update(&block.to_le_bytes());
+            out.extend_from_slice(ctx.finish().as_ref());
             block += 1;
         }
         out.truncate(len);
@@ -128,11 +137,11 @@ impl Transformer {
 
     /// The `round`th stand-in of the string transformers.
     fn derive(&self, key: &MaskKey, value: &str, round: u32) -> String {
-        let purpose = |name: &str| {
+        let purpose = |name: &'static str| -> std::borrow::Cow<'static, str> {
             if round == 0 {
-                name.to_string()
+                name.into()
             } else {
-                format!("{name}#{round}")
+                format!("{name}#{round}").into()
             }
         };
         match self {

@@ -160,7 +160,7 @@ pub async fn take(
         )
         .map_err(Skipped::Chain)?;
     }
-    let at = chrono::Utc::now();
+    let at = server_clock(service).await?;
     let positions = flush(storage, env, service, req.wait).await?;
     let mut engines = Vec::new();
     for (kind, flushed) in positions {
@@ -189,6 +189,24 @@ pub async fn take(
         started.elapsed().as_secs_f64()
     );
     Ok(point)
+}
+
+/// A point's time: the database server's clock, which every capture
+/// coverage is read from (never the client's, whose skew would put a point
+/// after the coverage that holds it), to the microsecond as it is printed.
+/// A MongoDB-only service takes the client's clock: its coverage lags a
+/// second behind the server's anyway.
+async fn server_clock(service: &Service) -> Step<chrono::DateTime<chrono::Utc>> {
+    let now = match &service.postgres {
+        Some(pg) => {
+            let mut engine = PostgresEngine::connect(&service.name, pg, StatementLocks::default())
+                .await
+                .map_err(failed)?;
+            engine.server_time().await.map_err(failed)?
+        }
+        None => chrono::Utc::now(),
+    };
+    Ok(restore_point::to_micros(now))
 }
 
 /// The snapshot must hold every engine at the version it is at now.

@@ -291,10 +291,11 @@ impl Capture<'_> {
             end: format_lsn(end),
             first_commit: first,
             last_commit: last,
+            // Never earlier than the last event it holds.
             covered_until: if report.more {
                 last.unwrap_or(covered_until)
             } else {
-                covered_until
+                last.map_or(covered_until, |l| l.max(covered_until))
             },
             transactions: report.events,
             changes: report.events,

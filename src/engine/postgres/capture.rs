@@ -395,10 +395,12 @@ impl Capture<'_> {
             end: format_lsn(end),
             first_commit: tally.first_commit,
             last_commit: tally.last_commit,
+            // Never earlier than the last commit it holds: commits made
+            // between the flush and the read are in it too.
             covered_until: if report.more {
                 tally.last_commit.unwrap_or(covered_until)
             } else {
-                covered_until
+                tally.last_commit.map_or(covered_until, |l| l.max(covered_until))
             },
             transactions: report.transactions,
             changes: report.changes,
