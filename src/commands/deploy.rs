@@ -405,15 +405,10 @@ async fn begin(
             // blocks the next release; a re-run is a new attempt.
             rec.state = DeployState::Failed;
             rec.finished_at = Some(chrono::Utc::now());
-            let saved = rec.save(storage.as_ref()).await;
-            let error = match saved {
-                Ok(()) => e,
-                Err(s) => {
-                    tracing::warn!("recording the failed preflight: {s}");
-                    e
-                }
-            };
-            Err(Outcome::ok(report(&rec), render(&rec)).with_error(Some(error)))
+            if let Err(s) = rec.save(storage.as_ref()).await {
+                tracing::warn!("recording the failed preflight: {s}");
+            }
+            Err(Outcome::ok(report(&rec), render(&rec)).with_error(Some(e)))
         }
     }
 }

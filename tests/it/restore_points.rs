@@ -258,10 +258,17 @@ async fn migrate_takes_a_restore_point_when_capture_is_healthy_and_restore_to_it
         .stdout
         .lines()
         .find(|l| l.contains("(restore point)"))
-        .and_then(|l| l.split_whitespace().find(|w| w.contains('T') && w.ends_with('Z')))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find(|w| w.contains('T') && w.ends_with('Z'))
+        })
         .unwrap_or_else(|| panic!("no restore point row: {}", listed.stdout))
         .to_string();
-    assert_eq!(printed.len(), "2026-12-04T18:33:19.345123Z".len(), "{printed}");
+    assert_eq!(
+        printed.len(),
+        "2026-12-04T18:33:19.345123Z".len(),
+        "{printed}"
+    );
     let instant = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
     assert_eq!(instant(&printed), instant(&at), "stored as printed");
     change(&p, 4).await;

@@ -400,7 +400,9 @@ impl Capture<'_> {
             covered_until: if report.more {
                 tally.last_commit.unwrap_or(covered_until)
             } else {
-                tally.last_commit.map_or(covered_until, |l| l.max(covered_until))
+                tally
+                    .last_commit
+                    .map_or(covered_until, |l| l.max(covered_until))
             },
             transactions: report.transactions,
             changes: report.changes,
