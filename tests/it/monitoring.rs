@@ -152,22 +152,22 @@ impl Stack {
     /// Prometheus' state of alert `name` for environment `env`: pending,
     /// firing, or None when inactive.
     fn alert_state(&self, name: &str, env: &str) -> Option<String> {
+        self.alert_state_by(name, "env", env)
+    }
+
+    /// Prometheus' state of alert `name` whose label `label` is `value`.
+    fn alert_state_by(&self, name: &str, label: &str, value: &str) -> Option<String> {
         let doc = get_json(self.prometheus, "/api/v1/alerts")?;
         doc["data"]["alerts"]
             .as_array()?
             .iter()
-            .find(|a| a["labels"]["alertname"] == name && a["labels"]["env"] == env)
+            .find(|a| a["labels"]["alertname"] == name && a["labels"][label] == value)
             .map(|a| a["state"].as_str().unwrap_or_default().to_string())
     }
 
     /// Prometheus' state of alert `name` for the scrape target `instance`.
     fn target_alert_state(&self, name: &str, instance: &str) -> Option<String> {
-        let doc = get_json(self.prometheus, "/api/v1/alerts")?;
-        doc["data"]["alerts"]
-            .as_array()?
-            .iter()
-            .find(|a| a["labels"]["alertname"] == name && a["labels"]["instance"] == instance)
-            .map(|a| a["state"].as_str().unwrap_or_default().to_string())
+        self.alert_state_by(name, "instance", instance)
     }
 
     /// Whether Alertmanager holds an active alert `name` for `env`.

@@ -907,15 +907,13 @@ impl Replay<'_> {
         let Some(sql) = self.replayer.sql(self.schema, &msg)? else {
             return Ok(());
         };
-        let table = match &msg {
-            Message::Insert { relation, .. }
-            | Message::Update { relation, .. }
-            | Message::Delete { relation, .. } => self
+        let table = match changed_relation(&msg) {
+            Some(id) => self
                 .replayer
-                .relation(*relation)
+                .relation(id)
                 .map(|r| r.name.clone())
                 .unwrap_or_default(),
-            _ => "several tables".into(),
+            None => "several tables".into(),
         };
         let single_row = matches!(msg, Message::Update { .. } | Message::Delete { .. });
         let affected = exec_counting(self.conn, &sql).await.map_err(|e| {
