@@ -10,7 +10,7 @@ use crate::common;
 
 use bson::{doc, Document, RawDocumentBuf};
 use common::oracle::data_fingerprint;
-use common::{psql, Project};
+use common::{leaked, psql, Project};
 use futures::TryStreamExt;
 
 const CUSTOMERS: usize = 300;
@@ -155,27 +155,9 @@ async fn raw_documents(p: &Project) -> Vec<u8> {
     docs.iter().flat_map(|d| d.as_bytes().to_vec()).collect()
 }
 
-fn leaked<'a>(haystack: &[u8], originals: &'a [String]) -> Vec<&'a str> {
-    originals
-        .iter()
-        .filter(|o| memchr::memmem::find(haystack, o.as_bytes()).is_some())
-        .map(String::as_str)
-        .collect()
-}
-
 /// Every object of a snapshot, decompressed, as one byte string.
 fn snapshot_bytes(p: &Project, env: &str, id: &str) -> Vec<u8> {
-    let dir = p.path().join("backups").join(env).join("svc").join(id);
-    let mut out = Vec::new();
-    for f in common::files(&dir) {
-        let raw = std::fs::read(&f).unwrap();
-        if f.extension().is_some_and(|e| e == "zst") {
-            out.extend(zstd::decode_all(raw.as_slice()).unwrap());
-        } else {
-            out.extend(raw);
-        }
-    }
-    out
+    common::stored_bytes(&p.path().join("backups").join(env).join("svc").join(id))
 }
 
 #[tokio::test]

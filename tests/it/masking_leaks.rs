@@ -11,7 +11,7 @@ use crate::common;
 
 use bson::{doc, Document};
 use common::oracle::{data_fingerprint, mongo_state};
-use common::{psql, unique, Project};
+use common::{leaked, psql, unique, Project};
 
 const KEY: &str = "masking-key-for-leak-tests-0123456789";
 
@@ -105,6 +105,20 @@ mongodb = {{ url = "${{VALERO_MONGO_URL}}", database = "${{VALERO_TEST_DB}}" }}
             args,
         )
     }
+
+    /// A masked refresh of `names` in dev from prod's snapshot `id`.
+    fn refresh_from(&self, names: &(String, String), id: &str) -> common::Run {
+        let args = [
+            "-e",
+            "dev",
+            "restore",
+            "--from-env",
+            "prod",
+            "--snapshot",
+            id,
+        ];
+        self.run(names, &[&args[..], &["--yes", "--output", "json"]].concat())
+    }
 }
 
 impl Drop for Names {
@@ -116,14 +130,6 @@ impl Drop for Names {
             });
         }
     }
-}
-
-fn leaked<'a>(haystack: &str, needles: &'a [String]) -> Vec<&'a str> {
-    needles
-        .iter()
-        .filter(|n| haystack.contains(n.as_str()))
-        .map(String::as_str)
-        .collect()
 }
 
 /// Every row of every table of a schema (partitions are tables), as COPY
@@ -164,6 +170,15 @@ async fn a_refresh_to_a_time_between_differently_named_environments_masks_every_
     .ok();
     n.run(&n.prod, &["-e", "prod", "capture", "--once"]).ok();
     n.run(&n.prod, &["-e", "prod", "snapshot"]).ok();
+    // A partition attached after that snapshot, by a migration (which
+    // takes the post-migrate snapshot replay starts from).
+    n.p.migration(
+        "postgres",
+        "0002_swiss.up.sql",
+        "CREATE TABLE inv_ch (LIKE invoices);
+         ALTER TABLE invoices ATTACH PARTITION inv_ch FOR VALUES IN ('ch');",
+    );
+    n.run(&n.prod, &["-e", "prod", "migrate", "--yes"]).ok();
 
     // What mask check says each rule acts on: every partition, every level.
     let check = n.run(
@@ -187,7 +202,9 @@ async fn a_refresh_to_a_time_between_differently_named_environments_masks_every_
         .map(|a| format!("{} -> {}", a["rule"].as_str().unwrap(), a["tables"]))
         .collect();
     assert!(
-        acts.contains(&r#"invoices.email -> ["inv_at_high","inv_at_low","inv_de"]"#.to_string()),
+        acts.contains(
+            &r#"invoices.email -> ["inv_at_high","inv_at_low","inv_ch","inv_de"]"#.to_string()
+        ),
         "{acts:?}"
     );
     assert!(
@@ -202,7 +219,8 @@ async fn a_refresh_to_a_time_between_differently_named_environments_masks_every_
     let prod = &n.prod.0;
     psql(&format!(
         "INSERT INTO \"{prod}\".invoices VALUES (5001, 'at', 'late-at@real.de', '1999-09-09', '10:00'), \
-                                            (5002, 'de', 'late-de@real.de', '1999-09-10', '10:01');
+                                            (5002, 'de', 'late-de@real.de', '1999-09-10', '10:01'), \
+                                            (5003, 'ch', 'late-ch@real.de', '1999-09-11', '10:02');
          INSERT INTO \"{prod}\".visits VALUES (201, 'late-visitor@real.de');
          UPDATE \"{prod}\".contacts SET note = 'changed' WHERE email = 'contact7@real.de';
          DELETE FROM \"{prod}\".contacts WHERE email = 'contact8@real.de';"
@@ -264,26 +282,14 @@ async fn a_refresh_to_a_time_between_differently_named_environments_masks_every_
     };
     let pg = replayed("postgres").unwrap_or_else(|| panic!("no PostgreSQL replay in {report}"));
     let mongo = replayed("mongodb").unwrap_or_else(|| panic!("no MongoDB replay in {report}"));
-    // Two INSERTs into partitions at two levels, one into a HASH
-    // partition, an UPDATE and a DELETE: applied, every one.
-    assert_eq!(pg["changes"].as_u64(), Some(5), "{pg}");
+    // Three INSERTs into partitions at two levels (one attached after the
+    // first snapshot), one into a HASH partition, an UPDATE and a DELETE:
+    // applied, every one.
+    assert_eq!(pg["changes"].as_u64(), Some(6), "{pg}");
     assert_eq!((mongo["changes"].as_u64()), Some(2), "{mongo}");
 
     // Exactly the masked refresh of the snapshot taken at T.
-    n.run(
-        &n.copy,
-        &[
-            "-e",
-            "dev",
-            "restore",
-            "--from-env",
-            "prod",
-            "--snapshot",
-            &at_t,
-            "--yes",
-        ],
-    )
-    .ok();
+    n.refresh_from(&n.copy, &at_t).ok();
     assert_eq!(data_fingerprint(&n.dev.0), data_fingerprint(&n.copy.0));
     let (dev_db, copy_db) = (
         common::mongo(&n.dev.1).await,
@@ -295,11 +301,18 @@ async fn a_refresh_to_a_time_between_differently_named_environments_masks_every_
     let mut originals: Vec<String> = (1..=1500).map(|i| format!("secret{i}@real.de")).collect();
     originals.extend((1..=201).map(|i| format!("visitor{i}@real.de")));
     originals.extend((1..=50).map(|i| format!("contact{i}@real.de")));
-    originals
-        .extend(["late-at@real.de", "late-de@real.de", "late-visitor@real.de"].map(String::from));
+    originals.extend(
+        [
+            "late-at@real.de",
+            "late-de@real.de",
+            "late-ch@real.de",
+            "late-visitor@real.de",
+        ]
+        .map(String::from),
+    );
     let rows = rows_of(&n.dev.0);
     assert!(rows.lines().count() > 1700, "every partition was read");
-    assert_eq!(leaked(&rows, &originals), Vec::<&str>::new());
+    assert_eq!(leaked(rows.as_bytes(), &originals), Vec::<&str>::new());
     let dev = &n.dev.0;
     assert_eq!(
         psql(&format!(
@@ -308,12 +321,14 @@ async fn a_refresh_to_a_time_between_differently_named_environments_masks_every_
         "0",
         "every birthday moved, none blanked"
     );
-    assert_eq!(
-        psql(&format!(
-            "SELECT count(*) FROM \"{dev}\".inv_at_high WHERE id = 5001"
-        )),
-        "1"
-    );
+    for (partition, id) in [("inv_at_high", 5001), ("inv_ch", 5003)] {
+        assert_eq!(
+            psql(&format!(
+                "SELECT count(*) FROM \"{dev}\".{partition} WHERE id = {id}"
+            )),
+            "1"
+        );
+    }
     // The replayed UPDATE and DELETE found their rows by the masked image.
     assert_eq!(
         psql(&format!("SELECT count(*) FROM \"{dev}\".contacts")),
@@ -347,6 +362,32 @@ async fn a_refresh_to_a_time_between_differently_named_environments_masks_every_
         .await
         .unwrap();
     assert!(late.is_some_and(|d| d.get_str("email").unwrap().ends_with("@example.invalid")));
+
+    // The next refresh first snapshots what the last one left: that
+    // snapshot, like everything else in the target's storage, holds no
+    // original either.
+    let next = n.refresh_from(&n.dev, &at_t);
+    next.ok();
+    let pre = next.json()["services"][0]["pre_restore_snapshot"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no pre-restore snapshot in {}", next.all()))
+        .to_string();
+    let pre_bytes = common::stored_bytes(&n.p.path().join("backups/dev/svc").join(&pre));
+    assert!(
+        memchr::memmem::find(&pre_bytes, b"@example.invalid").is_some(),
+        "the pre-restore snapshot holds the masked rows"
+    );
+    originals.extend(
+        [
+            "mongo1@real.de",
+            "year1@real.de",
+            "year1-new@real.de",
+            "late-mongo@real.de",
+        ]
+        .map(String::from),
+    );
+    let stored = common::stored_bytes(&n.p.path().join("backups/dev"));
+    assert_eq!(leaked(&stored, &originals), Vec::<&str>::new());
 }
 
 /// Rules that cannot fit the target's columns, and the reason each gives.

@@ -238,6 +238,30 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Every file below `dir`, zstd-compressed ones decompressed, as one byte
+/// string: what a storage folder holds, readable for a search.
+pub fn stored_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for f in files(dir) {
+        let raw = std::fs::read(&f).unwrap();
+        if f.extension().is_some_and(|e| e == "zst") {
+            out.extend(zstd::decode_all(raw.as_slice()).unwrap());
+        } else {
+            out.extend(raw);
+        }
+    }
+    out
+}
+
+/// The `originals` that occur in `haystack`: a leak is any of them found.
+pub fn leaked<'a>(haystack: &[u8], originals: &'a [String]) -> Vec<&'a str> {
+    originals
+        .iter()
+        .filter(|o| memchr::memmem::find(haystack, o.as_bytes()).is_some())
+        .map(String::as_str)
+        .collect()
+}
+
 /// Temporary files of objects being written below `dir`.
 pub fn tmp_files(dir: &Path) -> usize {
     files(dir)
