@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::cli::{MigrateArgs, RepairAs, RollbackArgs};
 use crate::config::EngineKind;
@@ -416,7 +417,8 @@ async fn migrate_locked(
         if plan.is_empty() {
             continue;
         }
-        let (steps, error) = session::apply_up(slot, plan, meta).await;
+        let span = tracing::info_span!("engine", engine = %slot.engine.kind());
+        let (steps, error) = session::apply_up(slot, plan, meta).instrument(span).await;
         let run = &mut out.runs[first_run + i];
         run.to_version = steps.last().map(|s| s.version).or(run.from_version);
         run.steps = steps;

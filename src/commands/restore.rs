@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::time::Instant;
+use tracing::Instrument;
 
 use serde_json::{json, Value};
 
@@ -521,7 +522,7 @@ fn push_service(report: &mut Value, entry: Value) {
 /// commits first (its commit can still fail, e.g. on deferred
 /// constraints); MongoDB's commit point comes after, and recovery always
 /// completes it.
-#[tracing::instrument(skip_all, fields(service = %c.service.name))]
+#[tracing::instrument(skip_all, fields(service = %c.service.name, snapshot = %c.found.manifest.id))]
 async fn restore_service(
     ctx: &Context,
     target: &dyn Storage,
@@ -550,10 +551,12 @@ async fn restore_service(
     };
     let mut stats = Vec::new();
     for i in 0..locked.engines.len() {
-        let plan = c.replays.get(&locked.engines[i].engine.kind());
+        let kind = locked.engines[i].engine.kind();
+        let plan = c.replays.get(&kind);
         match locked.engines[i]
             .engine
             .restore_prepare(source, &c.found, plan, &conduct)
+            .instrument(tracing::info_span!("engine", engine = %kind))
             .await
         {
             Ok(s) => stats.push(s),

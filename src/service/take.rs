@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use crate::error::{Error, Result};
 use crate::service::session::LockedEngine;
 use crate::snapshot::manifest::{Manifest, FORMAT_VERSION};
@@ -19,7 +21,7 @@ pub struct Request<'a> {
 
 /// Snapshots every engine of a locked service. On any failure every object
 /// written is deleted again and no manifest exists.
-#[tracing::instrument(skip_all, fields(service = %service))]
+#[tracing::instrument(skip_all, fields(service = %service, snapshot = tracing::field::Empty))]
 pub async fn take_service(
     storage: &dyn Storage,
     service: &str,
@@ -29,6 +31,7 @@ pub async fn take_service(
     let started = Instant::now();
     let created_at = chrono::Utc::now();
     let id = new_id(created_at);
+    tracing::Span::current().record("snapshot", id.as_str());
     let base = format!("{}/{service}/{id}", req.environment);
     tracing::info!(
         "{service}: taking {} snapshot {id} to {}",
@@ -38,7 +41,8 @@ pub async fn take_service(
     let mut writer = SnapshotWriter::new(storage, base.clone());
     let mut engines = Vec::new();
     for slot in slots.iter_mut() {
-        match slot.engine.snapshot(&mut writer).await {
+        let span = tracing::info_span!("engine", engine = %slot.engine.kind());
+        match slot.engine.snapshot(&mut writer).instrument(span).await {
             Ok(info) => engines.push(info),
             Err(e) => {
                 writer.discard().await;

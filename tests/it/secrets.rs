@@ -202,8 +202,8 @@ mongodb = {{ url = "mongodb://leaker:{MONGO_PW}@127.0.0.1:{dead}/?directConnecti
 }
 
 /// `--log-format json` (or VALERO_DB_LOG_FORMAT=json): every stderr line
-/// one JSON object with level, target and message, the environment and
-/// the service as span fields, and no secret — also from a failing run
+/// one JSON object with level, target and message, the environment, the
+/// service, the engine and the snapshot id as span fields, and no secret — also from a failing run
 /// whose driver error names the URL.
 #[test]
 fn json_logs_are_one_object_per_line_with_environment_service_and_no_secret() {
@@ -240,6 +240,13 @@ fn json_logs_are_one_object_per_line_with_environment_service_and_no_secret() {
     }
     assert!(in_span(&lines, "environment", "dev"), "{}", run.stderr);
     assert!(in_span(&lines, "service", "svc"), "{}", run.stderr);
+    assert!(in_span(&lines, "engine", "postgres"), "{}", run.stderr);
+    let listed = p.run(&["snapshots", "list", "--output", "json"]);
+    let snapshot = listed.json()["snapshots"][0]["id"].clone();
+    let snapshot = snapshot
+        .as_str()
+        .unwrap_or_else(|| panic!("{}", listed.all()));
+    assert!(in_span(&lines, "snapshot", snapshot), "{}", run.stderr);
     // A wrong password in the URL: the error and the logs mask it.
     let wrong = "Wr0ng-pa\"ss\\word-42";
     p.write_postgres_only_config(&format!(
